@@ -1,0 +1,130 @@
+// egt MegaKernel: device primitives shared by every opcode.
+//
+// Contract: everything here is sm_80+ (cp.async, ld.acquire, red.release, %globaltimer), so a kernel built from
+// these runs on Ampere, Ada (sm_89) and Hopper alike. The generated translation unit defines `mk_t` (the
+// activation/weight element type, __nv_bfloat16 or __half) before including this file.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace egt {
+
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+// Round through the storage dtype: the torch reference materialises every intermediate in it, and matching
+// those rounding points keeps our logits within a few ulps of it instead of drifting layer by layer.
+template <typename T> __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
+
+template <typename T> __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]);
+template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4& v, float (&f)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+template <> __device__ __forceinline__ void unpack8<__half>(const uint4& v, float (&f)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 h = *reinterpret_cast<const __half2*>(&w[i]);
+    float2 p = __half22float2(h);
+    f[2 * i] = p.x;
+    f[2 * i + 1] = p.y;
+  }
+}
+
+// ---- asynchronous copies (sm_80) -----------------------------------------------------------------------------
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// ---- inter-block synchronisation through global counters -------------------------------------------------------
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void red_release(unsigned* p, unsigned v) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ unsigned atom_add_acq_rel(unsigned* p, unsigned v) {
+  unsigned old;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+
+// ctl[0]: launch epoch (counters are cumulative across launches; targets are (epoch+1)*arrivals)
+// ctl[1]: error code (0 = fine); ctl[2]: abort flag set by the first block that times out.
+enum { MK_OK = 0, MK_TIMEOUT = 1 };
+
+// Thread 0 spins until *c >= target; every block's thread 0 gives up after timeout_ns and raises the abort flag,
+// so a dependency that never arrives (a grid that is not co-resident, a bug) ends the kernel instead of hanging.
+__device__ __forceinline__ void block_wait(const unsigned* c, unsigned target, int* ctl, unsigned long long timeout_ns) {
+  if (threadIdx.x == 0) {
+    if (ld_acquire(c) < target) {
+      const unsigned long long t0 = global_ns();
+      unsigned spins = 0;
+      while (ld_acquire(c) < target) {
+        if ((++spins & 63u) == 0) {
+          if (*((volatile int*)ctl + 2)) break;
+          if (global_ns() - t0 > timeout_ns) {
+            atomicExch(ctl + 1, MK_TIMEOUT);
+            atomicExch(ctl + 2, 1);
+            break;
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// All of this block's global writes become visible before the counter moves.
+__device__ __forceinline__ void block_arrive(unsigned* c) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    red_release(c, 1u);
+  }
+}
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Argmax as a total order (larger value wins, then the smaller index), so any reduction order gives the same
+// answer: repeated runs stay bit-identical and ties resolve like torch.argmax (first index).
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
+  return (v > bv) || (v == bv && i < bi);
+}
+__device__ __forceinline__ void warp_argmax(float& v, int& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (better(ov, oi, v, i)) { v = ov; i = oi; }
+  }
+}
+
+}  // namespace egt
