@@ -1,0 +1,259 @@
+"""N:4 masks, SparseGPT-style compensation, and the 2-bit-index packed format.
+
+Contract:
+- `wanda_mask(w, sq_norm, n)`: keep, in every group of 4 consecutive inputs of every row, the `n` weights with the
+  largest |W_ij| * ||X_j|| (Wanda). Exactly `n` per group, ties broken by position.
+- `obs_prune(w, hessian, n, ...)`: SparseGPT-style pruning: walk the columns, zero the pruned weights and spread
+  their error over the not-yet-visited columns through the inverse Hessian. The mask is either chosen on the fly
+  by the SparseGPT score w^2 / [H^-1]_jj^2 or fixed in advance (e.g. a Wanda mask). With `quant` the kept values are
+  also quantized during the sweep (joint sparsify + quantize, the error of both is compensated).
+- `compact(w, mask, n)` -> (values [out, in*n/4], idx [out, in*n/4] in 0..3): kept values in group order, each
+  with its position inside its group of 4. `expand(values, idx, n, in)` is the exact inverse onto a dense matrix.
+- `pack_indices` / `unpack_indices`: four 2-bit positions per byte, the first in the low bits.
+- `pack_int4` / `unpack_int4`: two 4-bit codes per byte, the first in the low nibble.
+- `group_quantize(values, bits, group_size, symmetric)`: round-to-nearest group quantization along the rows of
+  the compacted values (a group of 128 kept values of a 2:4 row spans 256 original columns, the same for every row).
+- `storage_report(out, in, lp)`: bytes of the packed format, of dense fp16, and of standard CSR (int32 column
+  indices, int32 row pointers, values at the same precision), so the comparison in reports is explicit.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..plan import LinearPlan
+
+M = 4  # every pattern here is N:4; the 2-bit index addresses a position inside a group of 4
+
+
+def n_of(sparsity: str) -> int:
+    if sparsity not in ("2:4", "1:4"):
+        raise ValueError(f"sparsity must be '2:4' or '1:4', got {sparsity!r}")
+    return int(sparsity.split(":")[0])
+
+
+def check_shape(in_features: int, n: int) -> None:
+    # The packed indices hold 4 positions per byte, so each row must keep a multiple of 4 values.
+    if in_features % M or (in_features // M * n) % 4:
+        raise ValueError(f"in_features={in_features} does not fit {n}:4 packing (needs a multiple of {16 // n})")
+
+
+def topn_in_groups(score: torch.Tensor, n: int) -> torch.Tensor:
+    """Boolean mask keeping the n largest scores of every group of 4 along the last dim."""
+    out_f, in_f = score.shape
+    if in_f % M:
+        raise ValueError(f"{in_f} columns is not a multiple of {M}")
+    g = score.reshape(out_f, in_f // M, M)
+    keep = torch.topk(g, n, dim=-1, sorted=False).indices
+    mask = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, keep, True)
+    return mask.reshape(out_f, in_f)
+
+
+def wanda_mask(w: torch.Tensor, sq_norm: torch.Tensor, n: int) -> torch.Tensor:
+    score = w.abs().double() * sq_norm.double().clamp_min(0).sqrt().unsqueeze(0)
+    return topn_in_groups(score, n)
+
+
+def magnitude_mask(w: torch.Tensor, n: int) -> torch.Tensor:
+    return topn_in_groups(w.abs(), n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Group quantization of compacted rows
+
+
+def group_quantize(values: torch.Tensor, bits: int, group_size: int, symmetric: bool):
+    """RTN per group along dim 1 (ragged last group allowed). Returns (codes uint8, scales, zeros or None).
+
+    Dequantization: w = (code - zero) * scale, with zero = 2^(bits-1) implied when symmetric.
+    """
+    out_f, k = values.shape
+    g = k if group_size == -1 else group_size
+    ng = -(-k // g)
+    pad = ng * g - k
+    v = values.double()
+    if pad:
+        v = torch.cat([v, v[:, -1:].expand(out_f, pad)], 1)  # repeat the last value: no effect on min/max
+    v = v.reshape(out_f, ng, g)
+    qmax = 2 ** bits - 1
+    if symmetric:
+        half = 2 ** (bits - 1)
+        scale = (v.abs().amax(-1) / (half - 1)).clamp_min(1e-10)
+        zero = None
+        codes = (torch.round(v / scale.unsqueeze(-1)) + half).clamp(0, qmax)
+    else:
+        lo, hi = v.amin(-1).clamp(max=0), v.amax(-1).clamp(min=0)
+        scale = ((hi - lo) / qmax).clamp_min(1e-10)
+        zero = torch.round(-lo / scale).clamp(0, qmax)
+        codes = (torch.round(v / scale.unsqueeze(-1)) + zero.unsqueeze(-1)).clamp(0, qmax)
+    codes = codes.reshape(out_f, ng * g)[:, :k].to(torch.uint8)
+    return codes, scale.float(), None if zero is None else zero.float()
+
+
+def group_dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, bits: int,
+                     group_size: int) -> torch.Tensor:
+    out_f, k = codes.shape
+    g = k if group_size == -1 else group_size
+    rep = lambda t: t.float().repeat_interleave(g, dim=1)[:, :k]  # noqa: E731
+    z = rep(zeros) if zeros is not None else float(2 ** (bits - 1))
+    return (codes.float() - z) * rep(scales)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SparseGPT-style sweep
+
+
+def _inverse_hessian_chol(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    h = hessian.double().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    for extra in (0.0, 0.1, 1.0):  # more damping only if the Cholesky factorisation fails
+        try:
+            hh = h + extra * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+            hinv = torch.cholesky_inverse(torch.linalg.cholesky(hh))
+            return torch.linalg.cholesky(hinv, upper=True), dead
+        except RuntimeError:
+            continue
+    raise RuntimeError("Hessian is not positive definite even with damping")
+
+
+def obs_prune(w: torch.Tensor, hessian: torch.Tensor, n: int, mask: torch.Tensor | None = None,
+              quant: tuple[int, int, bool] | None = None, damp: float = 0.01, block: int = 128):
+    """Prune (and optionally quantize) `w` [out, in] column by column with inverse-Hessian error feedback.
+
+    mask: fixed kept-mask, or None to choose it by the SparseGPT score, one span of columns at a time.
+    quant: (bits, group_size over kept values, symmetric); the quantization grid of a span is set from the
+      current (already compensated) kept weights when the sweep reaches the span.
+    Returns (w_new float32 with zeros at pruned positions and, with quant, dequantized kept values; kept mask;
+    with quant also (scales, zeros) [out, groups] of the grid each group of kept values was rounded to).
+    """
+    out_f, in_f = w.shape
+    check_shape(in_f, n)
+    W = w.double().clone()
+    hinv, dead = _inverse_hessian_chol(hessian, damp)
+    W[:, dead] = 0
+    # A span is the original-column range of one quantization group of kept values (or 4 columns without quant).
+    if quant is not None:
+        bits, gsize, sym = quant
+        span = in_f if gsize == -1 else min(in_f, gsize * M // n)
+    else:
+        span = block
+    step = math.gcd(span, block)
+    keep = torch.zeros(out_f, in_f, dtype=torch.bool) if mask is None else mask.clone()
+    qmax = 2 ** quant[0] - 1 if quant else 0
+    grids = []
+    for i1 in range(0, in_f, step):
+        i2 = min(i1 + step, in_f)
+        if i1 % span == 0:
+            s2 = min(i1 + span, in_f)
+            if mask is None and quant is not None:
+                d = torch.diagonal(hinv)[i1:s2]
+                keep[:, i1:s2] = topn_in_groups(W[:, i1:s2] ** 2 / d.unsqueeze(0) ** 2, n)
+            if quant is not None:
+                kept = W[:, i1:s2][keep[:, i1:s2]].reshape(out_f, -1)
+                if sym:
+                    half = 2 ** (bits - 1)
+                    scale = (kept.abs().amax(1) / (half - 1)).clamp_min(1e-10)
+                    zero = torch.full_like(scale, float(half))
+                else:
+                    lo, hi = kept.amin(1).clamp(max=0), kept.amax(1).clamp(min=0)
+                    scale = ((hi - lo) / qmax).clamp_min(1e-10)
+                    zero = torch.round(-lo / scale).clamp(0, qmax)
+                grids.append((scale, zero))
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        H1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            if mask is None and quant is None and i % M == 0:
+                # SparseGPT: pick each group's mask when the sweep reaches it, from the compensated weights.
+                d4 = torch.diagonal(H1)[i:i + M]
+                keep[:, i1 + i:i1 + i + M] = topn_in_groups(W1[:, i:i + M] ** 2 / d4.unsqueeze(0) ** 2, n)
+            col = W1[:, i]
+            d = H1[i, i]
+            q = torch.where(keep[:, i1 + i], col, torch.zeros_like(col))
+            if quant is not None:
+                qq = (torch.clamp(torch.round(col / scale) + zero, 0, qmax) - zero) * scale
+                q = torch.where(keep[:, i1 + i], qq, q)
+            err = (col - q) / d
+            W1[:, i:] -= err.unsqueeze(1) * H1[i, i:].unsqueeze(0)
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
+    if quant is None:
+        return W.float(), keep
+    scales = torch.stack([g[0] for g in grids], 1)
+    zeros = torch.stack([g[1] for g in grids], 1)
+    return W.float(), keep, (scales.float(), zeros.float())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packed format
+
+
+def compact(w: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept values and their in-group positions, group by group; each group must keep exactly n."""
+    out_f, in_f = w.shape
+    check_shape(in_f, n)
+    g = mask.reshape(out_f, in_f // M, M)
+    counts = g.sum(-1)
+    if not bool((counts == n).all()):
+        raise ValueError(f"mask is not {n}:4: a group keeps {int(counts[counts != n][0])} values")
+    # Positions of the kept entries in ascending order: sort (not-kept, position) keys.
+    pos = torch.arange(M).expand_as(g)
+    key = (~g).to(torch.int64) * M + pos
+    idx = key.sort(-1).indices[..., :n]  # [out, groups, n]
+    vals = torch.gather(w.reshape(out_f, in_f // M, M), -1, idx)
+    return vals.reshape(out_f, -1).contiguous(), idx.reshape(out_f, -1).to(torch.uint8).contiguous()
+
+
+def expand(values: torch.Tensor, idx: torch.Tensor, n: int, in_features: int) -> torch.Tensor:
+    out_f, k = values.shape
+    if k * M != in_features * n or idx.shape != values.shape:
+        raise ValueError(f"compacted shape {tuple(values.shape)} does not match {n}:4 of {in_features} inputs")
+    cols = torch.arange(k, device=values.device).div(n, rounding_mode="floor") * M + idx.long()
+    return torch.zeros(out_f, in_features, dtype=values.dtype, device=values.device).scatter_(1, cols, values)
+
+
+def pack_indices(idx: torch.Tensor) -> torch.Tensor:
+    out_f, k = idx.shape
+    if k % 4:
+        raise ValueError(f"{k} indices per row is not a multiple of 4")
+    if idx.numel() and int(idx.max()) > 3:
+        raise ValueError("in-group positions must be within 0..3")
+    v = idx.to(torch.uint8).reshape(out_f, k // 4, 4)
+    return (v[..., 0] | (v[..., 1] << 2) | (v[..., 2] << 4) | (v[..., 3] << 6)).contiguous()
+
+
+def unpack_indices(packed: torch.Tensor) -> torch.Tensor:
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 3).reshape(packed.shape[0], -1)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    out_f, k = codes.shape
+    if k % 2:
+        raise ValueError(f"{k} codes per row is not even")
+    if codes.numel() and int(codes.max()) > 15:
+        raise ValueError("int4 codes must be within 0..15")
+    v = codes.to(torch.uint8).reshape(out_f, k // 2, 2)
+    return (v[..., 0] | (v[..., 1] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    return torch.stack([packed & 15, packed >> 4], -1).reshape(packed.shape[0], -1)
+
+
+def storage_report(out_features: int, in_features: int, lp: LinearPlan) -> dict:
+    """Bytes of one module: packed (as the plan counts it), dense at the same value precision, dense fp16, CSR."""
+    kept = round(out_features * in_features * lp.density)
+    packed = lp.storage_bits(out_features, in_features) / 8
+    dense_same_bits = LinearPlan(bits=lp.bits, group_size=lp.group_size, symmetric=lp.symmetric).storage_bits(
+        out_features, in_features) / 8
+    scale_bytes = packed - kept * (lp.bits + (2 if lp.sparsity != "dense" else 0)) / 8
+    # Standard CSR: the same values (and scales), an int32 column index per kept value, int32 row pointers.
+    csr = kept * lp.bits / 8 + scale_bytes + kept * 4 + (out_features + 1) * 4
+    return {"kept": kept, "packed_bytes": packed, "dense_same_precision_bytes": dense_same_bits,
+            "dense_fp16_bytes": out_features * in_features * 2, "csr_bytes": csr}
