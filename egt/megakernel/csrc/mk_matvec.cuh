@@ -21,6 +21,9 @@ template <typename T> struct DenseW {
   __device__ static __forceinline__ void unpack(const uint4& v, float (&f)[8]) { unpack8<T>(v, f); }
 };
 
+template <class T, class = void> struct HasBegin { static constexpr bool value = false; };
+template <class T> struct HasBegin<T, decltype(void(&T::begin))> { static constexpr bool value = true; };
+
 template <int N_, int K_, int NMAT_, int TR_, int TK_, int ST_, int KS_, int WPR_, int ROT_>
 struct MvCfg {
   static constexpr int N = N_, K = K_, NMAT = NMAT_, TR = TR_, TK = TK_, ST = ST_, KS = KS_, WPR = WPR_, ROT = ROT_;
@@ -103,6 +106,10 @@ template <class C, class WF> struct Matvec {
       for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
         for (int b = 0; b < NB; ++b) acc[j][m][b] = 0.f;
+    if constexpr (HasBegin<EPI>::value) {
+      const int n0 = t0 * C::TR;
+      epi.begin(n0, min(t1 * C::TR, C::N) > n0 ? min(t1 * C::TR, C::N) : n0);
+    }
     if (ns > 0) stage(xs, 0);
 #pragma unroll 1
     for (int s = 0; s < ns; ++s) {

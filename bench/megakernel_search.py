@@ -1,0 +1,99 @@
+"""Offline schedule search on the GPU: rank candidate plans by the cost model, compile the best few in parallel,
+time each (one launch per decode step, device-fed tokens, context ~140, median of 5 x 100 steps), keep the
+winner per key, and report the rank correlation (Spearman) of predicted vs measured times.
+
+    python bench/megakernel_search.py [--shapes a,b] [--batches 1] [--profile h100] [--top 4] [--out search.json]
+
+Winners go to --out (one JSON with every candidate) and, with --store, to the PlanStore directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from egt.models import SHAPES, random_model  # noqa: E402
+from egt.megakernel.codegen import build  # noqa: E402
+from egt.megakernel.profiles import get_profile  # noqa: E402
+from egt.megakernel.runtime import MegaKernelDecoder  # noqa: E402
+from egt.megakernel.search import PlanStore, search, spearman  # noqa: E402
+
+
+def time_decoder(dec, model, batch, ctx=140, n=100, reps=5):
+    cache = model.setup_cache(batch, ctx + n * (reps + 2) + 16)
+    dec.set_inputs([1] * batch, [ctx] * batch, [0] * batch, ctx)
+    for _ in range(5):
+        dec.launch(cache, logits=False, advance=True)
+    dec.check()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
+        s.record()
+        for _ in range(n):
+            dec.launch(cache, logits=False, advance=True)
+        e.record()
+        dec.check()
+        ts.append(s.elapsed_time(e) / n)
+    ts.sort()
+    del cache
+    return ts[len(ts) // 2], ts
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--batches", default="1")
+    ap.add_argument("--profile", default="h100")
+    ap.add_argument("--top", type=int, default=4)
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "search.json"))
+    ap.add_argument("--store", action="store_true", help="also write winners to the PlanStore")
+    a = ap.parse_args()
+    prof = get_profile(a.profile)
+    jobs = []
+    for name in a.shapes.split(","):
+        for b in map(int, a.batches.split(",")):
+            jobs.append((name, b, search(SHAPES[name], b, prof, max_plans=a.top)))
+    t0 = time.time()
+    with ThreadPoolExecutor(max(1, min(16, (os.cpu_count() or 2)))) as ex:
+        list(ex.map(build, [p for _, _, ps in jobs for p in ps]))
+    print(f"built {sum(len(ps) for _, _, ps in jobs)} plans in {time.time() - t0:.0f} s", flush=True)
+    out = {"device": torch.cuda.get_device_name(), "profile": prof.to_dict(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": []}
+    store = PlanStore()
+    current = None
+    for name, b, plans in jobs:
+        if current != name:
+            model = random_model(name, device="cuda")
+            current = name
+        rows = []
+        for p in plans:
+            dec = MegaKernelDecoder(model, batch=b, profile=prof, plan=p)
+            ms, ts = time_decoder(dec, model, b)
+            p.measured_ms = ms
+            rows.append({"plan_hash": p.plan_hash(), "predicted_ms": p.predicted_ms, "measured_ms": ms, "spread": ts,
+                         "threads": p.threads, "smem": {k: p.smem[k] for k in ("peak", "peak_without_ksplit")},
+                         "ops": {k: vars(v) for k, v in p.ops.items()}, "attn": vars(p.attn)})
+            print(f"  {name} b{b} {p.plan_hash()} pred {p.predicted_ms:.4f} meas {ms:.4f} "
+                  f"smem {p.smem['peak']}/{p.smem['peak_without_ksplit']}", flush=True)
+            del dec
+        rho = spearman([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
+        win = min(plans, key=lambda p: p.measured_ms)
+        win.notes = {"searched": len(plans), "spearman": rho, "device": out["device"], "date": out["date"]}
+        if a.store:
+            store.put(win)
+        out["results"].append({"model": name, "batch": b, "spearman": rho, "winner": win.to_dict(), "candidates": rows})
+        print(f"{name} b{b}: winner {win.plan_hash()} {win.measured_ms:.4f} ms; spearman {rho:.2f}", flush=True)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+    torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+// egt MegaKernel opcode: decode attention over the KV cache, split across blocks, with RoPE and the KV append.
+//
+// Contract:
+// - Work items are (batch row b, kv head g, split s); split s covers an equal share of the row's valid cache rows
+//   [attn_start[b], slot]. The number of splits S is fixed by the plan; the share is computed from the run-time
+//   context length, so the schedule is static while the context grows.
+// - An item loads its first sub-block of cached K/V rows with cp.async *before* waiting for the QKV projection:
+//   past keys and values do not depend on this step (Ada-MK's "earlier KV loads").
+// - The item that covers the new row `slot` rotates the new key, writes key and value into the cache, and uses
+//   them from shared memory (the cache row is never read back in the same launch).
+// - With S > 1, the last item of (b, g) to finish (arrival counter) combines the S partial softmax states in
+//   fixed split order, so the combine is deterministic.
+// - Numerics follow the torch reference: q and k are rotated with bf16/fp16-rounded cos/sin and rounded after
+//   each product and the sum; softmax and the weighted sum of V run in float32.
+#pragma once
+#include "mk_common.cuh"
+
+namespace egt {
+
+template <int NH_, int NKV_, int HD_, int S_, int SUB_, int ROT_> struct AttnCfg {
+  static constexpr int NH = NH_, NKV = NKV_, HD = HD_, S = S_, SUB = SUB_, ROT = ROT_;
+};
+
+template <class C> struct Attention {
+  static constexpr int G = C::NH / C::NKV;
+  static constexpr int HD = C::HD;
+  static constexpr int HP = HD / 2;             // dimension pairs handled by one thread in P.V
+  static constexpr int TG = NTHR / HP;          // position groups in P.V
+  static constexpr int KROW = HD + 8;           // padded row (16 bytes) keeps per-thread row reads conflict-free
+  static constexpr int ITEMS = NB * C::NKV * C::S;
+  static constexpr int NQKV = (C::NH + 2 * C::NKV) * HD;
+  // shared-memory layout of the attention page (aliases the matvec activation page)
+  static constexpr int OFF_Q = 0;                                  // float [G][HD]
+  static constexpr int OFF_KN = OFF_Q + 4 * G * HD;                // float [HD]
+  static constexpr int OFF_VN = OFF_KN + 4 * HD;                   // float [HD]
+  static constexpr int OFF_SC = OFF_VN + 4 * HD;                   // float [G][SUB]
+  static constexpr int OFF_ST = OFF_SC + 4 * G * C::SUB;           // float m[G], l[G], alpha[G], int flag
+  static constexpr int OFF_RED = OFF_ST + ((4 * (3 * G + 1) + 15) / 16) * 16;  // float [TG][G][HD]
+  static constexpr int OFF_K = OFF_RED + 4 * TG * G * HD;          // T [SUB][KROW]
+  static constexpr int OFF_V = OFF_K + 2 * C::SUB * KROW;          // T [SUB][KROW]
+  static constexpr int REGION_BYTES = OFF_V + 2 * C::SUB * KROW;
+  static_assert(NTHR % HP == 0 && C::NH % C::NKV == 0 && HD % 8 == 0 && G <= NTHR / 32, "attention layout");
+  static_assert(C::SUB <= NTHR, "one thread per position in a sub-block");
+
+  __device__ static __forceinline__ void issue_kv(unsigned char* pg, const mk_t* kc, const mk_t* vc, int t0, int cnt,
+                                                  int slot) {
+    mk_t* ks = reinterpret_cast<mk_t*>(pg + OFF_K);
+    mk_t* vs = reinterpret_cast<mk_t*>(pg + OFF_V);
+    constexpr int VR = HD / 8;
+    for (int v = threadIdx.x; v < cnt * VR; v += NTHR) {
+      const int p = v / VR, c = v - p * VR;
+      const int t = t0 + p;
+      if (t != slot) {
+        cp_async16(ks + p * KROW + c * 8, kc + (long long)t * HD + c * 8);
+        cp_async16(vs + p * KROW + c * 8, vc + (long long)t * HD + c * 8);
+      }
+    }
+    cp_commit();
+  }
+
+  // Rotate element d of a head whose raw values start at `src` (HF rotate-half convention).
+  __device__ static __forceinline__ float rope(const mk_t* src, int d, float pos, const float* inv_freq, float scale) {
+    const int i = d % HP;
+    const float theta = pos * __ldg(inv_freq + i);
+    const float c = rnd<mk_t>(cosf(theta) * scale), s = rnd<mk_t>(sinf(theta) * scale);
+    const float x = to_f(__ldcg(src + d));
+    const float y = (d < HP) ? -to_f(__ldcg(src + d + HP)) : to_f(__ldcg(src + d - HP));
+    return rnd<mk_t>(rnd<mk_t>(x * c) + rnd<mk_t>(y * s));
+  }
+
+  // Runs this block's items for layer l. Returns after the block's last item; the caller waits on att_done.
+  __device__ static void run(int l, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out, float* part_o,
+                             float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done, unsigned E1,
+                             const float* inv_freq, int* ctl) {
+    int first = (int)((blockIdx.x + NBLK - (C::ROT % NBLK)) % NBLK);
+    if (first >= ITEMS) return;
+    float* qs = reinterpret_cast<float*>(pg + OFF_Q);
+    float* kn = reinterpret_cast<float*>(pg + OFF_KN);
+    float* vn = reinterpret_cast<float*>(pg + OFF_VN);
+    float* sc = reinterpret_cast<float*>(pg + OFF_SC);
+    float* mrun = reinterpret_cast<float*>(pg + OFF_ST);
+    float* lrun = mrun + G;
+    float* alpha = lrun + G;
+    int* flag = reinterpret_cast<int*>(alpha + G);
+    float* red = reinterpret_cast<float*>(pg + OFF_RED);
+    const mk_t* ks = reinterpret_cast<const mk_t*>(pg + OFF_K);
+    const mk_t* vs = reinterpret_cast<const mk_t*>(pg + OFF_V);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int slot = __ldcg(p.slot);
+    const float qscale = rsqrtf((float)HD);
+    bool waited = false;
+#pragma unroll 1
+    for (int item = first; item < ITEMS; item += NBLK) {
+      const int b = item / (C::NKV * C::S);
+      const int g = (item / C::S) % C::NKV;
+      const int s = item % C::S;
+      const int len = slot + 1;
+      const int st = __ldcg(p.attn_start + b);
+      const int n = len - st;
+      const int chunk = (n + C::S - 1) / C::S;
+      const int t0 = st + s * chunk;
+      const int t1 = min(len, t0 + chunk);
+      const int cnt = max(0, t1 - t0);
+      const long long base = ((((long long)l * NB + b) * C::NKV + g) * p.maxlen) * HD;
+      mk_t* kc = p.kc + base;
+      mk_t* vc = p.vc + base;
+      issue_kv(pg, kc, vc, t0, min(cnt, C::SUB), slot);
+      if (!waited) {
+        block_wait(qkv_done, E1 * NBLK, ctl, p.timeout_ns);
+        waited = true;
+      }
+      const float pos = (float)__ldcg(p.rope_pos + b);
+      const mk_t* qrow = qkv + (long long)b * NQKV;
+      for (int i = tid; i < G * HD; i += NTHR) {
+        const int gh = i / HD, d = i - gh * HD;
+        qs[i] = rope(qrow + (g * G + gh) * HD, d, pos, inv_freq, (float)p.rope_scale) * qscale;
+      }
+      const bool has_new = (slot >= t0 && slot < t1);
+      if (has_new) {
+        for (int d = tid; d < HD; d += NTHR) {
+          const float k = rope(qrow + C::NH * HD + g * HD, d, pos, inv_freq, (float)p.rope_scale);
+          const mk_t vv = __ldcg(qrow + (C::NH + C::NKV) * HD + g * HD + d);
+          kn[d] = k;
+          vn[d] = to_f(vv);
+          kc[(long long)slot * HD + d] = from_f<mk_t>(k);
+          vc[(long long)slot * HD + d] = vv;
+        }
+      }
+      if (tid < G) {
+        mrun[tid] = -INFINITY;
+        lrun[tid] = 0.f;
+      }
+      const int dp = tid % HP, tg = tid / HP;
+      float acc[G][2];
+#pragma unroll
+      for (int gh = 0; gh < G; ++gh) acc[gh][0] = acc[gh][1] = 0.f;
+#pragma unroll 1
+      for (int sb = t0; sb < t1; sb += C::SUB) {
+        const int cs = min(C::SUB, t1 - sb);
+        if (sb != t0) issue_kv(pg, kc, vc, sb, cs, slot);
+        cp_wait<0>();
+        __syncthreads();
+        for (int q = tid; q < cs; q += NTHR) {
+          const int t = sb + q;
+          float dot[G];
+#pragma unroll
+          for (int gh = 0; gh < G; ++gh) dot[gh] = 0.f;
+#pragma unroll 4
+          for (int c = 0; c < HD / 8; ++c) {
+            float kf[8];
+            if (t == slot) {
+#pragma unroll
+              for (int e = 0; e < 8; ++e) kf[e] = kn[c * 8 + e];
+            } else {
+              unpack8<mk_t>(*reinterpret_cast<const uint4*>(ks + q * KROW + c * 8), kf);
+            }
+#pragma unroll
+            for (int gh = 0; gh < G; ++gh)
+#pragma unroll
+              for (int e = 0; e < 8; ++e) dot[gh] = fmaf(qs[gh * HD + c * 8 + e], kf[e], dot[gh]);
+          }
+#pragma unroll
+          for (int gh = 0; gh < G; ++gh) sc[gh * C::SUB + q] = dot[gh];
+        }
+        __syncthreads();
+        if (warp < G) {
+          const int gh = warp;
+          float mx = -INFINITY;
+          for (int q = lane; q < cs; q += 32) mx = fmaxf(mx, sc[gh * C::SUB + q]);
+          mx = warp_max(mx);
+          const float mold = mrun[gh];
+          const float mnew = fmaxf(mold, mx);
+          float sum = 0.f;
+          for (int q = lane; q < cs; q += 32) {
+            const float e = expf(sc[gh * C::SUB + q] - mnew);
+            sc[gh * C::SUB + q] = e;
+            sum += e;
+          }
+          sum = warp_sum(sum);
+          __syncwarp();
+          if (lane == 0) {
+            const float a = expf(mold - mnew);
+            alpha[gh] = a;
+            lrun[gh] = lrun[gh] * a + sum;
+            mrun[gh] = mnew;
+          }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int gh = 0; gh < G; ++gh) {
+          const float a = alpha[gh];
+          acc[gh][0] *= a;
+          acc[gh][1] *= a;
+        }
+        for (int q = tg; q < cs; q += TG) {
+          const int t = sb + q;
+          float v0, v1;
+          if (t == slot) {
+            v0 = vn[2 * dp];
+            v1 = vn[2 * dp + 1];
+          } else {
+            const mk_t* vp = vs + q * KROW + 2 * dp;
+            v0 = to_f(vp[0]);
+            v1 = to_f(vp[1]);
+          }
+#pragma unroll
+          for (int gh = 0; gh < G; ++gh) {
+            const float w = sc[gh * C::SUB + q];
+            acc[gh][0] = fmaf(w, v0, acc[gh][0]);
+            acc[gh][1] = fmaf(w, v1, acc[gh][1]);
+          }
+        }
+        __syncthreads();
+      }
+      cp_wait<0>();
+#pragma unroll
+      for (int gh = 0; gh < G; ++gh) {
+        red[(tg * G + gh) * HD + 2 * dp] = acc[gh][0];
+        red[(tg * G + gh) * HD + 2 * dp + 1] = acc[gh][1];
+      }
+      __syncthreads();
+      const long long pbase = (((long long)b * C::NKV + g) * C::S + s) * G;
+      for (int i = tid; i < G * HD; i += NTHR) {
+        const int gh = i / HD, d = i - gh * HD;
+        float o = 0.f;
+#pragma unroll 4
+        for (int w = 0; w < TG; ++w) o += red[(w * G + gh) * HD + d];
+        if constexpr (C::S == 1) {
+          attn_out[(long long)b * C::NH * HD + (g * G + gh) * HD + d] = from_f<mk_t>(o / lrun[gh]);
+        } else {
+          part_o[(pbase + gh) * HD + d] = o;
+          if (d == 0) {
+            part_ml[(pbase + gh) * 2] = mrun[gh];
+            part_ml[(pbase + gh) * 2 + 1] = lrun[gh];
+          }
+        }
+      }
+      if constexpr (C::S == 1) {
+        block_arrive(att_done);
+      } else {
+        __syncthreads();
+        if (tid == 0) {
+          __threadfence();
+          const unsigned old = atom_add_acq_rel(arrive + b * C::NKV + g, 1u);
+          *flag = (old == E1 * C::S - 1);
+        }
+        __syncthreads();
+        if (*flag) {
+          const long long cbase = ((long long)b * C::NKV + g) * C::S * G;
+          for (int i = tid; i < G * HD; i += NTHR) {
+            const int gh = i / HD, d = i - gh * HD;
+            float M = -INFINITY;
+            for (int j = 0; j < C::S; ++j) M = fmaxf(M, __ldcg(part_ml + (cbase + j * G + gh) * 2));
+            float L = 0.f, O = 0.f;
+            for (int j = 0; j < C::S; ++j) {
+              const float m = __ldcg(part_ml + (cbase + j * G + gh) * 2);
+              const float w = (m == -INFINITY) ? 0.f : expf(m - M);
+              L += w * __ldcg(part_ml + (cbase + j * G + gh) * 2 + 1);
+              O += w * __ldcg(part_o + (cbase + j * G + gh) * HD + d);
+            }
+            attn_out[(long long)b * C::NH * HD + (g * G + gh) * HD + d] = from_f<mk_t>(O / L);
+          }
+          block_arrive(att_done);
+        }
+      }
+      __syncthreads();
+    }
+  }
+};
+
+}  // namespace egt

@@ -1,0 +1,404 @@
+// egt MegaKernel: the decode step of a Llama/Qwen2-family model as one persistent kernel.
+//
+// The generated translation unit defines, before including this file: mk_t, the model and plan constants
+// (NB, NBLK, NTHR, H, I, L, NH, NKV, HD, V, EPS, QKV_BIAS, scratch offsets, counter offsets) and the op configs
+// (MvQKV, MvO, MvGU, MvDN, MvLM, AttnC). The schedule is fully static: the order of ops below, the tiles each block
+// owns (compile-time functions of blockIdx) and the dependency targets. There is no task queue.
+#pragma once
+#include "mk_common.cuh"
+#include "mk_matvec.cuh"
+
+namespace egt {
+
+// ---- the kernel's arguments: 8-byte fields only, so the host packs them without a C compiler ---------------------
+struct Params {
+  const unsigned long long* table;  // per layer: LT pointers (see TBL_*), then the globals
+  mk_t* kc;                         // KV cache [L, NB, NKV, maxlen, HD]
+  mk_t* vc;
+  long long maxlen;
+  int* tokens_in;   // [NB] token of this step
+  int* rope_pos;    // [NB] RoPE position of this step
+  int* attn_start;  // [NB] first valid cache row (left padding)
+  int* slot;        // [1] cache row written this step; rows attn_start..slot are attended
+  int* tokens_out;  // [NB] greedy next token
+  float* logits;    // [NB, V] or null
+  unsigned char* scratch;
+  unsigned* counters;
+  int* ctl;  // [0] epoch, [1] error, [2] abort
+  unsigned long long timeout_ns;
+  long long advance;  // nonzero: feed the argmax back (tokens_in, rope_pos+1, slot+1) for the next launch
+  double rope_scale;
+  unsigned long long* trace;  // null, or [NBLK][32] globaltimer stamps of layer TRACE_LAYER (EGT_MK_TRACE builds)
+};
+
+}  // namespace egt
+
+#include "mk_attention.cuh"
+
+namespace egt {
+
+using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT>;
+
+enum { TBL_WQ = 0, TBL_WK, TBL_WV, TBL_BQ, TBL_BK, TBL_BV, TBL_WO, TBL_WG, TBL_WU, TBL_WD, TBL_LN1, TBL_LN2, LT = 12 };
+enum { GL_EMBED = 0, GL_LM, GL_NORM, GL_INVF };
+
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    mk_t a = from_f<mk_t>(f[2 * i]), b = from_f<mk_t>(f[2 * i + 1]);
+    w[i] = (uint32_t)(*reinterpret_cast<unsigned short*>(&a)) | ((uint32_t)(*reinterpret_cast<unsigned short*>(&b)) << 16);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// ---- row maps (which weight row feeds logical output row n of matrix m) ------------------------------------------
+struct RowQKV {
+  const uint4 *q, *k, *v;
+  __device__ const uint4* operator()(int, int n) const {
+    constexpr int NQ = NH * HD, NK = NKV * HD, RV = H / 8;
+    return n < NQ ? q + (long long)n * RV : (n < NQ + NK ? k + (long long)(n - NQ) * RV : v + (long long)(n - NQ - NK) * RV);
+  }
+};
+struct RowOne {
+  const uint4* w;
+  int rv;
+  __device__ const uint4* operator()(int, int n) const { return w + (long long)n * rv; }
+};
+struct RowTwo {
+  const uint4 *a, *b;
+  int rv;
+  __device__ const uint4* operator()(int m, int n) const { return (m == 0 ? a : b) + (long long)n * rv; }
+};
+
+// ---- activation stagers --------------------------------------------------------------------------------------
+// RMSNorm fused into the consumer: every block recomputes the row's rms (K elements, from L2) instead of paying a
+// grid-wide barrier for a separate norm task.
+template <int K, int KS> struct NormStage {
+  const mk_t* x;       // [NB, K] or the embedding table when emb
+  const int* tok;      // shared: token per row (emb only)
+  const mk_t* w;       // norm weight [K]
+  float* rstd;         // shared [NB]
+  bool emb;
+  __device__ const mk_t* row(int b) const { return emb ? x + (long long)tok[b] * K : x + (long long)b * K; }
+  __device__ void prepare() const {
+    if constexpr (KS == 1) return;  // the fused path computes rstd while staging
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int b = warp; b < NB; b += NTHR / 32) {
+      const uint4* r = reinterpret_cast<const uint4*>(row(b));
+      float ss = 0.f;
+      for (int c = lane; c < K / 8; c += 32) {
+        float f[8];
+        unpack8<mk_t>(__ldcg(r + c), f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ss = fmaf(f[e], f[e], ss);
+      }
+      ss = warp_sum(ss);
+      if (lane == 0) rstd[b] = rsqrtf(ss / (float)K + EPS);
+    }
+    __syncthreads();
+  }
+  // KS == 1: stage raw x, reduce the squares from shared memory (fixed order), normalise in place; one trip to L2.
+  __device__ void fused(uint4* xs) const {
+    constexpr int VP = K / 8;
+    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
+      const int b = v / VP, c = v - b * VP;
+      xs[v] = __ldcg(reinterpret_cast<const uint4*>(row(b)) + c);
+    }
+    __syncthreads();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int b = warp; b < NB; b += NTHR / 32) {
+      float ss = 0.f;
+      for (int c = lane; c < VP; c += 32) {
+        float f[8];
+        unpack8<mk_t>(xs[b * VP + c], f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ss = fmaf(f[e], f[e], ss);
+      }
+      ss = warp_sum(ss);
+      if (lane == 0) rstd[b] = rsqrtf(ss / (float)K + EPS);
+    }
+    __syncthreads();
+    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
+      const int b = v / VP, c = v - b * VP;
+      float xf[8], wf[8], o[8];
+      unpack8<mk_t>(xs[v], xf);
+      unpack8<mk_t>(__ldg(reinterpret_cast<const uint4*>(w) + c), wf);
+      const float r = rstd[b];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
+      xs[v] = pack8(o);
+    }
+    __syncthreads();
+  }
+  __device__ void operator()(uint4* xs, int kp) const {
+    if constexpr (KS == 1) {
+      fused(xs);
+      return;
+    }
+    constexpr int KP = K / KS, VP = KP / 8;
+    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
+      const int b = v / VP, c = v - b * VP;
+      const int k0 = kp * KP + c * 8;
+      float xf[8], wf[8], o[8];
+      unpack8<mk_t>(__ldcg(reinterpret_cast<const uint4*>(row(b) + k0)), xf);
+      unpack8<mk_t>(__ldg(reinterpret_cast<const uint4*>(w + k0)), wf);
+      const float r = rstd[b];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
+      xs[v] = pack8(o);
+    }
+    __syncthreads();
+  }
+};
+
+template <int K, int KS> struct PlainStage {
+  const mk_t* x;  // [NB, K]
+  __device__ void operator()(uint4* xs, int kp) const {
+    constexpr int KP = K / KS, VP = KP / 8;
+    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
+      const int b = v / VP, c = v - b * VP;
+      xs[v] = __ldcg(reinterpret_cast<const uint4*>(x + (long long)b * K + kp * KP) + c);
+    }
+    __syncthreads();
+  }
+};
+
+// ---- epilogues ----------------------------------------------------------------------------------------------------
+struct EpiQKV {
+  mk_t* out;
+  const mk_t *bq, *bk, *bv;
+  __device__ void operator()(int n, int b, const float (&v)[1]) const {
+    constexpr int NQ = NH * HD, NK = NKV * HD, NQKV = NQ + 2 * NK;
+    float bias = 0.f;
+    if constexpr (QKV_BIAS) bias = to_f(n < NQ ? bq[n] : (n < NQ + NK ? bk[n - NQ] : bv[n - NQ - NK]));
+    out[(long long)b * NQKV + n] = from_f<mk_t>(v[0] + bias);
+  }
+};
+// x_out = x_in + round(W x): the residual add of the o and down projections, rounded like the reference.
+struct EpiResid {
+  const mk_t* xin;
+  const int* tok;  // non-null: x_in rows are embedding rows
+  mk_t* xout;
+  mk_t* res;       // shared: this block's residual rows [NB][n1-n0], loaded by begin() beside the x staging
+  int n0, n1;
+  __device__ void begin(int a, int z) {
+    n0 = a;
+    n1 = z;
+    const int w = z - a;
+    for (int i = threadIdx.x; i < NB * w; i += NTHR) {
+      const int b = i / w, n = a + (i - b * w);
+      const mk_t* r = tok ? xin + (long long)tok[b] * H : xin + (long long)b * H;
+      res[i] = __ldcg(r + n);
+    }
+  }
+  __device__ void operator()(int n, int b, const float (&v)[1]) const {
+    xout[(long long)b * H + n] = from_f<mk_t>(to_f(res[b * (n1 - n0) + (n - n0)]) + rnd<mk_t>(v[0]));
+  }
+};
+struct EpiGU {
+  mk_t* h;
+  __device__ void operator()(int n, int b, const float (&v)[2]) const {
+    const float g = rnd<mk_t>(v[0]), u = rnd<mk_t>(v[1]);
+    const float s = rnd<mk_t>(g / (1.f + expf(-g)));
+    h[(long long)b * I + n] = from_f<mk_t>(s * u);
+  }
+};
+struct EpiLM {
+  float* logits;
+  float bv[NB];
+  int bi[NB];
+  __device__ void operator()(int n, int b, const float (&v)[1]) {
+    const float x = rnd<mk_t>(v[0]);
+    if (logits) logits[(long long)b * V + n] = x;
+    if (better(x, n, bv[b], bi[b])) {
+      bv[b] = x;
+      bi[b] = n;
+    }
+  }
+};
+
+}  // namespace egt
+
+using namespace egt;
+
+#ifdef EGT_MK_TRACE
+#define MK_STAMP(i)                                                                                    \
+  do {                                                                                                 \
+    if (p.trace && threadIdx.x == 0 && l == EGT_MK_TRACE) p.trace[blockIdx.x * 32 + (i)] = global_ns(); \
+  } while (0)
+#else
+#define MK_STAMP(i) \
+  do {              \
+  } while (0)
+#endif
+
+extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Params p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint4* ring = reinterpret_cast<uint4*>(smem);
+  unsigned char* page = smem + RING_BYTES;
+  __shared__ int s_tok[NB];
+  __shared__ float s_rstd[NB];
+  __shared__ float s_bv[NTHR / 32][NB];
+  __shared__ int s_bi[NTHR / 32][NB];
+  __shared__ mk_t s_res[RES_ROWS * NB];
+  __shared__ unsigned s_e1;
+  __shared__ int s_last;
+  if (threadIdx.x == 0) s_e1 = (unsigned)__ldcg(p.ctl) + 1u;
+  if (threadIdx.x < NB) s_tok[threadIdx.x] = __ldcg(p.tokens_in + threadIdx.x);
+  __syncthreads();
+  const unsigned E1 = s_e1;
+  const unsigned long long* tb = p.table;
+  const unsigned long long* gl = tb + L * LT;
+  const mk_t* embed = reinterpret_cast<const mk_t*>(gl[GL_EMBED]);
+  const float* inv_freq = reinterpret_cast<const float*>(gl[GL_INVF]);
+  mk_t* xA = reinterpret_cast<mk_t*>(p.scratch + SCR_XA);
+  mk_t* xM = reinterpret_cast<mk_t*>(p.scratch + SCR_XM);
+  mk_t* qkv = reinterpret_cast<mk_t*>(p.scratch + SCR_QKV);
+  mk_t* att = reinterpret_cast<mk_t*>(p.scratch + SCR_ATT);
+  mk_t* hbuf = reinterpret_cast<mk_t*>(p.scratch + SCR_H);
+  float* part_o = reinterpret_cast<float*>(p.scratch + SCR_PO);
+  float* part_ml = reinterpret_cast<float*>(p.scratch + SCR_PML);
+  float* best_v = reinterpret_cast<float*>(p.scratch + SCR_BV);
+  int* best_i = reinterpret_cast<int*>(p.scratch + SCR_BI);
+  unsigned* c_qkv = p.counters + CNT_QKV;
+  unsigned* c_att = p.counters + CNT_ATT;
+  unsigned* c_o = p.counters + CNT_O;
+  unsigned* c_gu = p.counters + CNT_GU;
+  unsigned* c_dn = p.counters + CNT_DN;
+  unsigned* c_lm = p.counters + CNT_LM;
+  unsigned* c_arr = p.counters + CNT_ARR;
+  const unsigned ALL = E1 * NBLK;
+  auto U4 = [](unsigned long long a) { return reinterpret_cast<const uint4*>(a); };
+  auto T = [](unsigned long long a) { return reinterpret_cast<const mk_t*>(a); };
+
+  {
+    const unsigned long long* lt = tb;
+    Matvec<MvQKV, WQKV>::prefill(ring, RowQKV{U4(lt[TBL_WQ]), U4(lt[TBL_WK]), U4(lt[TBL_WV])});
+  }
+#pragma unroll 1
+  for (int l = 0; l < L; ++l) {
+    const unsigned long long* lt = tb + (long long)l * LT;
+    // RMSNorm -> QKV (bias)
+    MK_STAMP(0);
+    if (l > 0) block_wait(c_dn + l - 1, ALL, p.ctl, p.timeout_ns);
+    MK_STAMP(1);
+    {
+      NormStage<H, MvQKV::KS> st{l == 0 ? embed : xA, s_tok, T(lt[TBL_LN1]), s_rstd, l == 0};
+      st.prepare();
+      EpiQKV e{qkv, T(lt[TBL_BQ]), T(lt[TBL_BK]), T(lt[TBL_BV])};
+      Matvec<MvQKV, WQKV>::run(ring, page, RowQKV{U4(lt[TBL_WQ]), U4(lt[TBL_WK]), U4(lt[TBL_WV])}, st, e);
+    }
+    MK_STAMP(2);
+    block_arrive(c_qkv + l);
+    Matvec<MvO, WO>::prefill(ring, RowOne{U4(lt[TBL_WO]), NH * HD / 8});
+    // RoPE + KV append + split attention (+ combine)
+    MK_STAMP(3);
+    Attention<AttnC>::run(l, page, p, qkv, att, part_o, part_ml, c_qkv + l, c_arr + (long long)l * NB * NKV, c_att + l,
+                          E1, inv_freq, p.ctl);
+    MK_STAMP(4);
+    block_wait(c_att + l, E1 * NB * NKV, p.ctl, p.timeout_ns);
+    MK_STAMP(5);
+    // O projection + residual
+    {
+      PlainStage<NH * HD, MvO::KS> st{att};
+      EpiResid e{l == 0 ? embed : xA, l == 0 ? s_tok : nullptr, xM, s_res, 0, 0};
+      Matvec<MvO, WO>::run(ring, page, RowOne{U4(lt[TBL_WO]), NH * HD / 8}, st, e);
+    }
+    MK_STAMP(6);
+    block_arrive(c_o + l);
+    Matvec<MvGU, WGU>::prefill(ring, RowTwo{U4(lt[TBL_WG]), U4(lt[TBL_WU]), H / 8});
+    block_wait(c_o + l, ALL, p.ctl, p.timeout_ns);
+    MK_STAMP(7);
+    // RMSNorm -> gate/up -> SiLU * up
+    {
+      NormStage<H, MvGU::KS> st{xM, s_tok, T(lt[TBL_LN2]), s_rstd, false};
+      st.prepare();
+      EpiGU e{hbuf};
+      Matvec<MvGU, WGU>::run(ring, page, RowTwo{U4(lt[TBL_WG]), U4(lt[TBL_WU]), H / 8}, st, e);
+    }
+    MK_STAMP(8);
+    block_arrive(c_gu + l);
+    Matvec<MvDN, WDN>::prefill(ring, RowOne{U4(lt[TBL_WD]), I / 8});
+    block_wait(c_gu + l, ALL, p.ctl, p.timeout_ns);
+    MK_STAMP(9);
+    // down projection + residual
+    {
+      PlainStage<I, MvDN::KS> st{hbuf};
+      EpiResid e{xM, nullptr, xA, s_res, 0, 0};
+      Matvec<MvDN, WDN>::run(ring, page, RowOne{U4(lt[TBL_WD]), I / 8}, st, e);
+    }
+    MK_STAMP(10);
+    block_arrive(c_dn + l);
+    if (l + 1 < L) {
+      const unsigned long long* nt = lt + LT;
+      Matvec<MvQKV, WQKV>::prefill(ring, RowQKV{U4(nt[TBL_WQ]), U4(nt[TBL_WK]), U4(nt[TBL_WV])});
+    } else {
+      Matvec<MvLM, WLM>::prefill(ring, RowOne{U4(gl[GL_LM]), H / 8});
+    }
+  }
+  // final RMSNorm -> LM head -> argmax
+  block_wait(c_dn + L - 1, ALL, p.ctl, p.timeout_ns);
+  EpiLM e{p.logits};
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    e.bv[b] = -INFINITY;
+    e.bi[b] = 0x7fffffff;
+  }
+  {
+    NormStage<H, MvLM::KS> st{xA, s_tok, T(gl[GL_NORM]), s_rstd, false};
+    st.prepare();
+    Matvec<MvLM, WLM>::run(ring, page, RowOne{U4(gl[GL_LM]), H / 8}, st, e);
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    float v = e.bv[b];
+    int i = e.bi[b];
+    warp_argmax(v, i);
+    if (lane == 0) {
+      s_bv[warp][b] = v;
+      s_bi[warp][b] = i;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < NB) {
+    const int b = threadIdx.x;
+    float v = s_bv[0][b];
+    int i = s_bi[0][b];
+    for (int w = 1; w < NTHR / 32; ++w)
+      if (better(s_bv[w][b], s_bi[w][b], v, i)) { v = s_bv[w][b]; i = s_bi[w][b]; }
+    best_v[blockIdx.x * NB + b] = v;
+    best_i[blockIdx.x * NB + b] = i;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    s_last = (atom_add_acq_rel(c_lm, 1u) == ALL - 1);
+  }
+  __syncthreads();
+  if (s_last) {
+    if (threadIdx.x < NB) {
+      const int b = threadIdx.x;
+      float v = -INFINITY;
+      int i = 0x7fffffff;
+      for (int k = 0; k < NBLK; ++k) {
+        const float ov = __ldcg(best_v + k * NB + b);
+        const int oi = __ldcg(best_i + k * NB + b);
+        if (better(ov, oi, v, i)) { v = ov; i = oi; }
+      }
+      if (i == 0x7fffffff) i = 0;  // every logit NaN: report token 0 rather than an out-of-range id
+      p.tokens_out[b] = i;
+      if (p.advance) {
+        p.tokens_in[b] = i;
+        p.rope_pos[b] += 1;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      if (p.advance) *p.slot += 1;
+      __threadfence();
+      atomicExch(p.ctl, (int)E1);  // the next launch's epoch
+    }
+  }
+}

@@ -1,0 +1,237 @@
+"""Load a built MegaKernel and run decode steps over a model's own weights and KV cache.
+
+Contract:
+- `MegaKernelDecoder(model, batch)` finds (or searches) the plan for (model shape, batch, profile), builds or
+  reuses the binary, loads it with ctypes and refuses a grid that the occupancy API says cannot be co-resident
+  (`MegaKernelError`). It reads the weights in place (no copy): HF-named `nn.Linear` weights of one dtype.
+- `step(tokens, rope_pos, attn_start, slot, cache)` is one launch on the current stream: it appends this step's
+  K/V at cache row `slot` for every batch row, attends rows attn_start[b]..slot, writes float32 logits [B, V]
+  and the greedy next token. Inputs are copied into the decoder's device buffers with stream-ordered copies.
+- `check()` waits for the stream with a host-side timeout and raises `MegaKernelTimeout` when the kernel did not
+  finish, or when the kernel's own dependency timeout fired (a dependency never arrived): a hang becomes an
+  error, and the counters are reset so the decoder stays usable.
+- The torch custom op `egt::megakernel_decode` runs `step` on a registered decoder, so any torch-based engine
+  can call the step (see `op()`).
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+import time
+
+import torch
+
+from .codegen import BuildError, build, counter_layout, scratch_layout
+from .profiles import get_profile
+from .schedule import MegaPlan
+from .search import PlanStore, plan_for
+
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+class MegaKernelError(RuntimeError):
+    """The MegaKernel cannot run this model/plan here (not co-resident, unsupported model, launch failure)."""
+
+
+class MegaKernelTimeout(MegaKernelError):
+    """A launch did not finish in time: a dependency never arrived (deadlock) or the GPU is oversubscribed."""
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else int(t.data_ptr())
+
+
+class MegaKernelDecoder:
+    def __init__(self, model, batch: int = 1, profile: str | None = None, plan: MegaPlan | None = None,
+                 store: PlanStore | None = None, timeout_s: float = 10.0, kernel_timeout_s: float = 2.0,
+                 trace_layer: int | None = None):
+        if not torch.cuda.is_available():
+            raise MegaKernelError("the MegaKernel needs a CUDA GPU")
+        shape = model.shape
+        if shape.qk_norm:
+            raise MegaKernelError("qk_norm models (Qwen3) are not supported by the MegaKernel yet")
+        w = model.layers[0].self_attn.q_proj.weight
+        if w.dtype not in DTYPE_NAMES or w.device.type != "cuda":
+            raise MegaKernelError(f"MegaKernel needs bf16/fp16 CUDA weights, got {w.dtype} on {w.device}")
+        for name, mod in model.named_modules():
+            if name.endswith("_proj") or name == "lm_head":
+                if not isinstance(mod, torch.nn.Linear):
+                    raise MegaKernelError(f"{name} is {type(mod).__name__}: compressed formats are issue 9")
+        self.model, self.batch = model, batch
+        self.device = w.device
+        self.dtype = w.dtype
+        prof = get_profile(profile)
+        self.profile = prof
+        self.plan = plan or plan_for(shape, batch, prof, DTYPE_NAMES[w.dtype], store)
+        if self.plan.batch != batch or self.plan.dtype != DTYPE_NAMES[w.dtype]:
+            raise MegaKernelError(f"plan is for batch {self.plan.batch}/{self.plan.dtype}, not {batch}/{DTYPE_NAMES[w.dtype]}")
+        errs = self.plan.check(prof.smem_per_block)
+        if errs:
+            raise MegaKernelError("plan does not fit profile " + prof.name + ": " + "; ".join(errs))
+        try:
+            self.lib_path = build(self.plan, trace_layer=trace_layer)
+        except BuildError as e:
+            raise MegaKernelError(str(e)) from e
+        with torch.cuda.device(self.device):
+            self.lib = ctypes.CDLL(str(self.lib_path))
+            self.lib.egt_mk_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            self.lib.egt_mk_info.argtypes = [ctypes.c_void_p]
+            self.lib.egt_mk_error_string.restype = ctypes.c_char_p
+            info = (ctypes.c_longlong * 9)()
+            r = self.lib.egt_mk_info(info)
+            if r:
+                raise MegaKernelError(f"kernel setup failed: {self.lib.egt_mk_error_string(r).decode()} "
+                                      f"(needs {self.plan.smem_bytes()['dynamic']} B dynamic shared memory)")
+            self.info = {k: int(info[i]) for i, k in enumerate(
+                ["smem_dynamic", "threads", "blocks", "blocks_per_sm", "sms", "regs", "local_bytes", "smem_static"])}
+            if self.info["blocks_per_sm"] * self.info["sms"] < self.info["blocks"]:
+                raise MegaKernelError(
+                    f"grid of {self.info['blocks']} blocks is not co-resident on this GPU "
+                    f"({self.info['sms']} SMs x {self.info['blocks_per_sm']} blocks/SM): refusing to launch a "
+                    "persistent kernel that would deadlock")
+        self._setup_buffers()
+        if trace_layer is not None:
+            self.trace = torch.zeros(self.plan.blocks, 32, dtype=torch.int64, device=self.device)
+        self.timeout_s = timeout_s
+        self.kernel_timeout_ns = int(kernel_timeout_s * 1e9)
+        self._launches = 0
+        self._lock = threading.Lock()
+
+    # ---- buffers --------------------------------------------------------------------------------------------------
+    def _setup_buffers(self):
+        m, dev, B = self.model, self.device, self.batch
+        s = m.shape
+        ptrs = []
+        for layer in m.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            for t in (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.q_proj.bias, a.k_proj.bias, a.v_proj.bias,
+                      a.o_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
+                      layer.input_layernorm.weight, layer.post_attention_layernorm.weight):
+                if t is not None:
+                    if t.dtype != self.dtype or not t.is_contiguous() or t.device != dev:
+                        raise MegaKernelError("every weight must be a contiguous tensor of one dtype on one GPU")
+                    if t.data_ptr() % 16:
+                        raise MegaKernelError("weights must be 16-byte aligned")
+                ptrs.append(_ptr(t))
+        self.inv_freq = m.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+        for t in (m.embed_tokens.weight, m.lm_head.weight, m.norm.weight):
+            if t.dtype != self.dtype or not t.is_contiguous():
+                raise MegaKernelError("embedding, LM head and final norm must be contiguous in the weights' dtype")
+        ptrs += [_ptr(m.embed_tokens.weight), _ptr(m.lm_head.weight), _ptr(m.norm.weight), _ptr(self.inv_freq)]
+        self.table = torch.tensor(ptrs, dtype=torch.int64, device=dev)  # kernel reads them as u64
+        lay, cnt = scratch_layout(self.plan), counter_layout(self.plan)
+        self.scratch = torch.zeros(lay["TOTAL"], dtype=torch.uint8, device=dev)
+        self.counters = torch.zeros(cnt["TOTAL"], dtype=torch.int32, device=dev)
+        self.ctl = torch.zeros(4, dtype=torch.int32, device=dev)
+        self.io = torch.zeros(4 * B + 1, dtype=torch.int32, device=dev)  # tokens_in, rope_pos, attn_start, tokens_out, slot
+        self.tokens_in, self.rope_pos = self.io[0:B], self.io[B:2 * B]
+        self.attn_start, self.tokens_out, self.slot = self.io[2 * B:3 * B], self.io[3 * B:4 * B], self.io[4 * B:]
+        self.logits = torch.empty(B, s.vocab, dtype=torch.float32, device=dev)
+        self.rope_scale = float(getattr(m, "attention_scaling", 1.0))
+        self.trace = None
+
+    def _params(self, cache, logits: bool, advance: bool) -> bytes:
+        k, v = cache.k, cache.v
+        s = self.model.shape
+        want = (s.layers, self.batch, s.kv_heads, k.shape[3], s.head_dim)
+        if tuple(k.shape) != want or tuple(v.shape) != want or k.dtype != self.dtype or not k.is_contiguous():
+            raise MegaKernelError(f"KV cache must be contiguous {self.dtype} of shape {want}, got {tuple(k.shape)}")
+        return struct.pack("<15QdQ", _ptr(self.table), _ptr(k), _ptr(v), k.shape[3], _ptr(self.tokens_in),
+                           _ptr(self.rope_pos), _ptr(self.attn_start), _ptr(self.slot), _ptr(self.tokens_out),
+                           _ptr(self.logits) if logits else 0, _ptr(self.scratch), _ptr(self.counters),
+                           _ptr(self.ctl), self.kernel_timeout_ns, 1 if advance else 0, self.rope_scale,
+                           _ptr(self.trace))
+
+    # ---- running ----------------------------------------------------------------------------------------------------
+    def set_inputs(self, tokens, rope_pos, attn_start, slot: int):
+        B = self.batch
+        self.tokens_in.copy_(torch.as_tensor(tokens, dtype=torch.int32).view(B), non_blocking=True)
+        self.rope_pos.copy_(torch.as_tensor(rope_pos, dtype=torch.int32).view(B), non_blocking=True)
+        if attn_start is None:
+            self.attn_start.zero_()
+        else:
+            self.attn_start.copy_(torch.as_tensor(attn_start, dtype=torch.int32).view(B), non_blocking=True)
+        self.slot.fill_(int(slot))
+
+    def launch(self, cache, logits: bool = True, advance: bool = False):
+        """One decode step on the current stream with the inputs already in the device buffers."""
+        if int(cache.k.shape[3]) <= 0:
+            raise MegaKernelError("empty cache")
+        if self._launches >= (1 << 20):  # keep the cumulative counters far from 32-bit overflow
+            torch.cuda.current_stream(self.device).synchronize()
+            self.counters.zero_()
+            self.ctl.zero_()
+            self._launches = 0
+        p = self._params(cache, logits, advance)
+        buf = ctypes.create_string_buffer(p, len(p))
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        r = self.lib.egt_mk_launch(buf, ctypes.c_void_p(stream))
+        if r == -1:
+            raise MegaKernelError("launch refused: grid not co-resident")
+        if r:
+            raise MegaKernelError(f"launch failed: {self.lib.egt_mk_error_string(r).decode()}")
+        self._launches += 1
+
+    def check(self):
+        """Wait (host timeout) and raise if this launch timed out on the device or on the host."""
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.device))
+        t0 = time.monotonic()
+        while not ev.query():
+            if time.monotonic() - t0 > self.timeout_s:
+                raise MegaKernelTimeout(
+                    f"MegaKernel step did not finish within {self.timeout_s:.1f} s (device still busy): likely a "
+                    "deadlock from a grid that is not co-resident (another kernel holding SMs?)")
+            time.sleep(0.0002)
+        err = int(self.ctl[1].item())
+        if err:
+            self.ctl.zero_()
+            self.counters.zero_()
+            self._launches = 0
+            raise MegaKernelTimeout(
+                f"MegaKernel dependency wait timed out on the device (error {err}): a block never arrived, so the "
+                "grid was not fully resident or another kernel held SMs; outputs of this step are invalid")
+
+    @torch.inference_mode()
+    def step(self, tokens, rope_pos, attn_start, slot: int, cache, check: bool = True):
+        """One decode step; returns (next_tokens [B] int64, logits [B, V] float32 — a view reused next step)."""
+        with self._lock:
+            if not 0 <= slot < cache.k.shape[3]:
+                raise MegaKernelError(f"slot {slot} outside the cache (max_len {cache.k.shape[3]})")
+            self.set_inputs(tokens, rope_pos, attn_start, slot)
+            self.launch(cache)
+            if check:
+                self.check()
+            return self.tokens_out.long(), self.logits
+
+
+# ---- torch custom op --------------------------------------------------------------------------------------------
+_DECODERS: dict[int, MegaKernelDecoder] = {}
+
+
+def register(decoder: MegaKernelDecoder) -> int:
+    """Make a decoder callable through torch.ops.egt.megakernel_decode; returns its handle."""
+    h = id(decoder)
+    _DECODERS[h] = decoder
+    return h
+
+
+@torch.library.custom_op("egt::megakernel_decode", mutates_args=("k_cache", "v_cache"))
+def megakernel_decode(handle: int, tokens: torch.Tensor, rope_pos: torch.Tensor, attn_start: torch.Tensor,
+                      slot: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MegaKernel decode step: appends K/V at `slot`, returns (next tokens [B] int64, logits [B, V] fp32)."""
+    dec = _DECODERS[handle]
+
+    class _Cache:
+        k, v = k_cache, v_cache
+
+    nxt, logits = dec.step(tokens, rope_pos, attn_start, slot, _Cache)
+    return nxt.clone(), logits.clone()
+
+
+@megakernel_decode.register_fake
+def _(handle, tokens, rope_pos, attn_start, slot, k_cache, v_cache):
+    b = tokens.shape[0]
+    vocab = _DECODERS[handle].model.shape.vocab if handle in _DECODERS else 1
+    return tokens.new_empty(b, dtype=torch.int64), tokens.new_empty(b, vocab, dtype=torch.float32)

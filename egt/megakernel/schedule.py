@@ -1,0 +1,229 @@
+"""Schedules and plans: the static decisions baked into one MegaKernel binary, and their JSON form.
+
+Contract:
+- `MatvecSchedule` fixes, for one matrix-vector op, the row tile (TR), the stage width along K (TK), the number of
+  cp.async pipeline stages, the activation K-split (KS), the warps that share one row (WPR) and the rotation of
+  the tile-to-block assignment. `AttnSchedule` fixes the attention split count, the sub-block of positions one
+  pass loads, and its block rotation.
+- `MegaPlan` bundles the key (model shape, compression plan, GPU profile, batch, dtype), the grid (blocks = the
+  profile's SMs, threads), one schedule per op, and what the search learnt (smem report, predicted and measured
+  times). `plan_hash` covers exactly what changes the generated code.
+- The validity rules here mirror the static_asserts in csrc/, so an invalid schedule is rejected in Python before
+  any compiler runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from ..models import ModelShape
+
+MATVEC_OPS = ("qkv", "o", "gateup", "down", "lm_head")
+
+
+@dataclass(frozen=True)
+class MatvecSchedule:
+    tr: int = 16
+    tk: int = 256
+    stages: int = 4
+    ksplit: int = 1
+    wpr: int = 1
+    rot: int = 0
+
+
+@dataclass(frozen=True)
+class AttnSchedule:
+    splits: int = 1
+    sub: int = 128
+    rot: int = 0
+
+
+@dataclass(frozen=True)
+class MatvecOp:
+    """Shape of one matvec op of the decode step: N outputs, K inputs, NMAT matrices read per output row."""
+
+    name: str
+    n: int
+    k: int
+    nmat: int
+    weight_kind: str  # operand kind of its weights, e.g. "dense-bf16"
+
+
+def matvec_ops(shape: ModelShape, weight_kind: str = "dense-bf16") -> dict[str, MatvecOp]:
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    return {
+        "qkv": MatvecOp("qkv", q + 2 * kv, shape.hidden, 1, weight_kind),
+        "o": MatvecOp("o", shape.hidden, q, 1, weight_kind),
+        "gateup": MatvecOp("gateup", shape.intermediate, shape.hidden, 2, weight_kind),
+        "down": MatvecOp("down", shape.hidden, shape.intermediate, 1, weight_kind),
+        "lm_head": MatvecOp("lm_head", shape.vocab, shape.hidden, 1, weight_kind),
+    }
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---- the shared-memory constraint model (mirrors csrc/mk_matvec.cuh and csrc/mk_attention.cuh) -----------------
+def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int) -> str | None:
+    """Why this schedule cannot run, or None."""
+    nw = threads // 32
+    if op.k % s.ksplit or (op.k // s.ksplit) % s.tk or s.tk % 8:
+        return "K must split into KS parts of whole TK stages"
+    if nw % s.wpr:
+        return "WPR must divide the warp count"
+    slots = nw // s.wpr
+    if s.tr % slots or s.tr // slots < 1:
+        return "TR must be a multiple of warps/WPR"
+    if s.stages < 2:
+        return "at least two stages"
+    return None
+
+
+def matvec_ring_bytes(op: MatvecOp, s: MatvecSchedule) -> int:
+    return s.stages * op.nmat * s.tr * (s.tk // 8) * 16
+
+
+def matvec_page_bytes(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, blocks: int) -> int:
+    nw = threads // 32
+    rpw = s.tr // (nw // s.wpr)
+    nt = ceil_div(op.n, s.tr)
+    maxt = ceil_div(nt, blocks)
+    xs = batch * (op.k // s.ksplit) // 8 * 16
+    red = nw * rpw * op.nmat * batch if s.wpr > 1 else 0
+    acc = maxt * s.tr * batch * op.nmat if s.ksplit > 1 else 0
+    return xs + 4 * (red + acc)
+
+
+def attn_page_bytes(shape: ModelShape, a: AttnSchedule, threads: int) -> int:
+    g = shape.heads // shape.kv_heads
+    hd = shape.head_dim
+    tg = threads // (hd // 2)
+    krow = hd + 8
+    off = 4 * g * hd + 8 * hd + 4 * g * a.sub
+    off += ((4 * (3 * g + 1) + 15) // 16) * 16
+    off += 4 * tg * g * hd
+    return off + 2 * 2 * a.sub * krow
+
+
+def static_smem_bytes(batch: int, threads: int, residual_rows: int = 0) -> int:
+    return batch * 8 + (threads // 32) * batch * 8 + 16 + residual_rows * batch * 2
+
+
+def attn_check(shape: ModelShape, a: AttnSchedule, threads: int) -> str | None:
+    if a.sub > threads:
+        return "SUB must not exceed the thread count"
+    if threads % (shape.head_dim // 2):
+        return "threads must be a multiple of head_dim/2"
+    if shape.heads // shape.kv_heads > threads // 32:
+        return "GQA group larger than the warp count"
+    return None
+
+
+@dataclass
+class MegaPlan:
+    model: ModelShape
+    batch: int
+    profile: str
+    dtype: str = "bf16"
+    compression: str = "none"  # CompressionPlan.method; bf16/fp16 weights only in this issue
+    threads: int = 512
+    blocks: int = 132
+    ops: dict[str, MatvecSchedule] = field(default_factory=dict)
+    attn: AttnSchedule = field(default_factory=AttnSchedule)
+    smem: dict = field(default_factory=dict)  # filled by smem_report()
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    notes: dict = field(default_factory=dict)
+
+    # ---- identity ----------------------------------------------------------------------------------------------
+    def key(self) -> str:
+        m = self.model
+        return (f"{m.name}|h{m.hidden}i{m.intermediate}l{m.layers}q{m.heads}kv{m.kv_heads}d{m.head_dim}v{m.vocab}"
+                f"|{self.compression}|{self.dtype}|{self.profile}|b{self.batch}")
+
+    def codegen_dict(self) -> dict:
+        """Exactly the fields that change the generated code."""
+        m = asdict(self.model)
+        return {"model": {k: m[k] for k in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim",
+                                             "vocab", "rms_eps", "qkv_bias", "qk_norm")},
+                "batch": self.batch, "dtype": self.dtype, "compression": self.compression, "threads": self.threads,
+                "blocks": self.blocks, "ops": {k: asdict(v) for k, v in sorted(self.ops.items())},
+                "attn": asdict(self.attn)}
+
+    def plan_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.codegen_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def residual_rows(self) -> int:
+        """Rows of the residual a block preloads for the o/down epilogues (its largest tile range)."""
+        ops = self.matvec_op_table()
+        return max(ceil_div(ceil_div(ops[n].n, self.ops[n].tr), self.blocks) * self.ops[n].tr for n in ("o", "down")
+                   if n in self.ops)
+
+    # ---- shared memory ------------------------------------------------------------------------------------------
+    def matvec_op_table(self) -> dict[str, MatvecOp]:
+        return matvec_ops(self.model, f"dense-{self.dtype}")
+
+    def smem_bytes(self, ksplit_override: int | None = None) -> dict:
+        ops = self.matvec_op_table()
+        ring = page = 0
+        per_op = {}
+        for name, op in ops.items():
+            s = self.ops[name]
+            if ksplit_override is not None:
+                s = MatvecSchedule(s.tr, s.tk, s.stages, ksplit_override, s.wpr, s.rot)
+            r = matvec_ring_bytes(op, s)
+            pg = matvec_page_bytes(op, s, self.batch, self.threads, self.blocks)
+            per_op[name] = {"ring": r, "page": pg}
+            ring, page = max(ring, r), max(page, pg)
+        ap = attn_page_bytes(self.model, self.attn, self.threads)
+        per_op["attention"] = {"ring": 0, "page": ap}
+        page = max(page, ap)
+        st = static_smem_bytes(self.batch, self.threads, self.residual_rows())
+        return {"ring": ring, "page": page, "static": st, "dynamic": ring + page, "peak": ring + page + st,
+                "per_op": per_op}
+
+    def smem_report(self) -> dict:
+        """Peak shared memory of this plan, and of the same plan with every K-split undone (KS=1)."""
+        with_ks = self.smem_bytes()
+        without = self.smem_bytes(ksplit_override=1)
+        self.smem = {"peak": with_ks["peak"], "peak_without_ksplit": without["peak"], "ring": with_ks["ring"],
+                     "page": with_ks["page"], "per_op": with_ks["per_op"]}
+        return self.smem
+
+    def check(self, smem_limit: int) -> list[str]:
+        errs = []
+        for name, op in self.matvec_op_table().items():
+            if name not in self.ops:
+                errs.append(f"{name}: no schedule")
+                continue
+            e = matvec_check(op, self.ops[name], self.threads)
+            if e:
+                errs.append(f"{name}: {e}")
+        e = attn_check(self.model, self.attn, self.threads)
+        if e:
+            errs.append(f"attention: {e}")
+        if not errs:
+            peak = self.smem_bytes()["peak"]
+            if peak > smem_limit:
+                errs.append(f"shared memory {peak} B exceeds the profile's {smem_limit} B per block")
+        return errs
+
+    # ---- JSON ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"key": self.key(), "plan_hash": self.plan_hash(), "model": asdict(self.model), "batch": self.batch,
+                "profile": self.profile, "dtype": self.dtype, "compression": self.compression,
+                "threads": self.threads, "blocks": self.blocks,
+                "ops": {k: asdict(v) for k, v in self.ops.items()}, "attn": asdict(self.attn), "smem": self.smem,
+                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MegaPlan":
+        names = {f.name for f in fields(ModelShape)}
+        model = ModelShape(**{k: v for k, v in d["model"].items() if k in names})
+        return cls(model=model, batch=d["batch"], profile=d["profile"], dtype=d.get("dtype", "bf16"),
+                   compression=d.get("compression", "none"), threads=d["threads"], blocks=d["blocks"],
+                   ops={k: MatvecSchedule(**v) for k, v in d["ops"].items()}, attn=AttnSchedule(**d["attn"]),
+                   smem=d.get("smem", {}), predicted_ms=d.get("predicted_ms"), measured_ms=d.get("measured_ms"),
+                   notes=d.get("notes", {}))

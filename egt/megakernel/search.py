@@ -1,0 +1,249 @@
+"""Offline schedule search: enumerate, rank by a cost model, and keep plans on disk.
+
+Contract:
+- `enumerate_matvec(op, ...)` yields every valid `MatvecSchedule` of one op under the shared-memory limit;
+  `cost_matvec` / `cost_attention` / `predict_ms` are the cost model: bytes over bandwidth (with the per-SM rate
+  limited by the bytes in flight, Little's law), arithmetic at batch > 1, load imbalance across blocks, pipeline
+  steps, activation staging from L2, and one synchronisation latency per grid-wide dependency on the critical path.
+- `search(shape, batch, profile)` returns candidate `MegaPlan`s ranked by predicted time (best first). Ops only
+  interact through the peak shared memory, so each op keeps its best few schedules and the plans are the
+  cheapest combinations that fit.
+- `PlanStore` keeps the winner per key (model shape, compression plan, dtype, profile, batch) as JSON in
+  bench/results/plans/ (or EGT_MK_PLANS) and returns None for a key never searched.
+- `spearman(xs, ys)` is the rank correlation reported between predicted and measured times.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+from ..models import ModelShape
+from .profiles import GpuProfile, get_profile
+from .schedule import (AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
+                       matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes, static_smem_bytes)
+
+NOMINAL_CONTEXT = 512  # context length the attention term is costed at
+FMA_PER_SM_PER_US = 128 * 1.6e3  # fp32 lanes x clock (MHz): FMA issue rate of one SM per microsecond
+
+
+def _tk_options(kp: int) -> list[int]:
+    opts = [t for t in range(64, min(kp, 2048) + 1, 8) if kp % t == 0]
+    if kp <= 2048 and kp % 8 == 0:
+        opts.append(kp)
+    # keep a handful spread over the range: the powers of two and the whole part
+    keep = sorted({t for t in opts if (t & (t - 1)) == 0 or t == kp or t in (192, 384, 576, 768)})
+    return keep or sorted(set(opts))[-3:]
+
+
+def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_limit: int):
+    nw = threads // 32
+    for wpr in (1, 2, 4, 8, 16):
+        if wpr > nw or nw % wpr:
+            continue
+        for rpw in (1, 2, 4):
+            tr = (nw // wpr) * rpw
+            if tr > 64 or rpw * op.nmat * batch > 64:  # accumulators live in registers
+                continue
+            for ks in (1, 2, 4, 8):
+                if op.k % ks:
+                    continue
+                for tk in _tk_options(op.k // ks):
+                    for st in (2, 3, 4, 6, 8):
+                        s = MatvecSchedule(tr, tk, st, ks, wpr, 0)
+                        if matvec_check(op, s, threads):
+                            continue
+                        need = (matvec_ring_bytes(op, s) + matvec_page_bytes(op, s, batch, threads, blocks)
+                                + static_smem_bytes(batch, threads))
+                        if need > smem_limit:
+                            continue
+                        yield s
+
+
+def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof: GpuProfile, blocks: int,
+                hidden_us: float = 0.0) -> float:
+    """Predicted microseconds from the op's dependency release to its last output (one layer)."""
+    nt = ceil_div(op.n, s.tr)
+    tiles = ceil_div(nt, blocks)
+    active = min(nt, blocks)
+    stage_bytes = op.nmat * s.tr * s.tk * 2
+    block_bytes = tiles * s.tr * op.k * op.nmat * 2
+    fair = prof.bandwidth_gbs * 1e3 / active  # bytes/us
+    pipe = (s.stages - 1) * stage_bytes / prof.mem_latency_us
+    bw_sm = min(pipe, fair, 2.5 * prof.bandwidth_gbs * 1e3 / prof.sms)
+    t_stream = block_bytes / bw_sm
+    # the prefill of the first stages ran during the dependency wait
+    prefetched = min((s.stages - 1) * stage_bytes, block_bytes)
+    t_stream = max(t_stream - min(hidden_us, prefetched / bw_sm), 0.0)
+    elems = block_bytes / 2
+    ops_per_elem = 2 * batch + 1
+    t_compute = elems * ops_per_elem / FMA_PER_SM_PER_US / (threads / 512) ** 0.25
+    steps = tiles * s.ksplit * ((op.k // s.ksplit) // s.tk)
+    t_steps = steps * 0.04 + tiles * (0.25 if s.wpr > 1 else 0.08) * max(1, batch // 4)
+    x_bytes = batch * op.k * 2
+    t_stage = s.ksplit * 0.5 + x_bytes / (prof.l2_bw_per_sm_gbs * 1e3)
+    return max(t_stream, t_compute) + t_steps + t_stage
+
+
+def cost_attention(shape: ModelShape, a: AttnSchedule, batch: int, prof: GpuProfile, blocks: int,
+                   context: int = NOMINAL_CONTEXT) -> float:
+    items = batch * shape.kv_heads * a.splits
+    per_block = ceil_div(items, blocks)
+    share = ceil_div(context, a.splits)
+    kv_bytes = share * shape.head_dim * 2 * 2
+    bw_sm = min(prof.bandwidth_gbs * 1e3 / min(items, blocks), 2.5 * prof.bandwidth_gbs * 1e3 / prof.sms)
+    passes = ceil_div(share, a.sub)
+    g = shape.heads // shape.kv_heads
+    t_item = 2.0 + kv_bytes / bw_sm + passes * 0.6 + share * g * shape.head_dim * 2 / FMA_PER_SM_PER_US
+    return per_block * t_item + (1.2 if a.splits > 1 else 0.0)
+
+
+def predict_ms(plan: MegaPlan, prof: GpuProfile, context: int = NOMINAL_CONTEXT) -> float:
+    ops = plan.matvec_op_table()
+    b, th, nb = plan.batch, plan.threads, plan.blocks
+    sync = prof.sync_us
+    per_layer = sync * 5  # qkv->attn, attn->o, o->gateup, gateup->down, down->next qkv
+    for name in ("qkv", "o", "gateup", "down"):
+        per_layer += cost_matvec(ops[name], plan.ops[name], b, th, prof, nb, hidden_us=sync)
+    per_layer += cost_attention(plan.model, plan.attn, b, prof, nb, context)
+    total = plan.model.layers * per_layer + cost_matvec(ops["lm_head"], plan.ops["lm_head"], b, th, prof, nb,
+                                                        hidden_us=sync) + 2 * sync + 3.0
+    return total / 1e3
+
+
+def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem_limit: int):
+    pairs = batch * shape.kv_heads
+    for splits in (1, 2, 4, 8, 16, 32):
+        if pairs * splits > 4 * blocks or (splits > 1 and pairs * splits // 2 >= blocks):
+            continue
+        for sub in (64, 128, 256):
+            a = AttnSchedule(splits, sub, 0)
+            if attn_check(shape, a, threads):
+                continue
+            if attn_page_bytes(shape, a, threads) + static_smem_bytes(batch, threads) > smem_limit:
+                continue
+            yield a
+
+
+def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
+           keep_per_op: int = 3, max_plans: int = 8, thread_options=(256, 512)) -> list[MegaPlan]:
+    """Candidate plans, best predicted first; each carries predicted_ms and its smem report."""
+    prof = get_profile(profile)
+    blocks = prof.sms
+    plans: list[MegaPlan] = []
+    for threads in thread_options:
+        ops = matvec_ops(shape, f"dense-{dtype}")
+        best: dict[str, list[tuple[float, MatvecSchedule]]] = {}
+        for name, op in ops.items():
+            scored = [(cost_matvec(op, s, batch, threads, prof, blocks, prof.sync_us), s)
+                      for s in enumerate_matvec(op, batch, threads, blocks, prof.smem_per_block)]
+            scored.sort(key=lambda x: (x[0], -x[1].stages, x[1].tk))
+            # ops only share the peak (max ring + max page), so keep the best schedule of several smem tiers:
+            # the cheapest combination that fits is then among the products
+            picks: list[tuple[float, MatvecSchedule]] = []
+            for tier in (0.35, 0.5, 0.7, 1.0):
+                budget = tier * prof.smem_per_block
+                for c, s in scored:
+                    if matvec_ring_bytes(op, s) + matvec_page_bytes(op, s, batch, threads, blocks) <= budget:
+                        if all(s != q for _, q in picks):
+                            picks.append((c, s))
+                        break
+            best[name] = sorted(picks, key=lambda x: x[0])[:max(keep_per_op, 4)]
+        attn = sorted(((cost_attention(shape, a, batch, prof, blocks), a)
+                       for a in _attn_options(shape, batch, threads, blocks, prof.smem_per_block)),
+                      key=lambda x: x[0])[:2]
+        if any(not v for v in best.values()) or not attn:
+            continue
+        names = list(ops)
+        for combo in itertools.product(*(range(len(best[n])) for n in names), range(len(attn))):
+            sched = {}
+            for i, n in enumerate(names):
+                s = best[n][combo[i]][1]
+                # rotate each op's tile assignment so the blocks carrying an extra tile change from op to op
+                sched[n] = MatvecSchedule(s.tr, s.tk, s.stages, s.ksplit, s.wpr, (i * blocks) // len(names))
+            plan = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, threads=threads,
+                            blocks=blocks, ops=sched, attn=attn[combo[-1]][1])
+            if plan.check(prof.smem_per_block):
+                continue
+            plan.predicted_ms = predict_ms(plan, prof)
+            plans.append(plan)
+    plans.sort(key=lambda p: p.predicted_ms)
+    # drop near-duplicates (same predicted time and grid) to keep the candidates diverse
+    out, seen = [], set()
+    for p in plans:
+        sig = (p.threads, round(p.predicted_ms, 4))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        p.smem_report()
+        out.append(p)
+        if len(out) >= max_plans:
+            break
+    return out
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2.0
+            i = j + 1
+        return r
+    if len(xs) < 2:
+        return float("nan")
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    vy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return cov / (vx * vy) if vx and vy else float("nan")
+
+
+class PlanStore:
+    """Winner plans as JSON files, one per key."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        default = Path(__file__).resolve().parents[2] / "bench" / "results" / "plans"
+        self.root = Path(root or os.environ.get("EGT_MK_PLANS") or default)
+
+    def _path(self, key: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in key)
+        return self.root / f"{safe}.json"
+
+    def get(self, key: str) -> MegaPlan | None:
+        p = self._path(key)
+        if not p.exists():
+            return None
+        return MegaPlan.from_dict(json.loads(p.read_text()))
+
+    def put(self, plan: MegaPlan) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        p = self._path(plan.key())
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(plan.to_dict(), indent=1, sort_keys=True))
+        os.replace(tmp, p)
+        return p
+
+
+def plan_for(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
+             store: PlanStore | None = None) -> MegaPlan:
+    """The stored winner for this key, else the cost model's best (not yet timed on a GPU)."""
+    prof = get_profile(profile)
+    store = store or PlanStore()
+    probe = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, blocks=prof.sms)
+    found = store.get(probe.key())
+    if found is not None:
+        return found
+    cands = search(shape, batch, prof, dtype, max_plans=1)
+    if not cands:
+        raise ValueError(f"no schedule of {shape.name} at batch {batch} fits profile {prof.name}")
+    return cands[0]
