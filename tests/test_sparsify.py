@@ -1,0 +1,236 @@
+"""Sparsification: N:4 masks, the 2-bit-index packed format, SparseGPT, exact-density assignment, packed modules."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from egt.plan import LinearPlan
+from egt.sparsify import SparsifyOptions, apply_patterns, plan_mix, sparsify_linear
+from egt.sparsify import assign as A
+from egt.sparsify import pattern as P
+from egt.sparsify.modules import SparseLinear, SparseQuantLinear
+
+shapes = st.tuples(st.integers(1, 9), st.integers(1, 6).map(lambda k: 16 * k), st.sampled_from([1, 2]),
+                   st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shapes)
+def test_compact_expand_pack_round_trip(args):
+    out_f, in_f, n, seed = args
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g)
+    mask = P.topn_in_groups(torch.rand(out_f, in_f, generator=g), n)
+    vals, idx = P.compact(w, mask, n)
+    assert vals.shape == (out_f, in_f * n // 4) and int(idx.max()) <= 3
+    assert torch.equal(P.expand(vals, idx, n, in_f), w * mask)
+    assert torch.equal(P.unpack_indices(P.pack_indices(idx)), idx)
+    codes = torch.randint(0, 16, vals.shape, generator=g, dtype=torch.uint8)
+    assert torch.equal(P.unpack_int4(P.pack_int4(codes)), codes)
+    # Positions ascend inside a group (so the kernel and the expansion agree on order).
+    if n == 2:
+        assert bool((idx.view(out_f, -1, 2)[..., 0] < idx.view(out_f, -1, 2)[..., 1]).all())
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes, st.sampled_from([16, 32, -1]), st.booleans())
+def test_quantized_module_state_dict_round_trip(args, group, sym):
+    out_f, in_f, n, seed = args
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_f, in_f, generator=g)
+    mask = P.magnitude_mask(w, n)
+    vals, idx = P.compact(w, mask, n)
+    codes, s, z = P.group_quantize(vals, 4, group, sym)
+    lp = LinearPlan(bits=4, group_size=group if group != -1 else -1, symmetric=sym, sparsity=f"{n}:4") \
+        if group in (32, -1) else None
+    if lp is None:  # 16 is not a plan group size; the packing itself still round-trips
+        return
+    m = SparseQuantLinear.from_parts(lp, codes, s, z, idx, in_f)
+    fresh = SparseQuantLinear(lp, out_f, in_f)
+    fresh.load_state_dict(m.state_dict())
+    want = P.expand(P.group_dequantize(codes, s, z, 4, group), idx, n, in_f)
+    assert torch.allclose(fresh.dense_weight(), want)
+    x = torch.randn(3, in_f, generator=g)
+    assert torch.allclose(fresh(x), x @ want.T, atol=1e-5)
+
+
+def test_group_quantize_error_is_within_half_a_step():
+    w = torch.randn(8, 200)
+    for sym in (False, True):
+        codes, s, z = P.group_quantize(w, 4, 64, sym)
+        err = (P.group_dequantize(codes, s, z, 4, 64) - w).abs()
+        assert float((err / s.repeat_interleave(64, 1)[:, :200]).max()) <= 0.5 + 1e-6
+
+
+def test_wanda_keeps_n_per_group_and_prefers_large_activations():
+    w = torch.ones(2, 8)
+    norm = torch.tensor([1.0, 9.0, 4.0, 0.0, 0.0, 1.0, 16.0, 25.0])
+    mask = P.wanda_mask(w, norm, 2)
+    assert mask.tolist()[0] == [False, True, True, False, False, False, True, True]
+    assert bool((mask.view(2, -1, 4).sum(-1) == 2).all())
+
+
+def test_compact_rejects_a_mask_that_is_not_n_of_4():
+    w = torch.randn(2, 8)
+    with pytest.raises(ValueError, match="not 2:4"):
+        P.compact(w, torch.ones(2, 8, dtype=torch.bool), 2)
+    with pytest.raises(ValueError, match="multiple"):
+        P.check_shape(20, 1)
+
+
+def _problem(out_f=24, in_f=64, tokens=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Correlated inputs with uneven scales: where compensation has something to work with.
+    mix = torch.randn(in_f, in_f, generator=g) / in_f**0.5 + torch.eye(in_f)
+    x = torch.randn(tokens, in_f, generator=g) @ mix * torch.linspace(0.2, 3, in_f)
+    w = torch.randn(out_f, in_f, generator=g)
+    return w, x
+
+
+def test_sparsegpt_compensation_beats_plain_wanda_on_output_error():
+    w, x = _problem()
+    h = (x.T.double() @ x.double()) / x.shape[0]
+    sq = (x.double() ** 2).sum(0)
+    for n in (1, 2):
+        wanda = w * P.wanda_mask(w, sq, n)
+        obs, keep = P.obs_prune(w, h, n)
+        assert bool((keep.view(w.shape[0], -1, 4).sum(-1) == n).all())
+        assert torch.equal(obs == 0, ~keep) or bool(((obs == 0) | keep).all())
+        err = lambda v: float(((x @ (w - v).T) ** 2).mean())  # noqa: E731
+        assert err(obs) < err(wanda)
+
+
+def test_joint_sparse_quant_sweep_codes_round_trip():
+    w, x = _problem(out_f=8, in_f=128)
+    h = (x.T.double() @ x.double()) / x.shape[0]
+    from types import SimpleNamespace
+
+    stats = SimpleNamespace(sq_norm=(x.double() ** 2).sum(0), hessian=h)
+    lin = torch.nn.Linear(128, 8, bias=True)
+    lin.weight.data = w
+    lp = LinearPlan(bits=4, group_size=32, symmetric=False, sparsity="2:4")
+    m = sparsify_linear(lin, lp, stats, "sparsegpt")
+    obs, _, _ = P.obs_prune(w, h, 2, quant=(4, 32, False))
+    assert torch.allclose(m.dense_weight(), obs, atol=1e-5)
+    rtn = sparsify_linear(lin, lp, stats, "wanda")
+    err = lambda v: float(((x @ (w - v).T) ** 2).mean())  # noqa: E731
+    assert err(m.dense_weight()) < err(rtn.dense_weight())
+
+
+def test_assign_exact_meets_density_and_prefers_cheap_items():
+    items = [(64, {"dense": 0.0, "2:4": c, "1:4": 3 * c}) for c in (5.0, 1.0, 0.1, 0.2)]
+    pats = A.assign_exact(items, 0.375)
+    kept = sum(64 * A.DENSITY[p] for p in pats)
+    assert kept == 0.375 * 256
+    assert pats[0] in ("dense", "2:4") and pats[2] == "1:4"
+    with pytest.raises(ValueError, match="not reachable"):
+        A.assign_exact(items, 0.3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([16, 32, 48]), st.floats(0, 10), st.floats(0, 10)), min_size=2, max_size=8))
+def test_assign_exact_is_optimal_against_brute_force(raw):
+    import itertools
+
+    items = [(s, {"dense": 0.0, "2:4": a, "1:4": a + b}) for s, a, b in raw]
+    total = sum(s for s, _ in items)
+    target = 0.5
+    best = None
+    for combo in itertools.product(["dense", "2:4", "1:4"], repeat=len(items)):
+        if sum(s * A.DENSITY[p] for (s, _), p in zip(items, combo)) == target * total:
+            c = sum(cost[p] for (_, cost), p in zip(items, combo))
+            best = c if best is None else min(best, c)
+    pats = A.assign_exact(items, target)
+    got = sum(cost[p] for (_, cost), p in zip(items, pats))
+    assert sum(s * A.DENSITY[p] for (s, _), p in zip(items, pats)) == target * total
+    assert got == pytest.approx(best, abs=1e-9)
+
+
+def test_storage_report_counts_two_bit_indices_against_csr():
+    lp = LinearPlan(bits=16, sparsity="2:4")
+    r = P.storage_report(1536, 8960, lp)
+    kept = 1536 * 8960 // 2
+    assert r["packed_bytes"] == kept * 18 / 8
+    assert r["csr_bytes"] == kept * 2 + kept * 4 + 1537 * 4
+    q = P.storage_report(1536, 8960, LinearPlan(bits=4, group_size=128, sparsity="1:4"))
+    assert q["packed_bytes"] < 0.4 * q["dense_same_precision_bytes"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A tiny random model: the whole pipeline (importance, assignment, packing, plan, save/load) in seconds.
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from egt.models import ModelShape, build_model
+
+    shape = ModelShape("tiny", hidden=64, intermediate=128, layers=4, heads=4, kv_heads=2, head_dim=16, vocab=97)
+    model = build_model(shape)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if name.endswith("norm.weight")
+                    else torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    return model.eval()
+
+
+def _tiny_stats(model, seqs):
+    from egt.calibrate import LinearStats
+    from egt.plan import linear_modules
+
+    acc = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, a, o, n=n: acc.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1]).double()))
+        for n in linear_modules(model)]
+    from egt.sparsify.importance import _forward
+
+    with torch.inference_mode():
+        for s in seqs:
+            _forward(model, s)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for n, xs in acc.items():
+        x = torch.cat(xs)
+        out[n] = LinearStats(x.T @ x, (x**2).sum(0), x.abs().mean(0), x[:64].float(), x.shape[0])
+    return out
+
+
+def test_mix_plan_is_exact_and_modules_swap(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny)
+    seqs = [torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    stats = _tiny_stats(model, seqs)
+    from egt.sparsify.importance import capture
+
+    cap = capture(model, seqs)
+    for gran in ("layer", "module"):
+        opts = SparsifyOptions(granularity=gran)
+        patterns, rep = plan_mix(model, None, [], stats, 0.375, opts, cap=cap)
+        assert rep["achieved_density"] == 0.375
+    before = model.layers[0].mlp.down_proj.weight.detach().clone()
+    lps = apply_patterns(model, patterns, stats, bits=4, group_size=32, symmetric=False, method="sparsegpt")
+    assert all(isinstance(model.get_submodule(n), SparseQuantLinear) for n in lps)
+    with torch.inference_mode():
+        from egt.sparsify.importance import _forward
+
+        assert torch.isfinite(_forward(model, seqs[0])).all()
+    if "layers.0.mlp.down_proj" in lps:
+        m = model.layers[0].mlp.down_proj
+        idx = P.unpack_indices(m.indices)
+        structure = P.expand(torch.ones(idx.shape), idx, m.n, m.in_features)  # quantized kept values may be 0
+        assert structure.mean() == A.DENSITY[patterns["layers.0.mlp.down_proj"]]
+        assert m.dense_weight().shape == before.shape
+
+
+def test_float_sparse_module_matches_masked_linear():
+    w = torch.randn(12, 64)
+    mask = P.magnitude_mask(w, 2)
+    b = torch.randn(12)
+    m = SparseLinear.from_dense(LinearPlan(sparsity="2:4"), w, mask, b)
+    x = torch.randn(2, 5, 64)
+    assert torch.allclose(m(x), torch.nn.functional.linear(x, w * mask, b), atol=1e-5)
+    fresh = SparseLinear(LinearPlan(sparsity="2:4"), 12, 64, bias=True)
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.dense_weight(), w * mask)
