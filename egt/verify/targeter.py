@@ -1,0 +1,130 @@
+"""`Targeter`: ad text in, ranked catalog entities out. What `egt target`, `egt serve` and `egt eval` call.
+
+Contract:
+- `Targeter(engine, catalog, trigger="auto", length_penalty=0.0)` builds the token trie of the catalog for the
+  engine's tokenizer once. `target(ad_text, k)` returns a `TargetResult` whose `entities` are k (or fewer, if the
+  catalog is smaller) distinct catalog entries, best first, each with its score (sum of token log-probabilities,
+  divided by len**length_penalty when set); `timings` has prefill, decode steps, per-step latency, verification
+  and total milliseconds plus where the trigger fired. `target_batch(texts, k)` maps `target` over many ads.
+- Prompt design: the ad goes into the model's chat template as a user turn
+      "Which audience does this ad target? Answer with one audience interest.\\nAd: {ad}\\nAudience interest:"
+  and the answer is generated right after the assistant header (`<|im_start|>assistant\\n` for SmolLM2), so
+  entries are tokenized without a leading space and end with the end-of-turn token `<|im_end|>`: the natural
+  context in which an instruct model answers. Models without a chat template get the same text as a plain
+  prompt, entries with a leading space, and the EOS token as end marker. `prompt_template` overrides the text.
+- Thread safety: one lock around the model, so concurrent callers (the server) serialise on the engine.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from .catalog import Catalog, CatalogError
+from .search import SearchStats, TreeSearch
+from .trie import DEFAULT_MAX_TOKENS, TokenTrie
+from .trigger import CostModel, Trigger
+
+PROMPT_TEMPLATE = "Which audience does this ad target? Answer with one audience interest.\nAd: {ad}\nAudience interest:"
+MAX_AD_CHARS = 4000
+
+
+@dataclass
+class Hit:
+    id: str
+    text: str
+    score: float
+    logp: float
+    tokens: int
+
+
+@dataclass
+class TargetTimings:
+    prefill_ms: float
+    steps: int
+    ms_per_token: float  # mean decode-step latency (nan when the trigger fired before any step)
+    verify_ms: float
+    total_ms: float
+    triggered_at: int | None = None
+    verified_nodes: int = 0
+    verify_passes: int = 0
+
+
+@dataclass
+class TargetResult:
+    ad: str
+    entities: list[Hit]
+    timings: TargetTimings
+    trace: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"ad": self.ad, "entities": [asdict(h) for h in self.entities], "timings": asdict(self.timings)}
+
+
+def answer_context(tokenizer) -> tuple[bool, int]:
+    """(chat, end-marker token id) for a tokenizer."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    end = None
+    if chat:
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+            end = im_end
+    if end is None:
+        end = tokenizer.eos_token_id
+    if end is None:
+        raise ValueError("the tokenizer has no end-of-sequence token to end catalog entries with")
+    return chat, int(end)
+
+
+class Targeter:
+    def __init__(self, engine, catalog: Catalog, trigger: str = "auto", length_penalty: float = 0.0,
+                 prompt_template: str = PROMPT_TEMPLATE, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 chunk: int | None = None, trie: TokenTrie | None = None, cost: CostModel | None = None):
+        if not isinstance(catalog, Catalog):
+            raise TypeError("catalog must be an egt.verify.Catalog")
+        if "{ad}" not in prompt_template:
+            raise ValueError("prompt_template must contain '{ad}'")
+        self.engine, self.catalog = engine, catalog
+        self.prompt_template, self.length_penalty = prompt_template, float(length_penalty)
+        self.chat, self.end_token = answer_context(engine.tokenizer)
+        self.trie = trie or TokenTrie.from_catalog(catalog, engine.tokenizer, self.end_token, max_tokens=max_tokens,
+                                                   leading_space=not self.chat)
+        if self.trie.num_entries != len(catalog):
+            raise CatalogError("the trie does not match the catalog")
+        if chunk is None:
+            chunk = 4096 if engine.device.type == "cuda" else 512
+        self.search = TreeSearch(engine.model, self.trie, chunk=chunk)
+        if trigger == "auto" and cost is None:
+            cost = CostModel.cached(engine.model, chunk)
+        self.trigger = Trigger(trigger, cost)
+        self._lock = threading.Lock()
+
+    def prompt_ids(self, ad_text: str) -> list[int]:
+        if not isinstance(ad_text, str) or not ad_text.strip():
+            raise ValueError("ad text must be a non-empty string")
+        if len(ad_text) > MAX_AD_CHARS:
+            raise ValueError(f"ad text is {len(ad_text)} characters; the limit is {MAX_AD_CHARS}")
+        return self.engine.encode(self.prompt_template.format(ad=ad_text.strip()), chat=self.chat)
+
+    def target(self, ad_text: str, k: int = 10) -> TargetResult:
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        ids = self.prompt_ids(ad_text)
+        if len(ids) + self.search.capacity(0, k) > 1 << 16:
+            raise ValueError("prompt plus search does not fit the cache")
+        with self._lock:
+            t0 = time.perf_counter()
+            cands, st = self.search.run(ids, k, trigger=self.trigger, length_penalty=self.length_penalty,
+                                        stats=SearchStats())
+            trace = list(self.trigger.last_trace)
+            st.total_ms = (time.perf_counter() - t0) * 1e3
+        hits = [Hit(self.catalog[c.entry].id, self.catalog[c.entry].text, c.score, c.logp, c.tokens) for c in cands]
+        steps = st.steps
+        timings = TargetTimings(st.prefill_ms, steps, sum(st.decode_ms) / steps if steps else float("nan"),
+                                st.verify_ms, st.total_ms, st.triggered_at, st.verified_nodes, st.verify_passes)
+        return TargetResult(ad_text, hits, timings, trace)
+
+    def target_batch(self, texts: list[str], k: int = 10) -> list[TargetResult]:
+        if isinstance(texts, str):
+            raise TypeError("target_batch takes a list of ad texts")
+        return [self.target(t, k=k) for t in texts]

@@ -1,0 +1,147 @@
+"""When to stop decoding token by token and verify every remaining trie path in one pass.
+
+Contract:
+- `CostModel` holds measured forward latencies `f(T)` (T tokens fed at once over a short cached prompt, lm_head
+  on every row) for the model on this device; `calibrate(model, chunk)` measures them, `CostModel.cached(...)`
+  measures once per (device, model shape, dtype, threads, chunk) and stores the table in
+  `~/.cache/egt/verify_costs.json`, so later processes reuse it.
+- `Trigger(mode)`: `always` fires at step 0 (exact top k over the whole catalog), `never` never fires (plain
+  trie-constrained beam search), `auto` fires at the first step where verifying all remaining nodes, in passes of
+  `chunk` tokens, is estimated to cost no more than the decode steps left:
+      verify(M) = (M // chunk) * f(chunk) + f(M % chunk)  <=  (h - 1) * f(k)
+  with M the internal nodes below the live beams and h the largest remaining height (edges to a leaf; the last
+  edge, to the end marker, needs no forward pass). The right side is the worst case of the beam search.
+- A trigger is a callable `(search, beam_nodes, step, k) -> bool`; it records every decision in `last_trace`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODES = ("auto", "always", "never")
+
+
+class CostModel:
+    def __init__(self, sizes, ms, chunk: int, key: str = ""):
+        self.sizes = np.asarray(sizes, dtype=np.float64)
+        self.ms = np.asarray(ms, dtype=np.float64)
+        self.chunk, self.key = int(chunk), key
+
+    def forward_ms(self, t: int | float) -> float:
+        if t <= 0:
+            return 0.0
+        if t > self.sizes[-1]:  # extrapolate linearly from the last segment
+            slope = (self.ms[-1] - self.ms[-2]) / (self.sizes[-1] - self.sizes[-2])
+            return float(self.ms[-1] + slope * (t - self.sizes[-1]))
+        return float(np.interp(t, self.sizes, self.ms))
+
+    def verify_ms(self, nodes: int) -> float:
+        full, rest = divmod(int(nodes), self.chunk)
+        return full * self.forward_ms(self.chunk) + self.forward_ms(rest)
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "chunk": self.chunk, "sizes": self.sizes.tolist(), "ms": self.ms.tolist()}
+
+    # ---- measuring -----------------------------------------------------------------------------------------
+    @staticmethod
+    def device_key(model, chunk: int) -> str:
+        dev = model.device
+        if dev.type == "cuda":
+            name = torch.cuda.get_device_name(dev)
+        else:
+            name = f"cpu:{platform.machine()}:{platform.processor() or 'unknown'}:threads={torch.get_num_threads()}"
+        s = model.shape
+        plan = getattr(model, "egt_plan_id", "")
+        return (f"{name}|{s.hidden}x{s.intermediate}x{s.layers}x{s.heads}/{s.kv_heads}x{s.vocab}|{model.dtype}"
+                f"|{plan}|chunk={chunk}")
+
+    @classmethod
+    @torch.inference_mode()
+    def calibrate(cls, model, chunk: int, prompt_len: int = 64, reps: int = 3) -> "CostModel":
+        dev = model.device
+        sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, chunk} - {s for s in (512, 256) if s > chunk})
+        sizes = [s for s in sizes if s <= chunk]
+        cache = model.setup_cache(1, prompt_len + chunk + 8)
+        pos = torch.arange(prompt_len, device=dev)
+        model(torch.zeros(1, prompt_len, dtype=torch.long, device=dev), pos.view(1, -1), pos, cache,
+              kv_len=prompt_len, hidden_only=True)
+        ms = []
+        for t in sizes:
+            toks = torch.randint(0, model.shape.vocab, (1, t), device=dev)
+            p = torch.full((1, t), prompt_len, device=dev)
+            slots = torch.arange(prompt_len, prompt_len + t, device=dev)
+            mask = torch.ones(1, 1, t, prompt_len + t, dtype=torch.bool, device=dev)
+            times = []
+            for r in range(reps + 1):
+                _sync(dev)
+                t0 = time.perf_counter()
+                h = model(toks, p, slots, cache, mask=mask, kv_len=prompt_len + t, hidden_only=True)[0]
+                for i in range(0, t, 256):
+                    torch.log_softmax(model.lm_head(h[i:i + 256]).float(), -1)
+                _sync(dev)
+                if r:  # the first run warms up
+                    times.append((time.perf_counter() - t0) * 1e3)
+            ms.append(float(np.median(times)))
+        return cls(sizes, ms, chunk, cls.device_key(model, chunk))
+
+    @classmethod
+    def cached(cls, model, chunk: int, path: Path | None = None, refresh: bool = False) -> "CostModel":
+        path = path or Path(os.environ.get("EGT_CACHE", Path.home() / ".cache" / "egt")) / "verify_costs.json"
+        key = cls.device_key(model, chunk)
+        table = {}
+        if path.is_file():
+            try:
+                table = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                table = {}
+        if key in table and not refresh:
+            d = table[key]
+            return cls(d["sizes"], d["ms"], d["chunk"], key)
+        cm = cls.calibrate(model, chunk)
+        table[key] = cm.to_dict()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home only costs a re-calibration next time
+        return cm
+
+
+class Trigger:
+    def __init__(self, mode: str = "auto", cost: CostModel | None = None):
+        if mode not in MODES:
+            raise ValueError(f"trigger must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "auto" and cost is None:
+            raise ValueError("trigger 'auto' needs a CostModel")
+        self.mode, self.cost = mode, cost
+        self.last_trace: list[dict] = []
+
+    def __call__(self, search, beam_nodes, step: int, k: int) -> bool:
+        if step == 0:
+            self.last_trace = []
+        if self.mode == "always":
+            return True
+        if self.mode == "never":
+            return False
+        tr = search.trie
+        m = int((tr.sub_internal[beam_nodes] - 1).sum())
+        h = int(tr.height[beam_nodes].max())
+        verify = self.cost.verify_ms(m)
+        decode = (h - 1) * self.cost.forward_ms(k)  # later steps run up to k beams
+        fire = verify <= decode
+        self.last_trace.append({"step": step, "remaining_nodes": m, "height": h, "verify_ms_est": round(verify, 3),
+                                "decode_ms_est": round(decode, 3), "fire": fire})
+        return fire
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
