@@ -5,7 +5,9 @@ Contract:
   decoder projection of `loaded.model` (the LM head stays dense: it is tied to the embedding) according to
   `cfg.sparsity`: "2:4" or "1:4" everywhere, or "mix" at average density `cfg.density` (default 0.375, met
   exactly over the pruned modules' weights). It swaps the modules for `SparseLinear` (float kept values) or, when
-  `cfg.bits == 4`, `SparseQuantLinear` (INT4 kept values, group size `cfg.group_size` or 128, asymmetric), and
+  `cfg.bits` is set, `SparseQuantLinear` (kept values quantized during the same SparseGPT sweep, so the error of
+  both is compensated; group size `cfg.group_size` or 128, asymmetric: exactly the plan `egt.quant.quantize_model`
+  then asks `quantize_kept` for, which returns the module unchanged), and
   returns the plan with `sparsity`, `bits`, `group_size`, `symmetric` set for every pruned module and the analysis
   in `plan.meta["sparsify"]`. Modules left dense are untouched (the quantizer handles them).
 - `SparsifyOptions` holds the choices measured in eval/sparsify_eval.py: mask method, importance metric,
@@ -24,7 +26,8 @@ from ..plan import CompressionPlan, LinearPlan, linear_modules
 from . import assign as A
 from . import importance as I
 from . import pattern as P
-from .modules import SparseLinear, SparseQuantLinear
+from ..quant.quantizer import QuantizedGroups
+from .modules import SparseLinear, SparseQuantLinear, _quantize_values
 
 METHODS = ("wanda", "sparsegpt", "wanda+obs")
 METRICS = ("alone_kl", "block_influence", "outlier_ratio")
@@ -107,19 +110,22 @@ def sparsify_linear(lin, lp: LinearPlan, stats, method: str):
         ws, mask = res[0], res[1]
         grid = res[2] if quant else None
     if not lp.quantized:
-        return SparseLinear.from_dense(lp, ws.to(lin.weight.dtype), mask, bias)
+        m = SparseLinear.from_dense(lp, ws.to(lin.weight.dtype), mask, bias)
+        m.in_sq_norm = stats.sq_norm  # plain attribute (not saved): weights a later quantize_kept's clip search
+        return m
     vals, idx = P.compact(ws, mask, n)
     if grid is None:
-        codes, scales, zeros = P.group_quantize(vals, 4, lp.group_size, lp.symmetric)
+        return _quantize_values(vals, idx, lp, w.shape[1], bias, P.compact_columns(stats.sq_norm, idx, n).float())
+    # The sweep already rounded every kept value onto its group's grid: recover the integer codes exactly.
+    scales, offsets = grid
+    g = vals.shape[1] if lp.group_size == -1 else lp.group_size
+    rep = lambda t: t.double().repeat_interleave(g, 1)[:, : vals.shape[1]]  # noqa: E731
+    if offsets is None:
+        codes = torch.round(vals.double() / rep(scales)) + 2 ** (lp.bits - 1)
     else:
-        # The sweep already rounded every kept value onto its group's grid: recover the integer codes.
-        scales, zeros = grid
-        g = vals.shape[1] if lp.group_size == -1 else lp.group_size
-        rep = lambda t: t.double().repeat_interleave(g, 1)[:, : vals.shape[1]]  # noqa: E731
-        codes = torch.round(vals.double() / rep(scales) + rep(zeros)).clamp(0, 15).to(torch.uint8)
-        if lp.symmetric:
-            zeros = None
-    return SparseQuantLinear.from_parts(lp, codes, scales, zeros, idx, w.shape[1], bias)
+        codes = torch.round((vals.double() - rep(offsets)) / rep(scales))
+    codes = codes.clamp(0, 2 ** lp.bits - 1).to(torch.uint8)
+    return SparseQuantLinear.from_codes(lp, QuantizedGroups(codes, scales, offsets), idx, w.shape[1], bias)
 
 
 def apply_patterns(model, patterns: dict[str, str], stats, bits: int | None, group_size: int, symmetric: bool,
@@ -144,9 +150,8 @@ def sparsify_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
     opts.validate()
     if cfg.sparsity not in ("2:4", "1:4", "mix"):
         raise ValueError(f"sparsity must be 2:4, 1:4 or mix, got {cfg.sparsity!r}")
-    if cfg.bits not in (None, 4):
-        raise ValueError(f"sparse weights store their kept values in fp16 or INT4; --bits {cfg.bits} is not supported "
-                         "with --sparsity")
+    if cfg.bits not in (None, 3, 4, 8):
+        raise ValueError(f"--bits must be 3, 4 or 8, got {cfg.bits}")
     model = loaded.model
     shapes = prunable_modules(model)
     for name, (_, in_f) in shapes.items():

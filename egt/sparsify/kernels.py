@@ -1,10 +1,11 @@
 """Sparse (2:4, 1:4) and dense W4A16 GEMV in Triton, for decode batches of 1-8 rows.
 
 Contract:
-- `sparse_w4_gemv(x [B, in], qweight, indices, scales, zeros, n, group)` computes x @ W^T for the packed N:4 INT4
-  weight of `SparseQuantLinear` (kept-value codes two per byte, 2-bit in-group positions four per byte, scales and
-  optional zeros per group of `group` kept values); `n=4` with `indices=None` is the same kernel on a dense INT4
-  weight (codes [out, in/2]), so the dense baseline differs only in what it reads.
+- `sparse_w4_gemv(x [B, in], qweight, indices, scales, offsets, n, group)` computes x @ W^T for the packed N:4
+  INT4 weight of `SparseQuantLinear` (kept-value codes in egt.quant's int32 layout, 2-bit in-group positions four
+  per byte, fp16 scales and optional offsets per group of `group` kept values: w = scale * code + offset);
+  `n=4` with `indices=None` is the same kernel on a dense INT4 `QuantLinear` weight, so that variant differs only
+  in what it reads.
 - Output dtype = x dtype; accumulation in fp32. 1 <= B <= 8.
 - Checked against the dense-expanded dequantized weight in float32 (tests/test_sparsify_kernels.py, CUDA only).
 
@@ -46,7 +47,7 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def w4_gemv(x_ptr, q_ptr, idx_ptr, s_ptr, z_ptr, y_ptr, OUT, KC: tl.constexpr, NG, stride_x, stride_y,
+    def w4_gemv(x_ptr, q_ptr, idx_ptr, s_ptr, o_ptr, y_ptr, OUT, KC: tl.constexpr, NG, QROW, stride_x, stride_y,
                 N: tl.constexpr, GROUP: tl.constexpr, B: tl.constexpr, BPAD: tl.constexpr, SYM: tl.constexpr,
                 GATHER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid = tl.program_id(0)
@@ -60,25 +61,25 @@ def _kernel():
             kmask = kk < KC
             # Two codes per byte, first in the low nibble: join(lo, hi) interleaves them back into order.
             kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            qb = tl.load(q_ptr + rows64[:, None] * (KC // 2) + kb[None, :],
+            qb = tl.load(q_ptr + rows64[:, None] * QROW + kb[None, :],
                          mask=rmask[:, None] & (kb[None, :] < KC // 2), other=0)
             q = tl.join(qb & 15, qb >> 4).reshape(BLOCK_N, BLOCK_K).to(tl.float32)
             if GROUP >= BLOCK_K:
                 g = k0 // GROUP
                 s = tl.load(s_ptr + rows64 * NG + g, mask=rmask, other=0.0).to(tl.float32)[:, None]
                 if SYM:
-                    z = 8.0
+                    o = -8.0 * s
                 else:
-                    z = tl.load(z_ptr + rows64 * NG + g, mask=rmask, other=0.0).to(tl.float32)[:, None]
+                    o = tl.load(o_ptr + rows64 * NG + g, mask=rmask, other=0.0).to(tl.float32)[:, None]
             else:
                 sp = rows64[:, None] * NG + (kk // GROUP)[None, :]
                 smask = rmask[:, None] & kmask[None, :]
                 s = tl.load(s_ptr + sp, mask=smask, other=0.0).to(tl.float32)
                 if SYM:
-                    z = 8.0
+                    o = -8.0 * s
                 else:
-                    z = tl.load(z_ptr + sp, mask=smask, other=0.0).to(tl.float32)
-            w = (q - z) * s
+                    o = tl.load(o_ptr + sp, mask=smask, other=0.0).to(tl.float32)
+            w = q * s + o
             if N == 4:
                 for b in tl.static_range(B):
                     xv = tl.load(x_ptr + b * stride_x + kk, mask=kmask, other=0.0).to(tl.float32)
@@ -123,27 +124,31 @@ def _kernel():
 
 
 def sparse_w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor | None, scales: torch.Tensor,
-                   zeros: torch.Tensor | None, n: int, group: int, gather: bool = False) -> torch.Tensor:
+                   offsets: torch.Tensor | None, n: int, group: int, gather: bool = False) -> torch.Tensor:
+    """y [B, out] = x [B, in] @ W^T. qweight: int32 words of egt.quant.packing (8 codes per word, first in the
+    low bits, so its bytes hold two codes each, first in the low nibble); kept values per row = in * n / 4."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= 8:
         raise ValueError(f"x must be [B, in] with 1 <= B <= 8, got {tuple(x.shape)}")
     if n not in (1, 2, 4):
         raise ValueError(f"n must be 1, 2 (sparse) or 4 (dense), got {n}")
     if (n == 4) != (indices is None):
         raise ValueError("indices are required for n=1/2 and must be None for dense (n=4)")
-    out_f, kc = qweight.shape[0], qweight.shape[1] * 2
-    in_f = kc * 4 // n
-    if x.shape[1] != in_f:
-        raise ValueError(f"x has {x.shape[1]} features, the weight expects {in_f}")
+    in_f = x.shape[1]
+    kc = in_f * n // 4
+    out_f = qweight.shape[0]
+    qbytes = qweight.view(torch.uint8) if qweight.dtype != torch.uint8 else qweight
+    if qbytes.shape[1] * 2 < kc or (indices is not None and indices.shape[1] * 4 != kc):
+        raise ValueError(f"packed weight {tuple(qweight.shape)} does not hold {kc} kept values per row")
     b = x.shape[0]
     x = x.contiguous()
     y = torch.empty(b, out_f, dtype=x.dtype, device=x.device)
     ng = scales.shape[1]
     group = kc if group == -1 else group
-    kern = _kernel()
     grid = lambda meta: (triton_cdiv(out_f, meta["BLOCK_N"]),)  # noqa: E731
-    kern[grid](x, qweight, qweight if indices is None else indices, scales, scales if zeros is None else zeros, y,
-               out_f, kc, ng, x.stride(0), y.stride(0), N=n, GROUP=group, B=b, BPAD=max(2, 1 << (b - 1).bit_length()),
-               SYM=zeros is None, GATHER=gather)
+    _kernel()[grid](x, qbytes, qbytes if indices is None else indices, scales,
+                    scales if offsets is None else offsets, y, out_f, kc, ng, qbytes.stride(0), x.stride(0),
+                    y.stride(0), N=n, GROUP=group, B=b, BPAD=max(2, 1 << (b - 1).bit_length()),
+                    SYM=offsets is None, GATHER=gather)
     return y
 
 

@@ -11,8 +11,9 @@ Contract:
   with its position inside its group of 4. `expand(values, idx, n, in)` is the exact inverse onto a dense matrix.
 - `pack_indices` / `unpack_indices`: four 2-bit positions per byte, the first in the low bits.
 - `pack_int4` / `unpack_int4`: two 4-bit codes per byte, the first in the low nibble.
-- `group_quantize(values, bits, group_size, symmetric)`: round-to-nearest group quantization along the rows of
-  the compacted values (a group of 128 kept values of a 2:4 row spans 256 original columns, the same for every row).
+- Quantization grids and codes come from `egt.quant.quantizer` (value = scale * code + offset, or
+  scale * (code - 2^(bits-1)) when symmetric). A group of 128 kept values of a 2:4 row spans 256 original columns,
+  the same span for every row, which is what lets the sweep below quantize group by group.
 - `storage_report(out, in, lp)`: bytes of the packed format, of dense fp16, and of standard CSR (int32 column
   indices, int32 row pointers, values at the same precision), so the comparison in reports is explicit.
 """
@@ -23,6 +24,7 @@ import math
 import torch
 
 from ..plan import LinearPlan
+from ..quant.quantizer import quantize_groups
 
 M = 4  # every pattern here is N:4; the 2-bit index addresses a position inside a group of 4
 
@@ -60,47 +62,6 @@ def magnitude_mask(w: torch.Tensor, n: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Group quantization of compacted rows
-
-
-def group_quantize(values: torch.Tensor, bits: int, group_size: int, symmetric: bool):
-    """RTN per group along dim 1 (ragged last group allowed). Returns (codes uint8, scales, zeros or None).
-
-    Dequantization: w = (code - zero) * scale, with zero = 2^(bits-1) implied when symmetric.
-    """
-    out_f, k = values.shape
-    g = k if group_size == -1 else group_size
-    ng = -(-k // g)
-    pad = ng * g - k
-    v = values.double()
-    if pad:
-        v = torch.cat([v, v[:, -1:].expand(out_f, pad)], 1)  # repeat the last value: no effect on min/max
-    v = v.reshape(out_f, ng, g)
-    qmax = 2 ** bits - 1
-    if symmetric:
-        half = 2 ** (bits - 1)
-        scale = (v.abs().amax(-1) / (half - 1)).clamp_min(1e-10)
-        zero = None
-        codes = (torch.round(v / scale.unsqueeze(-1)) + half).clamp(0, qmax)
-    else:
-        lo, hi = v.amin(-1).clamp(max=0), v.amax(-1).clamp(min=0)
-        scale = ((hi - lo) / qmax).clamp_min(1e-10)
-        zero = torch.round(-lo / scale).clamp(0, qmax)
-        codes = (torch.round(v / scale.unsqueeze(-1)) + zero.unsqueeze(-1)).clamp(0, qmax)
-    codes = codes.reshape(out_f, ng * g)[:, :k].to(torch.uint8)
-    return codes, scale.float(), None if zero is None else zero.float()
-
-
-def group_dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, bits: int,
-                     group_size: int) -> torch.Tensor:
-    out_f, k = codes.shape
-    g = k if group_size == -1 else group_size
-    rep = lambda t: t.float().repeat_interleave(g, dim=1)[:, :k]  # noqa: E731
-    z = rep(zeros) if zeros is not None else float(2 ** (bits - 1))
-    return (codes.float() - z) * rep(scales)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # SparseGPT-style sweep
 
 
@@ -127,7 +88,7 @@ def obs_prune(w: torch.Tensor, hessian: torch.Tensor, n: int, mask: torch.Tensor
     quant: (bits, group_size over kept values, symmetric); the quantization grid of a span is set from the
       current (already compensated) kept weights when the sweep reaches the span.
     Returns (w_new float32 with zeros at pruned positions and, with quant, dequantized kept values; kept mask;
-    with quant also (scales, zeros) [out, groups] of the grid each group of kept values was rounded to).
+    with quant also (scales, offsets or None) [out, groups], float16, of the grid each group was rounded to).
     """
     out_f, in_f = w.shape
     check_shape(in_f, n)
@@ -153,15 +114,10 @@ def obs_prune(w: torch.Tensor, hessian: torch.Tensor, n: int, mask: torch.Tensor
                 keep[:, i1:s2] = topn_in_groups(W[:, i1:s2] ** 2 / d.unsqueeze(0) ** 2, n)
             if quant is not None:
                 kept = W[:, i1:s2][keep[:, i1:s2]].reshape(out_f, -1)
-                if sym:
-                    half = 2 ** (bits - 1)
-                    scale = (kept.abs().amax(1) / (half - 1)).clamp_min(1e-10)
-                    zero = torch.full_like(scale, float(half))
-                else:
-                    lo, hi = kept.amin(1).clamp(max=0), kept.amax(1).clamp(min=0)
-                    scale = ((hi - lo) / qmax).clamp_min(1e-10)
-                    zero = torch.round(-lo / scale).clamp(0, qmax)
-                grids.append((scale, zero))
+                g = quantize_groups(kept.float(), bits, -1, sym)  # one group: this span's kept values
+                scale = g.scale.double()[:, 0]
+                zero = None if sym else g.offset.double()[:, 0]
+                grids.append((g.scale[:, 0], None if sym else g.offset[:, 0]))
         W1 = W[:, i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         H1 = hinv[i1:i2, i1:i2]
@@ -174,7 +130,11 @@ def obs_prune(w: torch.Tensor, hessian: torch.Tensor, n: int, mask: torch.Tensor
             d = H1[i, i]
             q = torch.where(keep[:, i1 + i], col, torch.zeros_like(col))
             if quant is not None:
-                qq = (torch.clamp(torch.round(col / scale) + zero, 0, qmax) - zero) * scale
+                if sym:
+                    half = 2 ** (bits - 1)
+                    qq = (torch.clamp(torch.round(col / scale) + half, 0, qmax) - half) * scale
+                else:
+                    qq = torch.clamp(torch.round((col - zero) / scale), 0, qmax) * scale + zero
                 q = torch.where(keep[:, i1 + i], qq, q)
             err = (col - q) / d
             W1[:, i:] -= err.unsqueeze(1) * H1[i, i:].unsqueeze(0)
@@ -185,8 +145,8 @@ def obs_prune(w: torch.Tensor, hessian: torch.Tensor, n: int, mask: torch.Tensor
     if quant is None:
         return W.float(), keep
     scales = torch.stack([g[0] for g in grids], 1)
-    zeros = torch.stack([g[1] for g in grids], 1)
-    return W.float(), keep, (scales.float(), zeros.float())
+    offsets = None if quant[2] else torch.stack([g[1] for g in grids], 1)
+    return W.float(), keep, (scales, offsets)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,6 +175,12 @@ def expand(values: torch.Tensor, idx: torch.Tensor, n: int, in_features: int) ->
         raise ValueError(f"compacted shape {tuple(values.shape)} does not match {n}:4 of {in_features} inputs")
     cols = torch.arange(k, device=values.device).div(n, rounding_mode="floor") * M + idx.long()
     return torch.zeros(out_f, in_features, dtype=values.dtype, device=values.device).scatter_(1, cols, values)
+
+
+def compact_columns(v: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """v [in] gathered at every kept value's original column: [out, in*n/4]."""
+    cols = torch.arange(idx.shape[1], device=idx.device).div(n, rounding_mode="floor") * M + idx.long()
+    return v[cols]
 
 
 def pack_indices(idx: torch.Tensor) -> torch.Tensor:
