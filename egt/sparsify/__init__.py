@@ -71,12 +71,13 @@ def layer_costs(model, cap, stats, metric: str) -> tuple[dict[str, list[float]],
 
 
 def plan_mix(model, tokenizer, texts, stats, density: float, opts: SparsifyOptions, progress: bool = False,
-             cap=None) -> tuple[dict[str, str], dict]:
+             cap=None, costs: tuple[dict[str, list[float]], bool] | None = None) -> tuple[dict[str, str], dict]:
+    """Patterns per module at exactly `density`; `cap` / `costs` (from `layer_costs`) may be passed to reuse them."""
     t0 = time.perf_counter()
     if cap is None:
         seqs = tokenize_texts(tokenizer, texts[: opts.importance_texts], opts.importance_tokens)
         cap = I.capture(model, seqs)
-    costs, dense_ok = layer_costs(model, cap, stats, opts.metric)
+    costs, dense_ok = costs if costs is not None else layer_costs(model, cap, stats, opts.metric)
     shapes = prunable_modules(model)
     sizes = {n: o * i for n, (o, i) in shapes.items()}
     by_layer = [I.layer_modules(model, i) for i in range(len(model.layers))]

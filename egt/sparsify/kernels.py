@@ -35,8 +35,7 @@ def _configs():
     import triton
 
     out = []
-    for bn, bk, w in [(4, 128, 2), (8, 128, 4), (8, 256, 4), (16, 128, 4), (4, 256, 4), (16, 64, 4), (2, 256, 2),
-                      (8, 64, 2)]:
+    for bn, bk, w in [(2, 256, 2), (4, 128, 2), (4, 256, 4), (8, 128, 4), (8, 256, 4), (16, 128, 4)]:
         out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w))
     return out
 
@@ -124,9 +123,11 @@ def _kernel():
 
 
 def sparse_w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor | None, scales: torch.Tensor,
-                   offsets: torch.Tensor | None, n: int, group: int, gather: bool = False) -> torch.Tensor:
+                   offsets: torch.Tensor | None, n: int, group: int, gather: bool = False,
+                   config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """y [B, out] = x [B, in] @ W^T. qweight: int32 words of egt.quant.packing (8 codes per word, first in the
-    low bits, so its bytes hold two codes each, first in the low nibble); kept values per row = in * n / 4."""
+    low bits, so its bytes hold two codes each, first in the low nibble); kept values per row = in * n / 4.
+    config: (BLOCK_N, BLOCK_K, num_warps) to skip autotuning (tests); None autotunes once per shape."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= 8:
         raise ValueError(f"x must be [B, in] with 1 <= B <= 8, got {tuple(x.shape)}")
     if n not in (1, 2, 4):
@@ -144,11 +145,15 @@ def sparse_w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor
     y = torch.empty(b, out_f, dtype=x.dtype, device=x.device)
     ng = scales.shape[1]
     group = kc if group == -1 else group
-    grid = lambda meta: (triton_cdiv(out_f, meta["BLOCK_N"]),)  # noqa: E731
-    _kernel()[grid](x, qbytes, qbytes if indices is None else indices, scales,
-                    scales if offsets is None else offsets, y, out_f, kc, ng, qbytes.stride(0), x.stride(0),
-                    y.stride(0), N=n, GROUP=group, B=b, BPAD=max(2, 1 << (b - 1).bit_length()),
-                    SYM=offsets is None, GATHER=gather)
+    args = (x, qbytes, qbytes if indices is None else indices, scales, scales if offsets is None else offsets, y,
+            out_f, kc, ng, qbytes.stride(0), x.stride(0), y.stride(0))
+    kw = dict(N=n, GROUP=group, B=b, BPAD=max(2, 1 << (b - 1).bit_length()), SYM=offsets is None, GATHER=gather)
+    if config is None:
+        grid = lambda meta: (triton_cdiv(out_f, meta["BLOCK_N"]),)  # noqa: E731
+        _kernel()[grid](*args, **kw)
+    else:
+        bn, bk, warps = config
+        _kernel().fn[(triton_cdiv(out_f, bn),)](*args, **kw, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
     return y
 
 

@@ -1,0 +1,286 @@
+"""Reproduce eval/results/sparsify.json and sparsify.md (issue 4) with one command, on CPU:
+
+    python eval/sparsify_eval.py            # ~30-40 min on a shared 2-core machine
+    python eval/sparsify_eval.py --no-peers # without llm-compressor
+
+What it measures on the embedded default model (SmolLM2-135M-Instruct), all projections of all 30 layers pruned
+(the LM head is tied to the embedding and stays dense):
+1. Layer importance on calibration ads: block influence, OWL outlier ratio, and the KL increase when one layer alone
+   is pruned (2:4 and 1:4). Which predicts the end KL of whole assignments best is measured on a separate validation
+   split: Spearman correlation over random 50/50 layer mixes, and the KL of the 50/50 mix each metric picks.
+2. Mask method: Wanda vs SparseGPT-style compensation (decided on the validation split).
+3. Held-out perplexity and mean KL(fp16 || compressed) per token on held-out ad text (`egt.data.heldout_texts`):
+   uniform 2:4, uniform 1:4, a non-adaptive 50/50 mix (alternating layers), egt mix at density 0.375, each of
+   2:4 / 1:4 / mix also with egt INT4 on the kept values (g128 asymmetric), and llm-compressor's SparseGPT and Wanda
+   2:4 run for real on the same model and calibration tokens (eval/sparsify_llmc.py, separate venv).
+4. Bytes: the packed format (fp16 or INT4 kept values + 2-bit positions) vs dense fp16 and vs standard CSR.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from egt.calibrate import collect_stats, tokenize_texts  # noqa: E402
+from egt.data import calibration_texts, heldout_texts, shared_file  # noqa: E402
+from egt.models import default_model_dir, load_hf_state, load_model, read_safetensors_dir  # noqa: E402
+from egt.plan import LinearPlan  # noqa: E402
+from egt.sparsify import SparsifyOptions, apply_patterns, plan_mix, prunable_modules  # noqa: E402
+from egt.sparsify import assign as A  # noqa: E402
+from egt.sparsify import importance as I  # noqa: E402
+from egt.sparsify import pattern as P  # noqa: E402
+
+LLMC_PY = os.environ.get("EGT_LLMC_PYTHON", "/work/venvs/llmc/bin/python")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@torch.inference_mode()
+def heldout_metrics(model, seqs, ref_logp) -> dict:
+    nll = kl = 0.0
+    n_nll = n_kl = 0
+    for ids, lp in zip(seqs, ref_logp):
+        logits = I._forward(model, ids)
+        lq = F.log_softmax(logits.float(), -1)
+        nll += float(F.nll_loss(lq[:-1], ids[1:], reduction="sum"))
+        n_nll += len(ids) - 1
+        p = lp.float()
+        kl += float((p.exp() * (p - lq)).sum())
+        n_kl += len(ids)
+    return {"ppl": math.exp(nll / n_nll), "kl": kl / n_kl, "nll": nll / n_nll}
+
+
+def bytes_of(plan_layers: dict[str, LinearPlan], shapes: dict[str, tuple[int, int]]) -> dict:
+    packed = csr = dense16 = 0.0
+    for n, (o, i) in shapes.items():
+        r = P.storage_report(o, i, plan_layers.get(n, LinearPlan()))
+        packed += r["packed_bytes"]
+        dense16 += r["dense_fp16_bytes"]
+        csr += r["csr_bytes"] if plan_layers.get(n, LinearPlan()).sparsity != "dense" else r["packed_bytes"]
+    w = sum(o * i for o, i in shapes.values())
+    return {"bytes": packed, "bits_per_weight": packed * 8 / w, "vs_dense_fp16": packed / dense16,
+            "vs_csr": packed / csr, "csr_bytes": csr}
+
+
+def density_of(patterns: dict[str, str], shapes) -> float:
+    sizes = {n: o * i for n, (o, i) in shapes.items()}
+    return sum(sizes[n] * A.DENSITY[p] for n, p in patterns.items()) / sum(sizes.values())
+
+
+def layer_patterns(model, per_layer: list[str]) -> dict[str, str]:
+    return {m: p for i, p in enumerate(per_layer) for m in I.layer_modules(model, i)}
+
+
+def run_llmc(method: str, tokens_json: Path, out: Path) -> dict:
+    cmd = [LLMC_PY, str(ROOT / "eval" / "sparsify_llmc.py"), "--method", method, "--tokens", str(tokens_json),
+           "--model", str(default_model_dir()), "--out", str(out)]
+    log(f"llm-compressor {method}: {' '.join(cmd)}")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"llm-compressor {method} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calib", type=int, default=64, help="calibration ads (IRA, held-out quarter excluded)")
+    ap.add_argument("--heldout", type=int, default=64)
+    ap.add_argument("--importance", type=int, default=8, help="calibration texts used for layer importance")
+    ap.add_argument("--validation", type=int, default=16, help="other ads used to judge the importance metrics")
+    ap.add_argument("--random-mixes", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "eval" / "results"))
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "command": "python eval/sparsify_eval.py " + " ".join(sys.argv[1:]),
+                     "model": "default (SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to fp32)", "device": "cpu"}
+
+    def save():
+        (out_dir / "sparsify.json").write_text(json.dumps(results, indent=1))
+        (out_dir / "sparsify.md").write_text(markdown(results))
+
+    loaded = load_model("default", dtype=torch.float32)
+    dense, tok = loaded.model, loaded.tokenizer
+    shapes = prunable_modules(dense)
+    pool = calibration_texts(shared_file("ira_facebook_ads.csv"), a.calib + a.validation, seed=0)
+    cal, val = pool[: a.calib], pool[a.calib:]
+    held = heldout_texts(a.heldout, seed=0)
+    cal_seqs = tokenize_texts(tok, cal, a.max_tokens)
+    held_seqs = tokenize_texts(tok, held, a.max_tokens)
+    results["data"] = {"calibration": f"{len(cal)} IRA ad texts ({sum(map(len, cal_seqs))} tokens, <= {a.max_tokens} each)",
+                       "importance": f"first {a.importance} calibration texts (<= 128 tokens each)",
+                       "validation": f"{len(val)} other IRA ad texts (judge of the importance metrics)",
+                       "heldout": f"{len(held)} held-out ad texts, egt.data.heldout_texts ({sum(map(len, held_seqs))} tokens)"}
+    log(f"calibration statistics over {sum(map(len, cal_seqs))} tokens")
+    stats = collect_stats(dense, tok, cal, max_tokens=a.max_tokens, modules=list(shapes), progress=False)
+    with torch.inference_mode():
+        ref = [F.log_softmax(I._forward(dense, s).float(), -1).half() for s in held_seqs]
+    base = heldout_metrics(dense, held_seqs, ref)
+    results["fp16"] = {**base, **bytes_of({}, shapes)}
+    log(f"dense: ppl {base['ppl']:.3f}")
+
+    # ---- 1. layer importance and which metric predicts the end KL --------------------------------------------
+    t0 = time.perf_counter()
+    imp = I.capture(dense, tokenize_texts(tok, cal[: a.importance], 128))
+    vcap = I.capture(dense, tokenize_texts(tok, val, 128))
+    scores = {"block_influence": I.block_influence(imp), "outlier_ratio": I.outlier_ratio(dense, stats)}
+    alone = {p: I.alone_kl(dense, imp, stats, p) for p in ("2:4", "1:4")}
+    log(f"importance in {time.perf_counter() - t0:.0f}s")
+    L = len(dense.layers)
+    half = L // 2
+
+    def predicted(metric: str, per_layer: list[str]) -> float:
+        if metric == "alone_kl":
+            return sum(alone[p][i] for i, p in enumerate(per_layer))
+        return sum(scores[metric][i] for i, p in enumerate(per_layer) if p == "1:4")
+
+    rng = random.Random(0)
+    mixes = []
+    for _ in range(a.random_mixes):
+        low = set(rng.sample(range(L), half))
+        mixes.append(["1:4" if i in low else "2:4" for i in range(L)])
+    measured = [I.assignment_kl(dense, vcap, stats, layer_patterns(dense, m)) for m in mixes]
+    metrics = ("alone_kl", "block_influence", "outlier_ratio")
+    judge = {}
+    for m in metrics:
+        key = [alone["1:4"][i] - alone["2:4"][i] for i in range(L)] if m == "alone_kl" else scores[m]
+        low = set(sorted(range(L), key=lambda i: key[i])[:half])
+        own = ["1:4" if i in low else "2:4" for i in range(L)]
+        judge[m] = {"spearman_random_mixes": I.spearman([predicted(m, x) for x in mixes], measured),
+                    "own_50_50_mix_val_kl": I.assignment_kl(dense, vcap, stats, layer_patterns(dense, own)),
+                    "layers_1_4": sorted(low)}
+    best_metric = min(metrics, key=lambda m: judge[m]["own_50_50_mix_val_kl"])
+    results["importance"] = {"scores": scores, "alone_kl": alone, "judge": judge, "random_mix_val_kl": measured,
+                             "chosen": best_metric, "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"importance judge: {json.dumps({m: round(judge[m]['own_50_50_mix_val_kl'], 4) for m in metrics})} -> {best_metric}")
+    save()
+
+    # ---- 2/3. configurations ------------------------------------------------------------------------------------
+    results["configs"] = {}
+
+    def evaluate(name: str, patterns: dict[str, str], method: str, bits: int | None, note: str = "", extra=None):
+        t = time.perf_counter()
+        model = copy.deepcopy(dense)
+        lps = apply_patterns(model, patterns, stats, bits, 128, False, method)
+        secs = time.perf_counter() - t
+        vkl = I.kl_from(model, vcap, 0)
+        r = {**heldout_metrics(model, held_seqs, ref), "val_kl": vkl, "density": density_of(patterns, shapes),
+             **bytes_of(lps, shapes), "method": method, "bits": bits or 16, "seconds": round(secs, 1), "note": note,
+             "patterns": {p: sum(v == p for v in patterns.values()) for p in ("dense", "2:4", "1:4")}}
+        if extra:
+            r.update(extra)
+        results["configs"][name] = r
+        log(f"{name}: ppl {r['ppl']:.3f} kl {r['kl']:.4f} val_kl {vkl:.4f} density {r['density']:.4f} "
+            f"({secs:.0f}s to prune)")
+        save()
+        del model
+        return r
+
+    uni = {p: {n: p for n in shapes} for p in ("2:4", "1:4")}
+    for p in ("2:4", "1:4"):
+        for method in ("wanda", "sparsegpt"):
+            evaluate(f"egt {p} {method}", uni[p], method, None)
+    method = min(("wanda", "sparsegpt"), key=lambda m: results["configs"][f"egt 2:4 {m}"]["val_kl"])
+    results["method_chosen"] = method
+    alt = layer_patterns(dense, ["2:4" if i % 2 == 0 else "1:4" for i in range(L)])
+    evaluate("50/50 alternating layers", alt, method, None, "non-adaptive mix at the same density")
+    best_mix = None
+    for gran in ("layer", "module"):
+        opts = SparsifyOptions(method=method, metric=best_metric, granularity=gran)
+        costs = (alone, True) if best_metric == "alone_kl" else None
+        pats, rep = plan_mix(dense, tok, cal, stats, 0.375, opts, cap=imp, costs=costs)
+        r = evaluate(f"egt mix 0.375 ({gran})", pats, method, None, f"metric {best_metric}, dense allowed",
+                     {"assignment": {k: v for k, v in rep.items() if k != "layer_costs"},
+                      "per_layer": [[pats[m] for m in I.layer_modules(dense, i)] for i in range(L)]})
+        if best_mix is None or r["val_kl"] < best_mix[2]:
+            best_mix = (gran, pats, r["val_kl"])
+    results["mix_granularity_chosen"] = best_mix[0]
+    evaluate("egt 2:4 + INT4", uni["2:4"], method, 4, "joint sweep" if method != "wanda" else "RTN+clip")
+    evaluate("egt 1:4 + INT4", uni["1:4"], method, 4)
+    evaluate(f"egt mix 0.375 ({best_mix[0]}) + INT4", best_mix[1], method, 4)
+
+    # ---- peers -------------------------------------------------------------------------------------------------
+    if not a.no_peers:
+        tmp = Path(tempfile.mkdtemp(prefix="egt-llmc-"))
+        tj = tmp / "tokens.json"
+        tj.write_text(json.dumps([s.tolist() for s in cal_seqs]))
+        for m in ("sparsegpt", "wanda"):
+            info = run_llmc(m, tj, tmp / f"{m}.safetensors")
+            model = copy.deepcopy(dense)
+            from safetensors.torch import load_file
+
+            load_hf_state(model, load_file(tmp / f"{m}.safetensors"))
+            w = model.layers[3].mlp.up_proj.weight.data
+            nz = (w.reshape(w.shape[0], -1, 4) != 0).sum(-1)
+            lps = {n: LinearPlan(sparsity="2:4") for n in shapes}
+            r = {**heldout_metrics(model, held_seqs, ref), "val_kl": I.kl_from(model, vcap, 0), "density": 0.5,
+                 **bytes_of(lps, shapes), "method": f"llm-compressor {info['llmcompressor']} {m}", "bits": 16,
+                 "seconds": info["seconds"], "max_kept_per_group": int(nz.max()), "note": "peer, run for real"}
+            results["configs"][f"llm-compressor {m} 2:4"] = r
+            log(f"llm-compressor {m}: ppl {r['ppl']:.3f} kl {r['kl']:.4f}")
+            save()
+            del model
+    save()
+    log("done")
+    return 0
+
+
+def markdown(r: dict) -> str:
+    lines = ["# Sparsification on the embedded default model (issue 4)", "",
+             f"Date {r['date']}, CPU, command `{r['command']}`. Model: {r['model']}.", ""]
+    if "data" in r:
+        lines += [f"- {k}: {v}" for k, v in r["data"].items()] + [""]
+    if "configs" in r:
+        lines += ["Mean KL is KL(fp16 model || compressed) per token on the held-out texts; val KL is on the "
+                  "validation split (what choices were made on). Bytes: all 210 decoder projections "
+                  "(LM head tied to the embedding, not counted); `vs CSR` = packed bytes / standard CSR bytes "
+                  "(int32 column index per kept value, int32 row pointers, same value precision and scales).", "",
+                  "| configuration | density | bits | held-out ppl | mean KL | val KL | MB | bits/weight | vs fp16 | vs CSR |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        f = r["fp16"]
+        lines.append(f"| fp16 (dense) | 1.000 | 16 | {f['ppl']:.3f} | 0 | 0 | {f['bytes'] / 1e6:.1f} | 16.00 | 1.000 | - |")
+        for name, c in r["configs"].items():
+            lines.append(f"| {name} | {c['density']:.4f} | {c['bits']} | {c['ppl']:.3f} | {c['kl']:.4f} | "
+                         f"{c['val_kl']:.4f} | {c['bytes'] / 1e6:.1f} | {c['bits_per_weight']:.3f} | "
+                         f"{c['vs_dense_fp16']:.3f} | {c['vs_csr']:.3f} |")
+        lines.append("")
+        if "method_chosen" in r:
+            lines.append(f"Mask method used for the mixes and INT4 rows: **{r['method_chosen']}** (lower validation KL "
+                         f"at uniform 2:4). Mix granularity chosen: **{r.get('mix_granularity_chosen', '-')}**.")
+            lines.append("")
+    if "importance" in r:
+        imp = r["importance"]
+        lines += ["## Which layer-importance metric predicts the end loss", "",
+                  "Judged on the validation split: Spearman correlation between the metric's predicted cost and the "
+                  "measured KL over random 50/50 layer mixes, and the measured KL of the 50/50 mix the metric picks "
+                  "(least important half at 1:4, Wanda masks).", "",
+                  "| metric | Spearman over random mixes | KL of its own 50/50 mix |", "| --- | --- | --- |"]
+        for m, j in imp["judge"].items():
+            lines.append(f"| {m} | {j['spearman_random_mixes']:.3f} | {j['own_50_50_mix_val_kl']:.4f} |")
+        rm = imp["random_mix_val_kl"]
+        lines += ["", f"Random 50/50 mixes: KL {min(rm):.4f} to {max(rm):.4f} (mean {sum(rm) / len(rm):.4f}). "
+                      f"Chosen metric: **{imp['chosen']}**.", ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
