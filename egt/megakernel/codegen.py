@@ -100,6 +100,7 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         f"constexpr float EPS = {float(m.rms_eps)!r}f;",
         f"constexpr bool QKV_BIAS = {'true' if m.qkv_bias else 'false'};",
         f"constexpr int ATT_S = {plan.attn.splits}, ATT_SUB = {plan.attn.sub}, ATT_ROT = {plan.attn.rot % plan.blocks};",
+        f"constexpr int ATT_MINC = {plan.attn.min_chunk};",
         f"constexpr int RING_BYTES = {smem['ring']}, PAGE_BYTES = {smem['page']}, SMEM_DYN = {smem['dynamic']};",
         f"constexpr int RES_ROWS = {plan.residual_rows()};",
     ]

@@ -20,8 +20,10 @@ class GpuProfile:
     smem_per_block: int  # bytes of dynamic + static shared memory one block may use
     bandwidth_gbs: float  # DRAM bandwidth used by the cost model (GB/s)
     l2_bytes: int
-    sync_us: float = 1.2  # one grid-wide dependency: release, L2 round trip, acquire
-    mem_latency_us: float = 0.9  # DRAM round trip under load (Little's law for bytes in flight)
+    # Calibrated on an H100 from traced builds (bench/megakernel_trace.py, 2026-11-27): a grid-wide dependency
+    # costs ~1.3-2 us; a block with ~40 KB in flight sustains ~20 GB/s, i.e. ~2 us loaded DRAM latency.
+    sync_us: float = 1.6  # one grid-wide dependency: release, L2 round trip, acquire
+    mem_latency_us: float = 2.0  # DRAM round trip under load (Little's law for bytes in flight)
     l2_bw_per_sm_gbs: float = 60.0  # activation staging rate from L2 into one SM
     cc: tuple[int, int] = (9, 0)
 
@@ -34,7 +36,7 @@ PROFILES: dict[str, GpuProfile] = {
     "h100": GpuProfile("h100", sms=132, smem_per_block=227 * 1024, bandwidth_gbs=3000.0, l2_bytes=50 * 2**20, cc=(9, 0)),
     # NVIDIA L20 (Ada, sm_89): 92 SMs, ~99 KB per block, 864 GB/s GDDR6, no TMA.
     "ada-l20": GpuProfile("ada-l20", sms=92, smem_per_block=99 * 1024, bandwidth_gbs=864.0, l2_bytes=96 * 2**20,
-                          sync_us=1.5, mem_latency_us=1.1, cc=(8, 9)),
+                          sync_us=1.8, mem_latency_us=2.2, cc=(8, 9)),
 }
 
 

@@ -37,6 +37,7 @@ class AttnSchedule:
     splits: int = 1
     sub: int = 128
     rot: int = 0
+    min_chunk: int = 256  # cache rows per split at least: short contexts use fewer splits (one: no combine)
 
 
 @dataclass(frozen=True)

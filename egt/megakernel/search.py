@@ -25,7 +25,7 @@ from .profiles import GpuProfile, get_profile
 from .schedule import (AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
                        matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes, static_smem_bytes)
 
-NOMINAL_CONTEXT = 512  # context length the attention term is costed at
+NOMINAL_CONTEXT = 256  # context the attention term is costed at (short ad prompts + a few dozen generated tokens)
 FMA_PER_SM_PER_US = 128 * 1.6e3  # fp32 lanes x clock (MHz): FMA issue rate of one SM per microsecond
 
 
@@ -72,7 +72,7 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
     block_bytes = tiles * s.tr * op.k * op.nmat * 2
     fair = prof.bandwidth_gbs * 1e3 / active  # bytes/us
     pipe = (s.stages - 1) * stage_bytes / prof.mem_latency_us
-    bw_sm = min(pipe, fair, 2.5 * prof.bandwidth_gbs * 1e3 / prof.sms)
+    bw_sm = min(pipe, fair, 1.6 * prof.bandwidth_gbs * 1e3 / prof.sms)
     t_stream = block_bytes / bw_sm
     # the prefill of the first stages ran during the dependency wait
     prefetched = min((s.stages - 1) * stage_bytes, block_bytes)
@@ -89,15 +89,18 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
 
 def cost_attention(shape: ModelShape, a: AttnSchedule, batch: int, prof: GpuProfile, blocks: int,
                    context: int = NOMINAL_CONTEXT) -> float:
-    items = batch * shape.kv_heads * a.splits
+    se = max(1, min(a.splits, ceil_div(context, a.min_chunk)))  # splits in use at this context
+    items = batch * shape.kv_heads * se
     per_block = ceil_div(items, blocks)
-    share = ceil_div(context, a.splits)
+    share = ceil_div(context, se)
     kv_bytes = share * shape.head_dim * 2 * 2
-    bw_sm = min(prof.bandwidth_gbs * 1e3 / min(items, blocks), 2.5 * prof.bandwidth_gbs * 1e3 / prof.sms)
+    bw_sm = min(prof.bandwidth_gbs * 1e3 / min(items, blocks), 1.6 * prof.bandwidth_gbs * 1e3 / prof.sms)
     passes = ceil_div(share, a.sub)
     g = shape.heads // shape.kv_heads
-    t_item = 2.0 + kv_bytes / bw_sm + passes * 0.6 + share * g * shape.head_dim * 2 / FMA_PER_SM_PER_US
-    return per_block * t_item + (1.2 if a.splits > 1 else 0.0)
+    # fixed part (traced): q/k/v from L2 with RoPE, softmax barriers, output write, arrival; the combine adds an
+    # atomic and a second L2 round trip
+    t_item = 4.0 + kv_bytes / bw_sm + passes * 0.8 + share * g * shape.head_dim * 2 / FMA_PER_SM_PER_US
+    return per_block * t_item + (2.5 if se > 1 else 0.0)
 
 
 def predict_ms(plan: MegaPlan, prof: GpuProfile, context: int = NOMINAL_CONTEXT) -> float:
@@ -118,8 +121,8 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
     for splits in (1, 2, 4, 8, 16, 32):
         if pairs * splits > 4 * blocks or (splits > 1 and pairs * splits // 2 >= blocks):
             continue
-        for sub in (64, 128, 256):
-            a = AttnSchedule(splits, sub, 0)
+        for sub, minc in itertools.product((64, 128, 256), (128, 256, 512)):
+            a = AttnSchedule(splits, sub, 0, minc)
             if attn_check(shape, a, threads):
                 continue
             if attn_page_bytes(shape, a, threads) + static_smem_bytes(batch, threads) > smem_limit:
@@ -153,7 +156,7 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
             best[name] = sorted(picks, key=lambda x: x[0])[:max(keep_per_op, 4)]
         attn = sorted(((cost_attention(shape, a, batch, prof, blocks), a)
                        for a in _attn_options(shape, batch, threads, blocks, prof.smem_per_block)),
-                      key=lambda x: x[0])[:2]
+                      key=lambda x: (x[0], -x[1].splits))[:2]
         if any(not v for v in best.values()) or not attn:
             continue
         names = list(ops)

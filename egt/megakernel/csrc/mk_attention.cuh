@@ -17,8 +17,8 @@
 
 namespace egt {
 
-template <int NH_, int NKV_, int HD_, int S_, int SUB_, int ROT_> struct AttnCfg {
-  static constexpr int NH = NH_, NKV = NKV_, HD = HD_, S = S_, SUB = SUB_, ROT = ROT_;
+template <int NH_, int NKV_, int HD_, int S_, int SUB_, int ROT_, int MINC_> struct AttnCfg {
+  static constexpr int NH = NH_, NKV = NKV_, HD = HD_, S = S_, SUB = SUB_, ROT = ROT_, MINC = MINC_;
 };
 
 template <class C> struct Attention {
@@ -68,6 +68,24 @@ template <class C> struct Attention {
     return rnd<mk_t>(rnd<mk_t>(x * c) + rnd<mk_t>(y * s));
   }
 
+  // The last split of (b, g) to finish merges the `se` partial softmax states in split order (deterministic).
+  __device__ static void combine(int b, int g, int se, const float* part_o, const float* part_ml, mk_t* attn_out) {
+    const long long cbase = ((long long)b * C::NKV + g) * C::S * G;
+    for (int i = threadIdx.x; i < G * HD; i += NTHR) {
+      const int gh = i / HD, d = i - gh * HD;
+      float M = -INFINITY;
+      for (int j = 0; j < se; ++j) M = fmaxf(M, __ldcg(part_ml + (cbase + j * G + gh) * 2));
+      float L = 0.f, O = 0.f;
+      for (int j = 0; j < se; ++j) {
+        const float m = __ldcg(part_ml + (cbase + j * G + gh) * 2);
+        const float w = (m == -INFINITY) ? 0.f : expf(m - M);
+        L += w * __ldcg(part_ml + (cbase + j * G + gh) * 2 + 1);
+        O += w * __ldcg(part_o + (cbase + j * G + gh) * HD + d);
+      }
+      attn_out[(long long)b * C::NH * HD + (g * G + gh) * HD + d] = from_f<mk_t>(O / L);
+    }
+  }
+
   // Runs this block's items for layer l. Returns after the block's last item; the caller waits on att_done.
   __device__ static void run(int l, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out, float* part_o,
                              float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done, unsigned E1,
@@ -97,10 +115,28 @@ template <class C> struct Attention {
       const int len = slot + 1;
       const int st = __ldcg(p.attn_start + b);
       const int n = len - st;
-      const int chunk = (n + C::S - 1) / C::S;
+      // Splits in use at this context: short contexts run in one item per (b, g) and skip the combine.
+      const int se = max(1, min(C::S, (n + C::MINC - 1) / C::MINC));
+      const int chunk = (n + se - 1) / se;
       const int t0 = st + s * chunk;
       const int t1 = min(len, t0 + chunk);
       const int cnt = max(0, t1 - t0);
+      if (s >= se) {  // idle split: only keeps the arrival count of (b, g) consistent; may run the combine
+        if constexpr (C::S > 1) {
+          __syncthreads();
+          if (tid == 0) {
+            const unsigned old = atom_add_acq_rel(arrive + b * C::NKV + g, 1u);
+            *flag = (se > 1 && old == E1 * C::S - 1);
+          }
+          __syncthreads();
+          if (*flag) {
+            combine(b, g, se, part_o, part_ml, attn_out);
+            block_arrive(att_done);
+          }
+          __syncthreads();
+        }
+        continue;
+      }
       const long long base = ((((long long)l * NB + b) * C::NKV + g) * p.maxlen) * HD;
       mk_t* kc = p.kc + base;
       mk_t* vc = p.vc + base;
@@ -111,18 +147,19 @@ template <class C> struct Attention {
       }
       const float pos = (float)__ldcg(p.rope_pos + b);
       const mk_t* qrow = qkv + (long long)b * NQKV;
-      for (int i = tid; i < G * HD; i += NTHR) {
-        const int gh = i / HD, d = i - gh * HD;
-        qs[i] = rope(qrow + (g * G + gh) * HD, d, pos, inv_freq, (float)p.rope_scale) * qscale;
-      }
       const bool has_new = (slot >= t0 && slot < t1);
-      if (has_new) {
-        for (int d = tid; d < HD; d += NTHR) {
+      // q heads of the group, and (for the item holding the new row) k and v, in one pass over L2
+      for (int i = tid; i < (has_new ? G + 2 : G) * HD; i += NTHR) {
+        const int gh = i / HD, d = i - gh * HD;
+        if (gh < G) {
+          qs[i] = rope(qrow + (g * G + gh) * HD, d, pos, inv_freq, (float)p.rope_scale) * qscale;
+        } else if (gh == G) {
           const float k = rope(qrow + C::NH * HD + g * HD, d, pos, inv_freq, (float)p.rope_scale);
-          const mk_t vv = __ldcg(qrow + (C::NH + C::NKV) * HD + g * HD + d);
           kn[d] = k;
-          vn[d] = to_f(vv);
           kc[(long long)slot * HD + d] = from_f<mk_t>(k);
+        } else {
+          const mk_t vv = __ldcg(qrow + (C::NH + C::NKV) * HD + g * HD + d);
+          vn[d] = to_f(vv);
           vc[(long long)slot * HD + d] = vv;
         }
       }
@@ -225,7 +262,7 @@ template <class C> struct Attention {
         float o = 0.f;
 #pragma unroll 4
         for (int w = 0; w < TG; ++w) o += red[(w * G + gh) * HD + d];
-        if constexpr (C::S == 1) {
+        if (se == 1) {
           attn_out[(long long)b * C::NH * HD + (g * G + gh) * HD + d] = from_f<mk_t>(o / lrun[gh]);
         } else {
           part_o[(pbase + gh) * HD + d] = o;
@@ -235,8 +272,11 @@ template <class C> struct Attention {
           }
         }
       }
-      if constexpr (C::S == 1) {
+      if (se == 1) {
         block_arrive(att_done);
+        if constexpr (C::S > 1) {
+          if (tid == 0) atomicAdd(arrive + b * C::NKV + g, 1u);  // keep (b, g)'s arrival count per launch at S
+        }
       } else {
         __syncthreads();
         if (tid == 0) {
@@ -246,20 +286,7 @@ template <class C> struct Attention {
         }
         __syncthreads();
         if (*flag) {
-          const long long cbase = ((long long)b * C::NKV + g) * C::S * G;
-          for (int i = tid; i < G * HD; i += NTHR) {
-            const int gh = i / HD, d = i - gh * HD;
-            float M = -INFINITY;
-            for (int j = 0; j < C::S; ++j) M = fmaxf(M, __ldcg(part_ml + (cbase + j * G + gh) * 2));
-            float L = 0.f, O = 0.f;
-            for (int j = 0; j < C::S; ++j) {
-              const float m = __ldcg(part_ml + (cbase + j * G + gh) * 2);
-              const float w = (m == -INFINITY) ? 0.f : expf(m - M);
-              L += w * __ldcg(part_ml + (cbase + j * G + gh) * 2 + 1);
-              O += w * __ldcg(part_o + (cbase + j * G + gh) * HD + d);
-            }
-            attn_out[(long long)b * C::NH * HD + (g * G + gh) * HD + d] = from_f<mk_t>(O / L);
-          }
+          combine(b, g, se, part_o, part_ml, attn_out);
           block_arrive(att_done);
         }
       }

@@ -37,7 +37,7 @@ struct Params {
 
 namespace egt {
 
-using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT>;
+using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT, ATT_MINC>;
 
 enum { TBL_WQ = 0, TBL_WK, TBL_WV, TBL_BQ, TBL_BK, TBL_BV, TBL_WO, TBL_WG, TBL_WU, TBL_WD, TBL_LN1, TBL_LN2, LT = 12 };
 enum { GL_EMBED = 0, GL_LM, GL_NORM, GL_INVF };
