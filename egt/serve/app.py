@@ -243,6 +243,8 @@ def create_app(service: Service) -> FastAPI:
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts or len(prompts) > cfg.max_prompts:
             raise ApiError(422, "invalid_request", f"give 1..{cfg.max_prompts} prompts, got {len(prompts)}")
+        if req.max_tokens is None:
+            req.max_tokens = min(16, cfg.max_completion_tokens)
         if not 1 <= req.max_tokens <= cfg.max_completion_tokens:
             raise ApiError(422, "max_tokens_out_of_range",
                            f"max_tokens must be in 1..{cfg.max_completion_tokens}, got {req.max_tokens}")

@@ -39,6 +39,9 @@ class ServeConfig:
     # Back-pressure: at most max_queue ads wait; the next request gets 503 with Retry-After.
     max_queue: int = 256
     request_timeout_s: float = 60.0
+    # Targeter trigger: "auto" uses the measured cost model (calibrated once per device, then cached),
+    # "always" verifies the whole remaining trie right after prefill, "never" decodes to the end.
+    trigger: str = "auto"
     graceful_timeout_s: float = 60.0
 
     @classmethod
@@ -54,6 +57,8 @@ class ServeConfig:
     def validate(self) -> None:
         if self.backend not in ("auto", "torch", "megakernel"):
             raise ValueError(f"backend must be auto, torch or megakernel, got {self.backend!r}")
+        if self.trigger not in ("auto", "always", "never"):
+            raise ValueError(f"trigger must be auto, always or never, got {self.trigger!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_k", "max_ads", "max_text_tokens", "max_batch", "max_queue", "max_completion_tokens",

@@ -44,7 +44,7 @@ class CompletionRequest(BaseModel):
         "examples": [{"prompt": "Write a slogan for a bakery:", "max_tokens": 16, "stream": False}]})
     model: str | None = None
     prompt: str | list[str]
-    max_tokens: int = 16
+    max_tokens: int | None = Field(None, description="default: 16, capped at the server's limit")
     stream: bool = False
     stop: str | list[str] | None = None
     temperature: float | None = None

@@ -8,9 +8,14 @@ falls back to torch otherwise, saying why in the log. The API key is never logge
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
+
+import uvicorn
 
 from .config import ServeConfig
 
@@ -24,28 +29,55 @@ def _setup_logging():
     logging.getLogger("egt").setLevel(logging.INFO)
 
 
+SELF_CHECK_PROMPT = "Real-time ad targeting self-check: the quick brown fox"
+
+
+def _megakernel_like(engine):
+    """A megakernel Engine over the same weights, accepted only if its greedy tokens equal the torch path's."""
+    from egt.engine import Engine
+
+    mk = Engine(engine.model, engine.tokenizer, engine.device, max_len=engine.max_len, backend="megakernel")
+    for attr in ("source", "load_seconds"):
+        if hasattr(engine, attr):
+            setattr(mk, attr, getattr(engine, attr))
+    prompt = engine.encode(SELF_CHECK_PROMPT, chat=False)
+    want = engine.generate([prompt], max_new_tokens=4).tokens
+    got = mk.generate([prompt], max_new_tokens=4).tokens
+    if got != want:
+        raise RuntimeError(f"MegaKernel greedy tokens {got} differ from the torch path's {want}")
+    return mk
+
+
 def load_engine(cfg: ServeConfig):
-    """The Engine for cfg.backend; returns (engine, backend actually used)."""
+    """The Engine for cfg.backend; returns (engine, backend actually used). The MegaKernel path is accepted only
+    after a short greedy self-check against the torch path on the same weights."""
     import torch
 
     from egt.engine import Engine
 
+    engine = Engine.from_pretrained(cfg.model, device=cfg.device, backend="torch")
     if cfg.backend == "torch":
-        return Engine.from_pretrained(cfg.model, device=cfg.device, backend="torch"), "torch"
+        return engine, "torch"
     if cfg.backend == "megakernel":
-        return Engine.from_pretrained(cfg.model, device=cfg.device, backend="megakernel"), "megakernel"
-    # auto
-    if not torch.cuda.is_available() or cfg.device not in ("auto", "cuda") and not str(cfg.device).startswith("cuda"):
+        try:
+            return _megakernel_like(engine), "megakernel"
+        except Exception as e:  # noqa: BLE001 - explicit request: a user-facing error, not a silent fallback
+            raise ValueError(f"backend 'megakernel' unavailable: {type(e).__name__}: {_first_line(e)}") from e
+    if engine.device.type != "cuda" or not torch.cuda.is_available():
         log.info("backend auto: no CUDA device in use, serving with the torch backend")
-        return Engine.from_pretrained(cfg.model, device=cfg.device, backend="torch"), "torch"
+        return engine, "torch"
     try:
-        engine = Engine.from_pretrained(cfg.model, device=cfg.device, backend="megakernel")
-        log.info("backend auto: using the MegaKernel decode path")
-        return engine, "megakernel"
-    except Exception as e:  # noqa: BLE001 - any failure of the optional path falls back, with the reason logged
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        log.warning("backend auto: MegaKernel unavailable (%s: %s); falling back to torch", type(e).__name__, reason)
-        return Engine.from_pretrained(cfg.model, device=cfg.device, backend="torch"), "torch"
+        mk = _megakernel_like(engine)
+        log.info("backend auto: using the MegaKernel decode path (self-check passed)")
+        return mk, "megakernel"
+    except Exception as e:  # noqa: BLE001 - the optional path falls back, with the reason logged
+        log.warning("backend auto: MegaKernel unavailable (%s: %s); falling back to torch", type(e).__name__,
+                    _first_line(e))
+        return engine, "torch"
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def build_service(cfg: ServeConfig, warmup: bool = True):
@@ -54,10 +86,10 @@ def build_service(cfg: ServeConfig, warmup: bool = True):
     from .app import Service
 
     t0 = time.perf_counter()
+    catalog = Catalog.load(cfg.catalog) if cfg.catalog else Catalog.demo()  # before the model: fail fast
     engine, backend = load_engine(cfg)
-    catalog = Catalog.load(cfg.catalog) if cfg.catalog else Catalog.demo()
     name = getattr(catalog, "name", None) or "catalog"
-    targeter = Targeter(engine, catalog)
+    targeter = Targeter(engine, catalog, trigger=cfg.trigger)
     svc = Service(engine=engine, targeters={name: targeter}, cfg=cfg, model_name=cfg.model, backend=backend)
     log.info("loaded model %r (%s on %s) and catalog %r (%d entries) in %.1f s", cfg.model, backend,
              engine.device, name, len(catalog), time.perf_counter() - t0)
@@ -68,9 +100,30 @@ def build_service(cfg: ServeConfig, warmup: bool = True):
     return svc
 
 
-def run_server(args) -> int:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn.Server that, after a graceful shutdown on SIGTERM/SIGINT, returns instead of re-raising the signal,
+    so `egt serve` exits 0 (uvicorn re-raises for embedders that chain handlers; a CLI has none to chain)."""
 
+    stopped_by_signal: int | None = None
+
+    def handle_exit(self, sig, frame):
+        self.stopped_by_signal = sig
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        before = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+
+def run_server(args) -> int:
     from .app import create_app
 
     _setup_logging()
@@ -83,8 +136,9 @@ def run_server(args) -> int:
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
                             access_log=bool(getattr(args, "access_log", False)),
                             timeout_graceful_shutdown=cfg.graceful_timeout_s, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     log.info("serving on http://%s:%d (auth %s)", cfg.host, cfg.port, "on" if cfg.api_key else "off")
     server.run()
-    log.info("stopped")
+    if server.stopped_by_signal is not None:
+        log.info("stopped by %s after finishing in-flight requests", signal.Signals(server.stopped_by_signal).name)
     return 0
