@@ -1,0 +1,126 @@
+"""The configurations of the paper's Table 1 and how each one's model is prepared.
+
+Contract:
+- `CONFIGS` maps a configuration name (`fp16`, `int4`, `2:4`, `1:4`, `mix`, `2:4+int4`, `1:4+int4`, `mix+int4`) to
+  the `egt.compress.CompressConfig` arguments that make it. For the targeting task every name may carry the suffix
+  `+ptpv` (prefix-tree parallel verification on; without it the trie-constrained beam search runs to the end).
+- `availability(name)` says whether the stages a configuration needs exist in this checkout (`egt.quant.
+  quantize_model`, `egt.sparsify.sparsify_model`); a missing stage makes the cell "not available", never faked.
+- `prepare(name, source, device, dtype, cache_root)` returns an `egt.engine.Engine` for the configuration: the
+  float model itself for `fp16`, else a compressed directory made once by `egt.compress.compress` (calibrated on
+  the packaged demo ads) and cached under `cache_root/<slug>-<hash of the settings>`, then loaded from disk, so the
+  evaluated model is exactly what `egt compress` writes and every process of a data-parallel run loads the same.
+- `fp16` is the uncompressed float model: fp16 on CUDA; on CPU, where fp16 matmuls are emulated, it runs in fp32
+  (the cell records the dtype actually used).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from pathlib import Path
+
+CONFIGS: dict[str, dict] = {
+    "fp16": {},
+    "int4": {"bits": 4},  # adaptive: the quantizer picks a group size per layer by sensitivity
+    "2:4": {"sparsity": "2:4"},
+    "1:4": {"sparsity": "1:4"},
+    "mix": {"sparsity": "mix", "density": 0.375},  # 2:4 where layers matter, 1:4 elsewhere; mean density 3/8
+    "2:4+int4": {"sparsity": "2:4", "bits": 4},
+    "1:4+int4": {"sparsity": "1:4", "bits": 4},
+    "mix+int4": {"sparsity": "mix", "density": 0.375, "bits": 4},
+}
+PTPV = "+ptpv"
+
+
+class NotAvailable(Exception):
+    """A configuration whose compression stage is not in this checkout (reported, never faked)."""
+
+
+def split_name(name: str) -> tuple[str, bool]:
+    """('mix+int4', True) for 'mix+int4+ptpv'. Raises ValueError for unknown names."""
+    base, ptpv = (name[: -len(PTPV)], True) if name.endswith(PTPV) else (name, False)
+    if base not in CONFIGS:
+        raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)} "
+                         f"(targeting also accepts each with {PTPV})")
+    return base, ptpv
+
+
+def all_names(task: str) -> list[str]:
+    names = list(CONFIGS)
+    return names + [n + PTPV for n in names] if task == "targeting" else names
+
+
+def slug(name: str) -> str:
+    return name.replace(":", "of").replace("+", "_")
+
+
+def availability(name: str) -> tuple[bool, str]:
+    base, _ = split_name(name)
+    kw = CONFIGS[base]
+    needs = []
+    if kw.get("sparsity", "none") != "none":
+        needs.append(("egt.sparsify", "sparsify_model"))
+    if kw.get("bits") is not None:
+        needs.append(("egt.quant", "quantize_model"))
+    for mod, fn in needs:
+        try:
+            m = importlib.import_module(mod)
+        except ImportError as e:
+            return False, f"{mod} cannot be imported ({e})"
+        if not callable(getattr(m, fn, None)):
+            return False, f"{mod}.{fn} is not in this checkout yet"
+    return True, ""
+
+
+def compress_settings(name: str, source: str, calibration_samples: int = 32) -> dict:
+    base, _ = split_name(name)
+    return {"source": source, "calibration": None, "calibration_samples": calibration_samples, "dtype": "fp16",
+            **CONFIGS[base]}
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("EGT_EVAL_CACHE", Path.home() / ".cache" / "egt" / "eval-models"))
+
+
+def model_dir(name: str, source: str, cache_root: Path | None = None) -> Path:
+    s = compress_settings(name, source)
+    h = hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cache_root or default_cache_root()) / f"{slug(split_name(name)[0])}-{h}"
+
+
+def ensure_compressed(name: str, source: str, cache_root: Path | None = None, progress: bool = True) -> Path:
+    """Compress once into the cache (atomic, by `egt.format`), return the directory."""
+    ok, why = availability(name)
+    if not ok:
+        raise NotAvailable(why)
+    d = model_dir(name, source, cache_root)
+    from egt.format import MANIFEST
+
+    if (d / MANIFEST).is_file():
+        return d
+    from egt.compress import CompressConfig, compress
+
+    s = compress_settings(name, source)
+    s.pop("source")
+    cfg = CompressConfig(**s)
+    try:
+        path, _plan, _secs = compress(source, d, cfg, progress=progress)
+    except (NotImplementedError, ImportError, AttributeError) as e:
+        raise NotAvailable(f"compression failed: {type(e).__name__}: {e}") from e
+    return Path(path)
+
+
+def prepare(name: str, source: str = "default", device=None, dtype=None, cache_root: Path | None = None):
+    """Engine for configuration `name` (the +ptpv suffix does not change the model)."""
+    from egt.engine import Engine, resolve_device
+
+    base, _ = split_name(name)
+    dev = resolve_device(device)
+    if dtype is None:
+        dtype = "fp16" if dev.type == "cuda" else "fp32"
+    if base == "fp16":
+        return Engine.from_pretrained(source, device=dev, dtype=dtype)
+    d = ensure_compressed(name, source, cache_root)
+    return Engine.from_pretrained(str(d), device=dev, dtype=dtype)

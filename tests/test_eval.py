@@ -1,0 +1,182 @@
+"""eval: configurations, tasks, report, and a small-slice end-to-end run (single process and accelerate)."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval import configs, report, run, tasks
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _shared_or_skip():
+    from egt.data import data_dir
+
+    try:
+        data_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+# ---------------------------------------------------------------------------------------------- configurations
+
+def test_config_names():
+    assert configs.split_name("mix+int4+ptpv") == ("mix+int4", True)
+    assert configs.split_name("2:4") == ("2:4", False)
+    assert len(configs.all_names("targeting")) == 16 and len(configs.all_names("slogans")) == 8
+    assert configs.slug("2:4+int4") == "2of4_int4"
+    with pytest.raises(ValueError, match="unknown configuration"):
+        configs.split_name("int2")
+    assert configs.availability("fp16") == (True, "")
+
+
+def test_missing_stage_is_not_available(monkeypatch):
+    import egt.quant
+
+    monkeypatch.delattr(egt.quant, "quantize_model", raising=False)
+    ok, why = configs.availability("int4")
+    assert not ok and "quantize_model" in why
+    # a cell of an unavailable configuration reports it without numbers (and without loading a model)
+    cell = run.run_cell("slogans", "int4", limit=1, progress=False) if _has_data() else None
+    if cell is not None:
+        assert cell["status"] == "not available" and "metrics" not in cell
+
+
+def _has_data():
+    from egt.data import data_dir
+
+    try:
+        data_dir()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown task"):
+        run.run_cell("nope", "fp16")
+    with pytest.raises(ValueError, match="targeting task only"):
+        run.run_cell("slogans", "fp16+ptpv")
+    with pytest.raises(ValueError, match="limit"):
+        run.run_cell("slogans", "fp16", limit=0)
+
+
+# ------------------------------------------------------------------------------------------------------ tasks
+
+def test_task_slices_are_deterministic_and_disjoint_from_shots():
+    _shared_or_skip()
+    for name, t in tasks.TASKS.items():
+        a = t.examples(None, 5)
+        assert [e.id for e in a] == [e.id for e in t.examples(None, 5)] and len(a) == 5
+        shot_src = {s.source for s in t.shots}
+        assert shot_src and not shot_src & {e.source for e in t.examples(None, None)}, name
+
+
+def test_targeting_prompt_template():
+    _shared_or_skip()
+    t = tasks.TASKS["targeting"]
+    tpl = t.prompt_template()
+    text = tpl.format(ad="Buy {now}")  # literal braces of the demonstrations survive str.format
+    assert text.endswith("Ad: Buy {now}\nAudience interest:")
+    assert all(s.reference[0] in text for s in t.shots)
+    assert len(t.popular(10)) == 10
+
+
+def test_generation_prompt_has_shots_as_chat_turns():
+    _shared_or_skip()
+    t = tasks.TASKS["slogans"]
+    ex = t.examples(None, 1)[0]
+    msgs = t.messages(ex)
+    assert [m["role"] for m in msgs] == ["user", "assistant"] * t.n_shots + ["user"]
+    assert msgs[1]["content"] == t.shots[0].reference
+    kg = tasks.TASKS["csl-kg"]
+    assert kg.normalize("机器学习_深度学习、模型") == "机器学习 深度学习 模型"
+
+
+# ----------------------------------------------------------------------------------------------------- report
+
+def _cell(task, config, main, ms, card="cardA", status="ok"):
+    c = {"task": task, "config": config, "status": status, "n": 4, "card": card, "processes": 1, "limit": 4,
+         "data": None}
+    if status != "ok":
+        return {**c, "reason": "egt.quant.quantize_model is not in this checkout yet"}
+    m = {"meteor": main, "bleu": main / 2, "avg_len": 5.0} if task != "targeting" else \
+        {"recall@1": main / 3, "recall@5": main / 2, "recall@10": main, "precision@10": main / 5, "triggered": 1}
+    lat = {"ms_per_token": ms, "prefill_ms": 3 * ms, "total_ms": 10 * ms, "decode_steps": 8}
+    recs = [{"output": ["x"]}] * 4
+    return {**c, "metrics": m, "latency": lat, "records": recs}
+
+
+def test_report_tables_goals_and_plots(tmp_path):
+    cells = [_cell("slogans", "fp16", 0.30, 10.0), _cell("slogans", "mix+int4", 0.297, 5.0),
+             _cell("slogans", "int4", 0.0, 0.0, status="not available"), _cell("slogans", "2:4", 0.28, 4.0, card="B"),
+             _cell("targeting", "fp16", 0.4, 8.0), _cell("targeting", "fp16+ptpv", 0.4, 6.0),
+             _cell("targeting", "mix+int4", 0.3, 4.0)]
+    for c in cells:
+        run.write_cell(c, tmp_path)
+    paths = report.write_report(tmp_path)
+    names = {p.name for p in paths}
+    assert {"table1.json", "report.md", "pareto_slogans.png", "pareto_targeting.png"} <= names
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| mix+int4 |") and "0.2970" in line)
+    assert "2.00x" in row and "-1.0%" in row  # 10 / 5 ms; (0.297 - 0.3) / 0.3
+    row = next(line for line in md.splitlines() if line.startswith("| 2:4 |"))
+    assert "x |" not in row.replace("| 2:4 |", "")  # another card: no speed-up is computed
+    assert "not available: egt.quant.quantize_model" in md
+    assert "slogans: Mix+INT4 meteor = 0.2970 vs FP16 0.3000 (-1.0% relative, n=4): **met**" in md
+    assert "targeting: Mix+INT4 recall@10 = 0.3000 vs FP16 0.4000 (-25.0% relative, n=4): **MISSED**" in md
+    assert "csl-kg: Mix+INT4 vs FP16 on meteor: **not measured**" in md
+    assert "targeting fp16: recall@10 without verification 0.4000, with 0.4000: **equal**" in md
+    tab = json.loads((tmp_path / "table1.json").read_text())
+    assert tab["slogans"]["fp16"]["metrics"]["meteor"] == 0.30 and "records" not in tab["slogans"]["fp16"]
+
+
+# --------------------------------------------------------------------------------------------- end to end (CPU)
+
+def _env(**kw):
+    env = dict(os.environ, EGT_EVAL_MAX_NEW_TOKENS="4", EGT_EVAL_THREADS="1", **kw)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_cli_small_slice_end_to_end(tmp_path, monkeypatch):
+    """`egt eval --task slogans --config fp16 --limit 2` on the embedded default, a few tokens."""
+    _shared_or_skip()
+    from egt.cli import main
+
+    monkeypatch.setenv("EGT_EVAL_MAX_NEW_TOKENS", "4")
+    assert main(["eval", "--task", "slogans", "--config", "fp16", "--limit", "2", "--out", str(tmp_path)]) == 0
+    cell = json.loads((tmp_path / "cells" / "slogans__fp16.json").read_text())
+    assert cell["status"] == "ok" and cell["n"] == 2 and cell["settings"]["max_new_tokens"] == 4
+    assert 0.0 <= cell["metrics"]["meteor"] <= 1.0 and 0.0 <= cell["metrics"]["bleu"] <= 1.0
+    assert cell["latency"]["ms_per_token"] > 0 and all(r["output"] for r in cell["records"])
+    assert main(["eval", "--out", str(tmp_path)]) == 2  # no --task: one clear line, exit 2
+
+
+@pytest.mark.slow
+def test_accelerate_matches_single_process(tmp_path):
+    """Two CPU processes under `accelerate launch` score exactly what one process scores."""
+    _shared_or_skip()
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate CLI not installed")
+    args = ["cell", "--task", "slogans", "--config", "fp16", "--limit", "3", "--no-progress"]
+    one = subprocess.run([sys.executable, "-m", "eval.run", *args, "--out", str(tmp_path / "one")], cwd=REPO,
+                         env=_env(), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    # accelerate's --cpu flag launches a single process; --multi_gpu on a machine without GPUs starts torch's
+    # launcher with 2 processes, which PartialState(cpu=True) joins over gloo
+    two = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "eval.run", *args,
+                          "--out", str(tmp_path / "two")], cwd=REPO, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "cells" / "slogans__fp16.json").read_text())
+    b = json.loads((tmp_path / "two" / "cells" / "slogans__fp16.json").read_text())
+    assert a["processes"] == 1 and b["processes"] == 2
+    assert [r["output"] for r in a["records"]] == [r["output"] for r in b["records"]]
+    assert a["metrics"] == b["metrics"] and not any(math.isnan(v) for v in a["metrics"].values())
