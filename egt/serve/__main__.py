@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(ServeConfig):
         if f.name in BASIC:
             continue
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
+        kind = type(f.default) if f.default is not None else float
+        ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
                         help=f"default {f.default}")
     return ap
 

@@ -42,7 +42,9 @@ class ServeConfig:
     # Targeter trigger: "auto" uses the measured cost model (calibrated once per device, then cached),
     # "always" verifies the whole remaining trie right after prefill, "never" decodes to the end.
     trigger: str = "auto"
-    graceful_timeout_s: float = 60.0
+    # On SIGTERM uvicorn stops accepting and waits this long for in-flight requests; None = request_timeout_s + 5,
+    # which is enough for every accepted request, since each one is answered (200 or 504) within its timeout.
+    graceful_timeout_s: float | None = None
 
     @classmethod
     def from_args(cls, args) -> "ServeConfig":
@@ -65,10 +67,14 @@ class ServeConfig:
                      "max_prompts", "max_prompt_tokens", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_wait_ms < 0 or self.request_timeout_s <= 0 or self.graceful_timeout_s < 0:
+        if self.batch_wait_ms < 0 or self.request_timeout_s <= 0 or (self.graceful_timeout_s or 0) < 0:
             raise ValueError("batch_wait_ms must be >= 0 and request_timeout_s > 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty")
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        return self.request_timeout_s + 5 if self.graceful_timeout_s is None else self.graceful_timeout_s
 
     @property
     def is_loopback(self) -> bool:

@@ -135,7 +135,7 @@ def run_server(args) -> int:
     app = create_app(svc)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
                             access_log=bool(getattr(args, "access_log", False)),
-                            timeout_graceful_shutdown=cfg.graceful_timeout_s, lifespan="on")
+                            timeout_graceful_shutdown=cfg.shutdown_grace_s, lifespan="on")
     server = _Server(config)
     log.info("serving on http://%s:%d (auth %s)", cfg.host, cfg.port, "on" if cfg.api_key else "off")
     server.run()
