@@ -171,3 +171,70 @@ def test_text_delta_streams_exactly_the_final_text(text, stop, expect):
         assert expect.startswith(out), (out, expect)
     assert out == expect
     assert d.stopped == bool(stop and any(s in text for s in stop))
+
+
+class FakeEngine:
+    """Greedy 'model' whose next token is always 7 (EOS is 0), with a slow decode step."""
+
+    def __init__(self, step_s: float):
+        import torch
+
+        self.torch, self.step_s = torch, step_s
+        self.device, self.eos_ids, self.max_len = torch.device("cpu"), {0}, 2048
+        self.model = self
+
+    def setup_cache(self, batch, max_len, device=None):
+        return object()
+
+    def _logits(self, b):
+        x = self.torch.zeros(b, 16)
+        x[:, 7] = 1.0
+        return x
+
+    def prefill(self, prompts, cache):
+        return self._logits(len(prompts)), self.torch.zeros(len(prompts), dtype=self.torch.long)
+
+    def decode_step(self, tokens, pad, slot, cache):
+        time.sleep(self.step_s)
+        return self._logits(tokens.numel())
+
+
+class WordCodec(WordTokenizer):
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(f" w{i}" for i in ids)
+
+
+def completion_server(step_s, **cfg):
+    s = InProcessServer(ScriptedTargeter(0.0), **cfg)
+    svc = Service(engine=FakeEngine(step_s), targeters={"demo": ScriptedTargeter(0.0)}, cfg=s.cfg,
+                  tokenizer=WordCodec())
+    s.server.config.app = create_app(svc)
+    return s
+
+
+def test_completion_streams_every_token_then_done():
+    with completion_server(0.0) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        r = c.post("/v1/completions", json={"prompt": "a b", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["choices"][0] == {"text": " w7 w7 w7", "index": 0, "logprobs": None,
+                                                                   "finish_reason": "length"}
+        with c.stream("POST", "/v1/completions", json={"prompt": "a b", "max_tokens": 3, "stream": True}) as st:
+            lines = [x for x in st.iter_lines() if x]
+    assert len(lines) == 4 and lines[-1] == "data: [DONE]"
+
+
+def test_completion_timeout_is_504_and_streams_an_error_event():
+    with completion_server(0.25, request_timeout_s=0.5) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        r = c.post("/v1/completions", json={"prompt": "a", "max_tokens": 50})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        with c.stream("POST", "/v1/completions", json={"prompt": "a", "max_tokens": 50, "stream": True}) as st:
+            lines = [x for x in st.iter_lines() if x]
+    assert '"code": "timeout"' in lines[-2] and lines[-1] == "data: [DONE]"
+
+
+def test_too_many_streams_get_503():
+    with completion_server(0.1, max_streams=1) as s, httpx.Client(base_url=s.url, timeout=30) as c, \
+            cf.ThreadPoolExecutor(3) as ex:
+        rs = list(ex.map(lambda _: c.post("/v1/completions", json={"prompt": "a", "max_tokens": 10}), range(3)))
+    codes = sorted(r.status_code for r in rs)
+    assert codes[0] == 200 and 503 in codes, codes
+    assert all(r.headers.get("retry-after") == "1" for r in rs if r.status_code == 503)

@@ -265,7 +265,7 @@ def create_app(service: Service) -> FastAPI:
             if len(p) > cfg.max_prompt_tokens:
                 raise ApiError(422, "prompt_too_long",
                                f"prompt {i} has {len(p)} tokens; the limit is {cfg.max_prompt_tokens}")
-        if service.active_streams >= cfg.max_queue // 8 + 1 or batcher_box["b"].queued_ads >= cfg.max_queue:
+        if service.active_streams >= cfg.max_streams or batcher_box["b"].queued_ads >= cfg.max_queue:
             m.rejected.labels("queue_full").inc()
             raise ApiError(503, "queue_full", "server busy", {"Retry-After": "1"})
         service.active_streams += 1
@@ -335,6 +335,8 @@ class _Completion:
     async def start(self):
         try:
             await self._call(self.stream.start)
+        except ValueError as e:  # e.g. prompt + max_tokens beyond what the engine can hold
+            raise ApiError(422, "invalid_request", str(e).splitlines()[0] if str(e) else "invalid input") from None
         except asyncio.TimeoutError:
             self.svc.metrics.rejected.labels("timeout").inc()
             raise ApiError(504, "timeout", f"not answered within {self.svc.cfg.request_timeout_s:g} s") from None

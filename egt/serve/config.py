@@ -32,6 +32,7 @@ class ServeConfig:
     max_completion_tokens: int = 256
     max_prompts: int = 8
     max_prompt_tokens: int = 1024
+    max_streams: int = 32  # completions being generated at once; the next one gets 503
     # Micro-batching: the batcher waits up to batch_wait_ms after the first queued ad for more, then runs up to
     # max_batch ads in one Targeter.target_batch call. max_batch=1 and batch_wait_ms=0 turn batching off.
     max_batch: int = 16
@@ -64,7 +65,7 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_k", "max_ads", "max_text_tokens", "max_batch", "max_queue", "max_completion_tokens",
-                     "max_prompts", "max_prompt_tokens", "max_body_bytes"):
+                     "max_prompts", "max_prompt_tokens", "max_body_bytes", "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_wait_ms < 0 or self.request_timeout_s <= 0 or (self.graceful_timeout_s or 0) < 0:
