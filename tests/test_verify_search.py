@@ -54,7 +54,7 @@ class FireAt:
     def __init__(self, step):
         self.step = step
 
-    def __call__(self, search, beam_nodes, step, k):
+    def __call__(self, search, beam_nodes, step, k, next_nodes=None):
         return step >= self.step
 
 
@@ -182,8 +182,11 @@ def test_trigger_cost_model(tmp_path, model):
     trie = TokenTrie.from_sequences(seqs, END)
     trig = Trigger("auto", cm)
     cands, st = TreeSearch(model, trie).run([3, 4], 3, trigger=trig)
-    for rec in trig.last_trace:  # every decision follows the stated inequality
-        assert rec["fire"] == (cm.verify_ms(rec["remaining_nodes"]) <= (rec["height"] - 1) * cm.forward_ms(3))
+    for rec in trig.last_trace:  # every decision follows the stated inequalities
+        v = cm.verify_ms(rec["remaining_nodes"])
+        assert rec["finish_ms_est"] == pytest.approx((rec["height"] - 1) * cm.forward_ms(3), abs=1e-3)
+        assert rec["fire"] == (v <= rec["finish_ms_est"] + 1e-3 and v <= rec["one_more_ms_est"] + 1e-3)
+        assert rec["next_nodes"] <= rec["remaining_nodes"]
     assert st.triggered_at == (trig.last_trace[-1]["step"] if trig.last_trace[-1]["fire"] else None)
     with pytest.raises(ValueError, match="trigger must be one of"):
         Trigger("sometimes")
@@ -191,3 +194,33 @@ def test_trigger_cost_model(tmp_path, model):
     assert cal.sizes[-1] == 32 and (cal.ms > 0).all() and (tmp_path / "costs.json").is_file()
     again = CostModel.cached(model, chunk=32, path=tmp_path / "costs.json")
     assert again.ms.tolist() == cal.ms.tolist()  # read back, not re-measured
+
+
+@pytest.mark.parametrize("seed,k,batch", [(0, 5, 1), (1, 3, 4), (4, 8, 64)])
+def test_exact_best_first_equals_exhaustive(model, seed, k, batch):
+    from egt.verify import ExactSearch
+
+    rng = np.random.default_rng(seed)
+    seqs = random_seqs(rng, 40, max_len=6)
+    trie = TokenTrie.from_sequences(seqs, END)
+    prompt = [int(x) for x in rng.integers(3, VOCAB, size=5)]
+    full, _ = TreeSearch(model, trie).run(prompt, k, Trigger("always"))
+    got, st = ExactSearch(model, trie, batch=batch).run(prompt, k)
+    assert [c.entry for c in got] == [c.entry for c in full]
+    assert [c.logp for c in got] == pytest.approx([c.logp for c in full], abs=1e-4)
+    assert [c.tokens for c in got] == [c.tokens for c in full]
+    assert st.expanded_nodes <= len(trie)
+
+
+def test_prefix_cache_reuses_prompt_rows(model):
+    seqs = random_seqs(np.random.default_rng(9), 20)
+    trie = TokenTrie.from_sequences(seqs, END)
+    cold = TreeSearch(model, trie, prefix_cache=False)
+    warm = TreeSearch(model, trie)
+    for prompt in ([3, 4, 5, 6, 7, 8], [3, 4, 5, 6, 9, 10, 11], [3, 4, 5, 6, 9, 10, 11], [20, 21]):
+        a, sa = cold.run(prompt, 4, Trigger("never"))
+        b, sb = warm.run(prompt, 4, Trigger("never"))
+        assert [c.entry for c in a] == [c.entry for c in b]
+        assert [c.logp for c in a] == pytest.approx([c.logp for c in b], abs=1e-5)
+        assert sa.prefill_tokens == len(prompt)
+    assert sb.prefill_tokens == 2

@@ -18,7 +18,8 @@ Contract:
   needs), each node attending to the prompt, its beam's path and its ancestors in the pack. Every remaining
   root-to-leaf path gets its exact log-probability; with the remaining leaves and the hypotheses finished so far
   the top k are selected. Fired at step 0 this is the exact top k of the whole catalog.
-- A `trigger` callable decides at every step (see `egt.verify.trigger`).
+- A `trigger(search, beam_nodes, step, k, next_nodes)` callable decides at every step, after the step's beam
+  selection is known but before its forward pass (see `egt.verify.trigger`).
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ class SearchStats:
     verified_nodes: int = 0           # nodes fed through the verification passes (incl. re-fed ancestors)
     verify_passes: int = 0
     total_ms: float = 0.0
+    prefill_tokens: int = 0           # prompt tokens actually run (the rest came from the prefix cache)
+    expanded_nodes: int = 0           # exact best-first search only
 
     @property
     def steps(self) -> int:
@@ -55,10 +58,12 @@ class SearchStats:
 
 
 class TreeSearch:
-    def __init__(self, model, trie: TokenTrie, chunk: int = 1024):
+    def __init__(self, model, trie: TokenTrie, chunk: int = 1024, prefix_cache: bool = True):
         self.model, self.trie, self.chunk = model, trie, int(chunk)
         self.device = model.device
+        self.prefix_cache = prefix_cache
         self._cache = None
+        self._cached_prompt: list[int] = []  # the prompt whose keys/values sit in cache rows [0, len)
         self._lm_block = 256
 
     # ---- cache ---------------------------------------------------------------------------------------------
@@ -66,8 +71,28 @@ class TreeSearch:
         # Reused between requests: zero-initialised once, so stale rows are finite and masked out (a NaN in a
         # masked row would still poison SDPA's weighted sum).
         if self._cache is None or self._cache.max_len < need:
+            self._cache = None  # free the old one first
             self._cache = self.model.setup_cache(1, max(need, 256))
+            self._cached_prompt = []
         return self._cache
+
+    def _prefill(self, prompt_ids: list[int], cache, st) -> torch.Tensor:
+        """Run the prompt (only the part after the prefix it shares with the previous prompt, whose rows are still
+        in the cache: searches write only rows >= the prompt length) and return next-token log-probs [1, V]."""
+        P, dev = len(prompt_ids), self.device
+        start = 0
+        if self.prefix_cache:
+            old = self._cached_prompt
+            n = min(len(old), P - 1)  # at least the last token is run, for its logits
+            while start < n and old[start] == prompt_ids[start]:
+                start += 1
+        self._cached_prompt = []  # invalid while rows are being written
+        pos = torch.arange(start, P, device=dev)
+        h = self.model(torch.tensor([prompt_ids[start:]], device=dev), pos.view(1, -1), pos, cache, mask=None,
+                       kv_len=P, hidden_only=True)[0]
+        self._cached_prompt = list(prompt_ids)
+        st.prefill_tokens = P - start
+        return torch.log_softmax(self.model.lm_head(h[-1:]).float(), -1)
 
     def capacity(self, prompt_len: int, k: int) -> int:
         return prompt_len + k * (self.trie.max_depth + 1) + self.chunk + self.trie.max_depth + 8
@@ -123,11 +148,7 @@ class TreeSearch:
         t_start = time.perf_counter()
         P = len(prompt_ids)
         cache = self._get_cache(self.capacity(P, k))
-        # Prefill: hidden states of the prompt, lm_head only on the last position.
-        pos = torch.arange(P, device=dev)
-        h = self.model(torch.tensor([prompt_ids], device=dev), pos.view(1, -1), pos, cache, mask=None, kv_len=P,
-                       hidden_only=True)[0]
-        lp = torch.log_softmax(self.model.lm_head(h[-1:]).float(), -1)
+        lp = self._prefill(prompt_ids, cache, st)  # lm_head only on the last position
         self._sync()
         st.prefill_ms = (time.perf_counter() - t_start) * 1e3
 
@@ -141,15 +162,8 @@ class TreeSearch:
         free = P
         step = 0
         while len(beam_nodes):
-            if trigger is not None and trigger(self, beam_nodes, step, k):
-                t0 = time.perf_counter()
-                st.triggered_at = step
-                finished += self._verify(beam_nodes, beam_scores, beam_paths, lp, P, free, cache, norm, st)
-                self._sync()
-                st.verify_ms = (time.perf_counter() - t0) * 1e3
-                break
             t0 = time.perf_counter()
-            # Candidates: every child of every beam.
+            # Candidates: every child of every beam; the Hugging Face selection rule (see the module docstring).
             cnt = tr.child_count[beam_nodes].astype(np.int64)
             child = np.repeat(tr.child_start[beam_nodes].astype(np.int64), cnt) + _ranges(cnt)
             src = np.repeat(np.arange(len(beam_nodes)), cnt)
@@ -157,25 +171,31 @@ class TreeSearch:
             edge = lp[torch.as_tensor(src, device=dev), tok].double().cpu().numpy()
             cand = beam_scores[src] + edge
             order = np.argsort(-cand, kind="stable")
-            new_nodes, new_scores, new_src = [], [], []
+            new_nodes, new_scores, new_src, new_done = [], [], [], []
             for rank, j in enumerate(order):
                 c = int(child[j])
                 if tr.entry[c] >= 0:
                     if rank < k:
                         n = int(tr.depth[c])
-                        finished.append(Candidate(int(tr.entry[c]), float(norm(float(cand[j]), n)), float(cand[j]), n))
+                        new_done.append(Candidate(int(tr.entry[c]), float(norm(float(cand[j]), n)), float(cand[j]), n))
                     continue
                 new_nodes.append(c), new_scores.append(float(cand[j])), new_src.append(int(src[j]))
                 if len(new_nodes) == k:
                     break
-            beam_nodes = np.array(new_nodes, np.int64)
+            next_nodes = np.array(new_nodes, np.int64)
+            if trigger is not None and trigger(self, beam_nodes, step, k, next_nodes):
+                st.triggered_at = step
+                finished += self._verify(beam_nodes, beam_scores, beam_paths, lp, P, free, cache, norm, st)
+                self._sync()
+                st.verify_ms = (time.perf_counter() - t0) * 1e3
+                break
+            finished += new_done
+            beam_nodes = next_nodes
             beam_scores = np.array(new_scores)
             beam_paths = [beam_paths[s] for s in new_src]
             depth = step + 1
             if not len(beam_nodes) or _done(finished, k, beam_scores, depth, norm):
-                self._sync()
-                st.decode_ms.append((time.perf_counter() - t0) * 1e3)
-                break
+                break  # the last selection needs no forward pass: not counted as a decode step
             # Feed the new beam tokens: one slot each, attending to the prompt and their own path.
             nb = len(beam_nodes)
             mask = np.zeros((nb, free + nb), bool)
@@ -262,6 +282,79 @@ class TreeSearch:
         leaf = tr.entry[all_child] >= 0
         return [Candidate(int(tr.entry[c]), norm(float(v), int(tr.depth[c])), float(v), int(tr.depth[c]))
                 for c, v in zip(all_child[leaf], cum[leaf])]
+
+
+class ExactSearch(TreeSearch):
+    """Exact top k by best-first branch and bound (the oracle for catalogs too large to score exhaustively).
+
+    A path's log-probability only falls as it grows, so once the k-th best finished entry scores at least the
+    best unexpanded node, no unexpanded node can reach the top k. Up to `batch` best frontier nodes are fed per
+    forward pass (same tree cache and mask as `TreeSearch`); expanding a few extra nodes costs time, never
+    exactness. Raises RuntimeError when more than `max_nodes` nodes would be needed. Sum of log-probs only.
+    """
+
+    def __init__(self, model, trie: TokenTrie, batch: int = 64, max_nodes: int = 20000):
+        super().__init__(model, trie, chunk=batch, prefix_cache=True)
+        self.batch, self.max_nodes = int(batch), int(max_nodes)
+
+    @torch.inference_mode()
+    def run(self, prompt_ids: list[int], k: int, trigger=None, length_penalty: float = 0.0,
+            stats: SearchStats | None = None) -> tuple[list[Candidate], SearchStats]:
+        import heapq
+
+        if length_penalty:
+            raise ValueError("exact search ranks by the sum of log-probabilities only")
+        tr, dev = self.trie, self.device
+        st = stats or SearchStats()
+        t_start = time.perf_counter()
+        P = len(prompt_ids)
+        cache = self._get_cache(P + self.max_nodes + self.batch)
+        lp = self._prefill(prompt_ids, cache, st)
+        best: list[tuple[float, int, int]] = []  # min-heap of the k best finished (score, entry, leaf)
+        frontier: list[tuple[float, int, int]] = []  # (-score, node, index into paths)
+        paths: list[list[int]] = [[]]
+
+        def expand(rows_lp, nodes, scores, path_ids):
+            cnt = tr.child_count[nodes].astype(np.int64)
+            child = np.repeat(tr.child_start[nodes].astype(np.int64), cnt) + _ranges(cnt)
+            src = np.repeat(np.arange(len(nodes)), cnt)
+            tok = torch.as_tensor(tr.token[child].astype(np.int64), device=dev)
+            val = np.asarray(scores)[src] + rows_lp[torch.as_tensor(src, device=dev), tok].double().cpu().numpy()
+            for c, v, s in zip(child.tolist(), val.tolist(), src.tolist()):
+                if tr.entry[c] >= 0:
+                    if len(best) < k:
+                        heapq.heappush(best, (v, int(tr.entry[c]), c))
+                    elif v > best[0][0]:
+                        heapq.heapreplace(best, (v, int(tr.entry[c]), c))
+                elif len(best) < k or v > best[0][0]:
+                    heapq.heappush(frontier, (-v, c, path_ids[s]))
+
+        expand(lp, np.array([0]), [0.0], [0])
+        free = P
+        while frontier and (len(best) < k or -frontier[0][0] > best[0][0]):
+            pop = []
+            while frontier and len(pop) < self.batch and (len(best) < k or -frontier[0][0] > best[0][0]):
+                pop.append(heapq.heappop(frontier))
+            nb = len(pop)
+            if free + nb > P + self.max_nodes:
+                raise RuntimeError(f"exact search needs more than {self.max_nodes} nodes")
+            nodes = np.array([n for _, n, _ in pop], np.int64)
+            mask = np.zeros((nb, free + nb), bool)
+            mask[:, :P] = True
+            new_ids = []
+            for b, (_, _, pid) in enumerate(pop):
+                mask[b, paths[pid]] = True
+                mask[b, free + b] = True
+                paths.append(paths[pid] + [free + b])
+                new_ids.append(len(paths) - 1)
+            h = self._forward_hidden(tr.token[nodes], P + tr.depth[nodes].astype(np.int64) - 1, free, mask, cache)
+            free += nb
+            st.expanded_nodes += nb
+            expand(self._logprobs(h), nodes, [-s for s, _, _ in pop], new_ids)
+        self._sync()
+        st.total_ms = (time.perf_counter() - t_start) * 1e3
+        out = sorted(best, key=lambda x: -x[0])
+        return [Candidate(e, v, v, int(tr.depth[leaf])) for v, e, leaf in out], st
 
 
 def _ranges(cnt: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ class TargetTimings:
     triggered_at: int | None = None
     verified_nodes: int = 0
     verify_passes: int = 0
+    prefill_tokens: int = 0  # prompt tokens run; the rest were reused from the previous prompt's cached rows
 
 
 @dataclass
@@ -121,7 +122,8 @@ class Targeter:
         hits = [Hit(self.catalog[c.entry].id, self.catalog[c.entry].text, c.score, c.logp, c.tokens) for c in cands]
         steps = st.steps
         timings = TargetTimings(st.prefill_ms, steps, sum(st.decode_ms) / steps if steps else float("nan"),
-                                st.verify_ms, st.total_ms, st.triggered_at, st.verified_nodes, st.verify_passes)
+                                st.verify_ms, st.total_ms, st.triggered_at, st.verified_nodes, st.verify_passes,
+                                st.prefill_tokens)
         return TargetResult(ad_text, hits, timings, trace)
 
     def target_batch(self, texts: list[str], k: int = 10) -> list[TargetResult]:

@@ -6,12 +6,18 @@ Contract:
   measures once per (device, model shape, dtype, threads, chunk) and stores the table in
   `~/.cache/egt/verify_costs.json`, so later processes reuse it.
 - `Trigger(mode)`: `always` fires at step 0 (exact top k over the whole catalog), `never` never fires (plain
-  trie-constrained beam search), `auto` fires at the first step where verifying all remaining nodes, in passes of
-  `chunk` tokens, is estimated to cost no more than the decode steps left:
-      verify(M) = (M // chunk) * f(chunk) + f(M % chunk)  <=  (h - 1) * f(k)
-  with M the internal nodes below the live beams and h the largest remaining height (edges to a leaf; the last
-  edge, to the end marker, needs no forward pass). The right side is the worst case of the beam search.
-- A trigger is a callable `(search, beam_nodes, step, k) -> bool`; it records every decision in `last_trace`.
+  trie-constrained beam search), `auto` fires at the first step where verifying all remaining nodes now, in passes
+  of `chunk` tokens, is estimated to cost no more than either way of going on:
+      verify(M) <= (h - 1) * f(k)              finishing by decoding (worst case: the deepest remaining leaf)
+      verify(M) <= f(k') + verify(M')          one more decode step, then verifying what is left
+  with M the internal nodes below the live beams, h their largest remaining height (edges to a leaf; the last
+  edge, to the end marker, needs no forward pass), k' the beams the step would feed and M' the internal nodes
+  below them (known before the step runs: the selection comes from logits already computed), and
+  verify(M) = (M // chunk) * f(chunk) + f(M % chunk). The second rule keeps the search decoding while each step
+  still prunes more verification work than it costs (on a CPU, where f grows with T), and fires as soon as it
+  does not (on a GPU, where f is nearly flat up to thousands of tokens, that is usually step 0).
+- A trigger is a callable `(search, beam_nodes, step, k, next_nodes) -> bool`; it records its decisions in
+  `last_trace`.
 """
 from __future__ import annotations
 
@@ -124,7 +130,7 @@ class Trigger:
         self.mode, self.cost = mode, cost
         self.last_trace: list[dict] = []
 
-    def __call__(self, search, beam_nodes, step: int, k: int) -> bool:
+    def __call__(self, search, beam_nodes, step: int, k: int, next_nodes=None) -> bool:
         if step == 0:
             self.last_trace = []
         if self.mode == "always":
@@ -135,10 +141,16 @@ class Trigger:
         m = int((tr.sub_internal[beam_nodes] - 1).sum())
         h = int(tr.height[beam_nodes].max())
         verify = self.cost.verify_ms(m)
-        decode = (h - 1) * self.cost.forward_ms(k)  # later steps run up to k beams
-        fire = verify <= decode
-        self.last_trace.append({"step": step, "remaining_nodes": m, "height": h, "verify_ms_est": round(verify, 3),
-                                "decode_ms_est": round(decode, 3), "fire": fire})
+        finish = (h - 1) * self.cost.forward_ms(k)  # later steps run up to k beams
+        if next_nodes is not None and len(next_nodes):
+            m_next = int((tr.sub_internal[next_nodes] - 1).sum())
+            one_more = self.cost.forward_ms(len(next_nodes)) + self.cost.verify_ms(m_next)
+        else:  # the search ends at this step anyway: verifying can only add cost
+            m_next, one_more = 0, 0.0
+        fire = verify <= finish and verify <= one_more
+        self.last_trace.append({"step": step, "remaining_nodes": m, "next_nodes": m_next, "height": h,
+                                "verify_ms_est": round(verify, 3), "finish_ms_est": round(finish, 3),
+                                "one_more_ms_est": round(one_more, 3), "fire": fire})
         return fire
 
 
