@@ -245,3 +245,16 @@ def test_cli_serve_reports_a_bad_catalog_in_one_line(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("egt: error:") and "none.tsv" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_targeter_library_is_thread_safe(default_engine):
+    """egt.Targeter used from several threads at once gives exactly the sequential answers (batch API too)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from egt import Catalog, Targeter
+
+    t = Targeter(default_engine, Catalog.from_list(CATALOG, name="small"), trigger="always")
+    want = [[(h.id, round(h.score, 5)) for h in r.entities] for r in t.target_batch(ADS, k=3)]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda ad: [(h.id, round(h.score, 5)) for h in t.target(ad, k=3).entities], ADS * 2))
+    assert got == want * 2
