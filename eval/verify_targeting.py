@@ -14,7 +14,8 @@ Figures: per-request latency p50 / p99 (p99 of 20-30 requests is close to the ma
 agreement with HF (overlap of the top-k sets, and exact equality of the ranked lists), where the trigger fired.
 
   python eval/verify_targeting.py --device cpu --requests 20 --threads 1 --out eval/results/verify_cpu.json
-  python eval/verify_targeting.py --device cuda --requests 30 --out $OUT/verify_h100.json
+  python eval/verify_targeting.py --dump-inputs .vwm/inputs.json --requests 20   (here: data for the GPU machine)
+  python eval/verify_targeting.py --device cuda --inputs .vwm/inputs.json --requests 20 --out $OUT/verify_h100.json
   python eval/verify_targeting.py --merge eval/results/verify_cpu.json eval/results/verify_h100.json \
       --out eval/results/verify.json   (also writes verify.md)
 """
@@ -86,7 +87,12 @@ def synthetic_catalog(n: int, seed: int = 0) -> Catalog:
     return Catalog.from_list([(f"syn-{i:06d}", t) for i, t in enumerate(sorted(seen))], name=f"synthetic-{n}")
 
 
+PRELOADED: dict = {}  # filled by --inputs: the GPU machine has neither ../shared/data nor `datasets`
+
+
 def load_catalog(name: str) -> Catalog:
+    if name in PRELOADED.get("catalogs", {}):
+        return Catalog.from_list([tuple(x) for x in PRELOADED["catalogs"][name]], name=name)
     if name == "iab":
         return iab_catalog()
     if name == "ira":
@@ -97,6 +103,8 @@ def load_catalog(name: str) -> Catalog:
 
 
 def ads(n: int, seed: int = 0, chars: int = 300) -> list[str]:
+    if "ads" in PRELOADED:
+        return PRELOADED["ads"][:n]
     from egt.data import load_ira_ads
 
     texts = sorted(set(load_ira_ads()["text"]))
@@ -267,7 +275,17 @@ def main(argv=None):
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--out", default="eval/results/verify_cpu.json")
     ap.add_argument("--merge", nargs="*", help="merge result files into --out and write the markdown table")
+    ap.add_argument("--dump-inputs", help="write the catalogs and ads to this JSON file and exit")
+    ap.add_argument("--inputs", help="read catalogs and ads from a --dump-inputs file")
     a = ap.parse_args(argv)
+    if a.dump_inputs:
+        data = {"catalogs": {n: [(e.id, e.text) for e in load_catalog(n)] for n in a.catalogs.split(",")},
+                "ads": ads(a.requests)}
+        Path(a.dump_inputs).write_text(json.dumps(data))
+        print(f"wrote {a.dump_inputs}")
+        return 0
+    if a.inputs:
+        PRELOADED.update(json.loads(Path(a.inputs).read_text()))
     if a.merge:
         return merge(a.merge, Path(a.out))
     if a.threads:

@@ -69,3 +69,21 @@ def test_trie_child_lookup():
     a = t.child(0, 5)
     assert t.token[a] == 5 and t.child(a, 8) == -1 and t.token[t.child(a, 9)] == 9
     assert t.max_depth == 4 and t.num_entries == 3
+
+
+def test_semantic_codes_structure():
+    from egt.verify.semantic import semantic_codes
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 8)) * 10
+    emb = np.concatenate([c + rng.normal(size=(30, 8)) for c in centers])  # 4 well separated groups of 30
+    codes = semantic_codes(emb, branching=4, seed=0)
+    assert len(set(codes)) == len(codes) == 120
+    assert all(all(0 <= d < 4 for d in c) for c in codes)
+    assert max(len(c) for c in codes) <= 6  # ~log_4(120) + slack for unbalanced splits
+    firsts = [{codes[g * 30 + i][0] for i in range(30)} for g in range(4)]
+    assert all(len(f) == 1 for f in firsts) and len(set.union(*firsts)) == 4  # each group is one top cluster
+    same = semantic_codes(np.zeros((9, 3)), branching=3)  # identical points still get distinct codes
+    assert len(set(same)) == 9
+    trie = TokenTrie.from_sequences([[10 + d for d in c] for c in codes], END)
+    assert trie.num_entries == 120 and int(trie.child_count.max()) <= 4

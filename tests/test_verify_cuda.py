@@ -1,0 +1,51 @@
+"""Tree verification on CUDA: the same exactness checks as on CPU (run on the GPU machine)."""
+import numpy as np
+import pytest
+import torch
+
+from egt.verify import Catalog, ExactSearch, Targeter, TokenTrie, TreeSearch, Trigger
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_trie_verification_cuda_matches_cpu_and_plain(seed):
+    from test_verify_search import END, plain_logp, random_seqs, tiny_model
+
+    rng = np.random.default_rng(seed)
+    seqs = random_seqs(rng, 60, max_len=7)
+    trie = TokenTrie.from_sequences(seqs, END)
+    prompt = [int(x) for x in rng.integers(3, 40, size=9)]
+    cpu = tiny_model()
+    gpu = tiny_model().cuda()
+    got, st = TreeSearch(gpu, trie, chunk=16).run(prompt, len(seqs), Trigger("always"))
+    assert st.verify_passes > 1
+    ref = [plain_logp(cpu, prompt, s) for s in seqs]
+    for c in got:
+        assert c.logp == pytest.approx(ref[c.entry], abs=2e-4)
+    ex, _ = ExactSearch(gpu, trie, batch=8).run(prompt, 5)
+    assert [c.entry for c in ex] == [c.entry for c in got[:5]]
+
+
+def test_default_model_oracle_cuda():
+    from egt.engine import Engine
+
+    eng = Engine.from_pretrained("default", device="cuda", dtype="fp32", max_len=512)
+    cat = Catalog.from_list(["Sports", "Running shoes", "Travel", "Cooking", "Video games", "Fashion", "Pets",
+                             "Personal finance", "Cars", "Home and garden"])
+    ad = "New trail running shoes with extra grip for muddy paths."
+    t = Targeter(eng, cat, trigger="always")
+    res = t.target(ad, k=len(cat))
+    ids = t.prompt_ids(ad)
+    m = eng.model
+    with torch.inference_mode():
+        for h in res.entities:
+            seq = ids + eng.tokenizer(h.text, add_special_tokens=False)["input_ids"] + [t.end_token]
+            n = len(seq)
+            cache = m.setup_cache(1, n)
+            pos = torch.arange(n, device="cuda")
+            lp = torch.log_softmax(m(torch.tensor([seq], device="cuda"), pos.view(1, -1), pos, cache)[0].double(), -1)
+            ref = sum(float(lp[j - 1, seq[j]]) for j in range(len(ids), n))
+            assert h.score == pytest.approx(ref, abs=2e-3)
+    never = Targeter(eng, cat, trigger="never").target(ad, k=3)
+    assert len(never.entities) == 3
