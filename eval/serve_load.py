@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--compare-clients", type=int, default=16, help="clients for the batching on/off comparison")
     ap.add_argument("--compare-seconds", type=float, default=20)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating on/off rounds of the batching A/B")
     ap.add_argument("--no-compare", action="store_true")
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--max-batch", type=int, default=16)
@@ -88,24 +89,42 @@ def main(argv=None) -> int:
            "ads": f"{len(texts)} demo ads (data/demo_ads.jsonl), rotated",
            "client_model": "closed loop: each client keeps one request in flight; new requests stop after the "
                            "issue window; all issued requests are awaited; req/s counts the drain"}
-    with ServerProcess(_server_args(a, batching=True), start_timeout=1800) as s:
-        out["load"] = _run(s.url, a, texts, a.clients, a.seconds, "batching on")
+    # Both servers stay loaded; only one is driven at a time. The A/B alternates on/off rounds so that a change in
+    # the machine's background load hits both arms alike.
+    with ServerProcess(_server_args(a, batching=True), start_timeout=1800) as on_srv, \
+            ServerProcess(_server_args(a, batching=False), start_timeout=1800) as off_srv:
+        out["load"] = _run(on_srv.url, a, texts, a.clients, a.seconds, "batching on")
         out["load"]["server"] = {"max_batch": a.max_batch, "batch_wait_ms": a.batch_wait_ms}
-        if not a.no_compare:
-            on = _run(s.url, a, texts, a.compare_clients, a.compare_seconds, "batching on (A/B)")
-    if not a.no_compare:
-        with ServerProcess(_server_args(a, batching=False), start_timeout=1800) as s:
-            off = _run(s.url, a, texts, a.compare_clients, a.compare_seconds, "batching off (A/B)")
-        gain = (on["req_per_s"] / off["req_per_s"]) if on["req_per_s"] and off["req_per_s"] else None
-        out["batching_ab"] = {"clients": a.compare_clients, "on": on, "off": off,
-                              "throughput_gain": round(gain, 3) if gain else None,
-                              "note": "gain = req/s with micro-batching / req/s with max_batch=1, same machine, "
-                                      "back to back"}
+        rounds = []
+        for r in range(0 if a.no_compare else a.rounds):
+            on = _run(on_srv.url, a, texts, a.compare_clients, a.compare_seconds, f"A/B round {r + 1}: batching on")
+            off = _run(off_srv.url, a, texts, a.compare_clients, a.compare_seconds, f"A/B round {r + 1}: batching off")
+            rounds.append({"on": on, "off": off, "gain": _ratio(on["req_per_s"], off["req_per_s"])})
+    if rounds:
+        on_rate = sum(x["on"]["ok"] for x in rounds) / sum(x["on"]["wall_s"] for x in rounds)
+        off_rate = sum(x["off"]["ok"] for x in rounds) / sum(x["off"]["wall_s"] for x in rounds)
+        out["batching_ab"] = {
+            "clients": a.compare_clients, "seconds_per_round": a.compare_seconds, "rounds": rounds,
+            "req_per_s_on": round(on_rate, 3), "req_per_s_off": round(off_rate, 3),
+            "throughput_gain": _ratio(on_rate, off_rate),
+            "p50_ms_on": _median(x["on"]["p50_ms"] for x in rounds),
+            "p50_ms_off": _median(x["off"]["p50_ms"] for x in rounds),
+            "note": f"gain = completed req/s with micro-batching (max_batch {a.max_batch}, wait {a.batch_wait_ms} ms) "
+                    "/ with max_batch=1, pooled over alternating rounds on the same machine"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {a.out}")
     ok = out["load"]["errors"] == 0 and out["load"]["http_5xx"] == 0
     return 0 if ok else 1
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def _median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
 
 
 def _batch_stats(url: str) -> tuple[float, float]:

@@ -254,7 +254,7 @@ def test_targeter_library_is_thread_safe(default_engine):
     from egt import Catalog, Targeter
 
     t = Targeter(default_engine, Catalog.from_list(CATALOG, name="small"), trigger="always")
-    want = [[(h.id, round(h.score, 5)) for h in r.entities] for r in t.target_batch(ADS, k=3)]
+    want = [[(h.id, round(h.score, 5)) for h in r.entities] for r in t.target_batch(ADS[:2], k=3)]
     with ThreadPoolExecutor(4) as ex:
-        got = list(ex.map(lambda ad: [(h.id, round(h.score, 5)) for h in t.target(ad, k=3).entities], ADS * 2))
-    assert got == want * 2
+        got = list(ex.map(lambda ad: [(h.id, round(h.score, 5)) for h in t.target(ad, k=3).entities], ADS[:2] * 2))
+    assert got == want[:2] * 2

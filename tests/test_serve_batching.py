@@ -238,3 +238,20 @@ def test_too_many_streams_get_503():
     codes = sorted(r.status_code for r in rs)
     assert codes[0] == 200 and 503 in codes, codes
     assert all(r.headers.get("retry-after") == "1" for r in rs if r.status_code == 503)
+
+
+def test_defaults_bind_loopback_and_read_the_key_from_the_environment(monkeypatch):
+    from egt.cli import build_parser
+    from egt.serve.__main__ import build_parser as serve_parser
+
+    for args in (build_parser().parse_args(["serve"]), serve_parser().parse_args([])):
+        monkeypatch.delenv("EGT_API_KEY", raising=False)
+        cfg = ServeConfig.from_args(args)
+        assert cfg.host == "127.0.0.1" and cfg.is_loopback and cfg.api_key is None
+        assert cfg.model == "default" and cfg.catalog is None and cfg.backend == "auto"
+        monkeypatch.setenv("EGT_API_KEY", "from-env")
+        cfg = ServeConfig.from_args(args)
+        assert cfg.api_key == "from-env" and "from-env" not in repr(cfg)
+    assert not ServeConfig(host="0.0.0.0").is_loopback and ServeConfig(host="::1").is_loopback
+    with pytest.raises(ValueError):
+        ServeConfig(max_k=0).validate()
