@@ -6,7 +6,7 @@ For every 1.5B-class weight shape [out, in] (8960x1536 gate/up, 1536x8960 down, 
 card, it times:
 - the dense INT4 kernel of the quantization issue (`egt.quant.w4a16_matmul`, g128 asymmetric) - the baseline;
 - egt.sparsify's kernel with n=4 (the same code as the sparse kernels, dense weight: isolates the format's effect);
-- egt.sparsify's 2:4 and 1:4 INT4 kernels (select variant; the gather variant too);
+- egt.sparsify's 2:4 and 1:4 INT4 kernels (select variant; the gather variant was slower in the first version);
 - fp16 cuBLAS (torch.matmul) for reference.
 Timing: each variant is replayed from one CUDA graph that calls it on R different weight copies (together > 4x the
 L2 cache, so weights stream from HBM as in a decode step), median over repeats, per call. Floor = bytes the call
@@ -154,8 +154,7 @@ def main() -> int:
 
     out["triton"] = triton.__version__
     print(f"{prop.name}: copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
-    variants = ["dense int4 (egt.quant)", "egt kernel n=4 (dense int4)", "2:4 int4", "1:4 int4", "2:4 int4 gather",
-                "1:4 int4 gather", "fp16 cuBLAS"]
+    variants = ["dense int4 (egt.quant)", "egt kernel n=4 (dense int4)", "2:4 int4", "1:4 int4", "fp16 cuBLAS"]
     batches = [int(b) for b in a.batches.split(",")]
     for b in batches:
         for out_f, in_f in SHAPES:
@@ -169,7 +168,21 @@ def main() -> int:
                       f"x{r.get('speedup_vs_dense_int4_quant', float('nan')):.2f} vs dense int4", flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
+    Path(a.out).with_suffix(".table.md").write_text(table(out))
     return 0
+
+
+def table(out: dict) -> str:
+    lines = [f"{out['card']}, {out['date']}, torch {out['torch']}, triton {out['triton']}, copy bandwidth "
+             f"{out['copy_bandwidth_GBps']:.0f} GB/s (read+write of a 1 GiB device copy), INT4 g{out['group']} asymmetric.",
+             "", "| batch, weight [out x in] | kernel | us/call | floor us | % of copy bw | vs dense INT4 (egt.quant) | "
+             "vs egt n=4 kernel |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, res in out["results"].items():
+        for v, r in res.items():
+            lines.append(f"| {key} | {v} | {r['us']:.2f} | {r['floor_us']:.2f} | {r['pct_of_copy_bw']:.1f} | "
+                         f"{r.get('speedup_vs_dense_int4_quant', float('nan')):.2f}x | "
+                         f"{r.get('speedup_vs_egt_n4', float('nan')):.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -87,25 +87,41 @@ def layer_patterns(model, per_layer: list[str]) -> dict[str, str]:
     return {m: p for i, p in enumerate(per_layer) for m in I.layer_modules(model, i)}
 
 
-def run_llmc(method: str, tokens_json: Path, out: Path) -> dict:
-    cmd = [LLMC_PY, str(ROOT / "eval" / "sparsify_llmc.py"), "--method", method, "--tokens", str(tokens_json),
-           "--model", str(default_model_dir()), "--out", str(out)]
-    log(f"llm-compressor {method}: {' '.join(cmd)}")
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"llm-compressor {method} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def run_llmc(method: str, tokens_json: Path, cache: Path) -> tuple[dict, Path]:
+    """Run llm-compressor (or reuse its output for byte-identical calibration tokens: ~10-20 min each on CPU)."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    key = hashlib.sha256(tokens_json.read_bytes()).hexdigest()[:16]
+    out = cache / f"{key}-{method}.safetensors"
+    if not out.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [LLMC_PY, str(ROOT / "eval" / "sparsify_llmc.py"), "--method", method, "--tokens", str(tokens_json),
+               "--model", str(default_model_dir()), "--out", str(out)]
+        log(f"llm-compressor {method}: {' '.join(cmd)}")
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"llm-compressor {method} failed:\n{r.stderr[-3000:]}")
+    else:
+        log(f"llm-compressor {method}: reusing {out} (same calibration tokens, sha256 {key})")
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    return {"llmcompressor": meta["llmcompressor"], "seconds": float(meta["seconds"]), "tokens_sha256": key}, out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calib", type=int, default=64, help="calibration ads (IRA, held-out quarter excluded)")
+    ap.add_argument("--calib", type=int, default=64, help="calibration ads (IRA, held-out quarter excluded; <= 64)")
     ap.add_argument("--heldout", type=int, default=64)
     ap.add_argument("--importance", type=int, default=8, help="calibration texts used for layer importance")
-    ap.add_argument("--validation", type=int, default=16, help="other ads used to judge the importance metrics")
-    ap.add_argument("--random-mixes", type=int, default=8)
+    ap.add_argument("--validation", type=int, default=12, help="other ads used to judge the importance metrics")
+    ap.add_argument("--random-mixes", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--peer-cache", default=str(Path.home() / ".cache" / "egt" / "llmc-peers"),
+                    help="llm-compressor outputs keyed by the sha256 of the calibration tokens")
+    ap.add_argument("--peers-first", action="store_true", help="run the peers before egt's configurations")
     ap.add_argument("--out", default=str(ROOT / "eval" / "results"))
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -121,8 +137,10 @@ def main() -> int:
     loaded = load_model("default", dtype=torch.float32)
     dense, tok = loaded.model, loaded.tokenizer
     shapes = prunable_modules(dense)
-    pool = calibration_texts(shared_file("ira_facebook_ads.csv"), a.calib + a.validation, seed=0)
-    cal, val = pool[: a.calib], pool[a.calib:]
+    # The first 64 of this draw are the calibration set the llm-compressor cache was made with; validation texts
+    # come from the same draw, after the calibration ones, so they never overlap.
+    pool = calibration_texts(shared_file("ira_facebook_ads.csv"), 96, seed=0)
+    cal, val = pool[: a.calib], pool[64: 64 + a.validation]
     held = heldout_texts(a.heldout, seed=0)
     cal_seqs = tokenize_texts(tok, cal, a.max_tokens)
     held_seqs = tokenize_texts(tok, held, a.max_tokens)
@@ -177,12 +195,13 @@ def main() -> int:
     # ---- 2/3. configurations ------------------------------------------------------------------------------------
     results["configs"] = {}
 
-    def evaluate(name: str, patterns: dict[str, str], method: str, bits: int | None, note: str = "", extra=None):
+    def evaluate(name: str, patterns: dict[str, str], method: str, bits: int | None, note: str = "", extra=None,
+                 val: bool = False):
         t = time.perf_counter()
         model = copy.deepcopy(dense)
         lps = apply_patterns(model, patterns, stats, bits, 128, False, method)
         secs = time.perf_counter() - t
-        vkl = I.kl_from(model, vcap, 0)
+        vkl = I.kl_from(model, vcap, 0) if val else float("nan")  # only where a choice is made on it
         r = {**heldout_metrics(model, held_seqs, ref), "val_kl": vkl, "density": density_of(patterns, shapes),
              **bytes_of(lps, shapes), "method": method, "bits": bits or 16, "seconds": round(secs, 1), "note": note,
              "patterns": {p: sum(v == p for v in patterns.values()) for p in ("dense", "2:4", "1:4")}}
@@ -196,11 +215,11 @@ def main() -> int:
         return r
 
     uni = {p: {n: p for n in shapes} for p in ("2:4", "1:4")}
-    for p in ("2:4", "1:4"):
-        for method in ("wanda", "sparsegpt"):
-            evaluate(f"egt {p} {method}", uni[p], method, None)
+    for m in ("wanda", "sparsegpt"):
+        evaluate(f"egt 2:4 {m}", uni["2:4"], m, None, val=True)
     method = min(("wanda", "sparsegpt"), key=lambda m: results["configs"][f"egt 2:4 {m}"]["val_kl"])
     results["method_chosen"] = method
+    evaluate(f"egt 1:4 {method}", uni["1:4"], method, None)
     alt = layer_patterns(dense, ["2:4" if i % 2 == 0 else "1:4" for i in range(L)])
     evaluate("50/50 alternating layers", alt, method, None, "non-adaptive mix at the same density")
     best_mix = None
@@ -210,7 +229,7 @@ def main() -> int:
         pats, rep = plan_mix(dense, tok, cal, stats, 0.375, opts, cap=imp, costs=costs)
         r = evaluate(f"egt mix 0.375 ({gran})", pats, method, None, f"metric {best_metric}, dense allowed",
                      {"assignment": {k: v for k, v in rep.items() if k != "layer_costs"},
-                      "per_layer": [[pats[m] for m in I.layer_modules(dense, i)] for i in range(L)]})
+                      "per_layer": [[pats[m] for m in I.layer_modules(dense, i)] for i in range(L)]}, val=True)
         if best_mix is None or r["val_kl"] < best_mix[2]:
             best_mix = (gran, pats, r["val_kl"])
     results["mix_granularity_chosen"] = best_mix[0]
@@ -224,15 +243,15 @@ def main() -> int:
         tj = tmp / "tokens.json"
         tj.write_text(json.dumps([s.tolist() for s in cal_seqs]))
         for m in ("sparsegpt", "wanda"):
-            info = run_llmc(m, tj, tmp / f"{m}.safetensors")
+            info, path = run_llmc(m, tj, Path(a.peer_cache))
             model = copy.deepcopy(dense)
             from safetensors.torch import load_file
 
-            load_hf_state(model, load_file(tmp / f"{m}.safetensors"))
+            load_hf_state(model, load_file(path))
             w = model.layers[3].mlp.up_proj.weight.data
             nz = (w.reshape(w.shape[0], -1, 4) != 0).sum(-1)
             lps = {n: LinearPlan(sparsity="2:4") for n in shapes}
-            r = {**heldout_metrics(model, held_seqs, ref), "val_kl": I.kl_from(model, vcap, 0), "density": 0.5,
+            r = {**heldout_metrics(model, held_seqs, ref), "val_kl": float("nan"), "density": 0.5,
                  **bytes_of(lps, shapes), "method": f"llm-compressor {info['llmcompressor']} {m}", "bits": 16,
                  "seconds": info["seconds"], "max_kept_per_group": int(nz.max()), "note": "peer, run for real"}
             results["configs"][f"llm-compressor {m} 2:4"] = r
@@ -259,8 +278,9 @@ def markdown(r: dict) -> str:
         f = r["fp16"]
         lines.append(f"| fp16 (dense) | 1.000 | 16 | {f['ppl']:.3f} | 0 | 0 | {f['bytes'] / 1e6:.1f} | 16.00 | 1.000 | - |")
         for name, c in r["configs"].items():
+            vk = "-" if c["val_kl"] != c["val_kl"] else f"{c['val_kl']:.4f}"
             lines.append(f"| {name} | {c['density']:.4f} | {c['bits']} | {c['ppl']:.3f} | {c['kl']:.4f} | "
-                         f"{c['val_kl']:.4f} | {c['bytes'] / 1e6:.1f} | {c['bits_per_weight']:.3f} | "
+                         f"{vk} | {c['bytes'] / 1e6:.1f} | {c['bits_per_weight']:.3f} | "
                          f"{c['vs_dense_fp16']:.3f} | {c['vs_csr']:.3f} |")
         lines.append("")
         if "method_chosen" in r:
