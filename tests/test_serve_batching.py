@@ -255,3 +255,19 @@ def test_defaults_bind_loopback_and_read_the_key_from_the_environment(monkeypatc
     assert not ServeConfig(host="0.0.0.0").is_loopback and ServeConfig(host="::1").is_loopback
     with pytest.raises(ValueError):
         ServeConfig(max_k=0).validate()
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot():
+    # 256 steps of 0.1 s: without the disconnect it would hold the only slot for 25 s.
+    with completion_server(0.1, max_streams=1) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        with c.stream("POST", "/v1/completions", json={"prompt": "a", "max_tokens": 256, "stream": True}) as st:
+            first = next(x for x in st.iter_lines() if x)
+            assert first.startswith("data: ")
+        # The server notices the disconnect, stops generating and releases the slot.
+        deadline = time.monotonic() + 10
+        while True:
+            r = c.post("/v1/completions", json={"prompt": "a", "max_tokens": 2})
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503 and time.monotonic() < deadline, r.text
+            time.sleep(0.1)
