@@ -23,7 +23,7 @@ from egt.models import SHAPES, random_model  # noqa: E402
 from egt.megakernel.codegen import build  # noqa: E402
 from egt.megakernel.profiles import get_profile  # noqa: E402
 from egt.megakernel.runtime import MegaKernelDecoder  # noqa: E402
-from egt.megakernel.search import PlanStore, search, spearman  # noqa: E402
+from egt.megakernel.search import PlanStore, search, search_spread, spearman  # noqa: E402
 
 
 def time_decoder(dec, model, batch, ctx=140, n=100, reps=5):
@@ -51,15 +51,31 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--batches", default="1")
     ap.add_argument("--profile", default="h100")
-    ap.add_argument("--top", type=int, default=4)
+    ap.add_argument("--top", type=int, default=4, help="plans compiled and timed per key")
+    ap.add_argument("--pool", type=int, default=24, help="ranked plans the timed ones are drawn from")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "search.json"))
+    ap.add_argument("--spread", action="store_true", help="also time plans spread over the cost ranking")
     ap.add_argument("--store", action="store_true", help="also write winners to the PlanStore")
     a = ap.parse_args()
     prof = get_profile(a.profile)
     jobs = []
     for name in a.shapes.split(","):
         for b in map(int, a.batches.split(",")):
-            jobs.append((name, b, search(SHAPES[name], b, prof, max_plans=a.top)))
+            ranked = search(SHAPES[name], b, prof, max_plans=max(a.top, a.pool))
+            # the best few, plus plans spread down the ranking, so the rank correlation tests the cost model
+            # over a real range of predictions instead of among near-ties
+            k = min(a.top, len(ranked))
+            picks = list(range(min(2, k)))
+            rest = ranked[len(picks):]
+            for i in range(k - len(picks)):
+                j = len(picks) + (i + 1) * (len(rest) - 1) // max(1, k - len(picks))
+                if j < len(ranked) and j not in picks:
+                    picks.append(j)
+            chosen = [ranked[j] for j in picks]
+            if a.spread:
+                seen = {p.plan_hash() for p in chosen}
+                chosen += [p for p in search_spread(SHAPES[name], b, prof) if p.plan_hash() not in seen]
+            jobs.append((name, b, chosen))
     t0 = time.time()
     with ThreadPoolExecutor(max(1, min(16, (os.cpu_count() or 2)))) as ex:
         list(ex.map(build, [p for _, _, ps in jobs for p in ps]))

@@ -26,6 +26,9 @@ DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
 WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>"}  # issue 9 adds packed kinds here
 
 
+PREFETCH_BYTES = 48 * 1024  # weights a block issues ahead of a dependency wait (covers ~2 us of its DRAM share)
+
+
 class BuildError(RuntimeError):
     """nvcc failed; the message carries the compiler's output."""
 
@@ -103,6 +106,7 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         f"constexpr int ATT_MINC = {plan.attn.min_chunk};",
         f"constexpr int RING_BYTES = {smem['ring']}, PAGE_BYTES = {smem['page']}, SMEM_DYN = {smem['dynamic']};",
         f"constexpr int RES_ROWS = {plan.residual_rows()};",
+        f"constexpr int PREFETCH_BYTES = {PREFETCH_BYTES};",
     ]
     lines += [f"constexpr long long SCR_{k} = {v};" for k, v in scr.items() if k != "TOTAL"]
     lines += [f"constexpr int CNT_{k} = {v};" for k, v in cnt.items() if k != "TOTAL"]

@@ -176,7 +176,7 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     # drop near-duplicates (same predicted time and grid) to keep the candidates diverse
     out, seen = [], set()
     for p in plans:
-        sig = (p.threads, round(p.predicted_ms, 4))
+        sig = (p.threads, round(p.predicted_ms, 5))
         if sig in seen:
             continue
         seen.add(sig)
@@ -184,6 +184,38 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
         out.append(p)
         if len(out) >= max_plans:
             break
+    return out
+
+
+def search_spread(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
+                  quantiles=(0.0, 0.05, 0.15, 0.3, 0.5, 0.75), threads: int = 512) -> list[MegaPlan]:
+    """Plans whose every op takes the schedule at the given quantile of its own cost ranking: a spread from the
+    predicted best to clearly worse, used to measure how well the cost model ranks schedules."""
+    prof = get_profile(profile)
+    blocks = prof.sms
+    ops = matvec_ops(shape, f"dense-{dtype}")
+    ranked = {}
+    for name, op in ops.items():
+        sc = [(cost_matvec(op, s, batch, threads, prof, blocks, prof.sync_us), s)
+              for s in enumerate_matvec(op, batch, threads, blocks, prof.smem_per_block // 2)]
+        ranked[name] = [s for _, s in sorted(sc, key=lambda x: (x[0], -x[1].stages, x[1].tk))]
+    attn = sorted(((cost_attention(shape, a, batch, prof, blocks), a)
+                   for a in _attn_options(shape, batch, threads, blocks, prof.smem_per_block // 2)), key=lambda x: x[0])
+    out = []
+    for q in quantiles:
+        sched = {}
+        for i, (name, lst) in enumerate(ranked.items()):
+            s = lst[min(len(lst) - 1, int(q * len(lst)))]
+            sched[name] = MatvecSchedule(s.tr, s.tk, s.stages, s.ksplit, s.wpr, (i * blocks) // len(ops))
+        a = attn[min(len(attn) - 1, int(q * len(attn)))][1]
+        plan = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, threads=threads, blocks=blocks,
+                        ops=sched, attn=a)
+        if plan.check(prof.smem_per_block):
+            continue
+        plan.predicted_ms = predict_ms(plan, prof)
+        plan.smem_report()
+        plan.notes = {"quantile": q}
+        out.append(plan)
     return out
 
 

@@ -87,11 +87,18 @@ template <class C> struct Attention {
   }
 
   // Runs this block's items for layer l. Returns after the block's last item; the caller waits on att_done.
+  // pre(): the next op's weight prefill (PEND cp.async groups). It is issued right after this block's first K/V
+  // loads, so the first wait can leave those groups in flight instead of serialising attention behind them.
+  template <int PEND, class PRE>
   __device__ static void run(int l, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out, float* part_o,
                              float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done, unsigned E1,
-                             const float* inv_freq, int* ctl) {
+                             const float* inv_freq, int* ctl, const PRE& pre) {
     int first = (int)((blockIdx.x + NBLK - (C::ROT % NBLK)) % NBLK);
-    if (first >= ITEMS) return;
+    if (first >= ITEMS) {
+      pre();
+      return;
+    }
+    bool pre_done = false, first_wait = true;
     float* qs = reinterpret_cast<float*>(pg + OFF_Q);
     float* kn = reinterpret_cast<float*>(pg + OFF_KN);
     float* vn = reinterpret_cast<float*>(pg + OFF_VN);
@@ -122,6 +129,10 @@ template <class C> struct Attention {
       const int t1 = min(len, t0 + chunk);
       const int cnt = max(0, t1 - t0);
       if (s >= se) {  // idle split: only keeps the arrival count of (b, g) consistent; may run the combine
+        if (!pre_done) {
+          pre();
+          pre_done = true;
+        }
         if constexpr (C::S > 1) {
           __syncthreads();
           if (tid == 0) {
@@ -141,6 +152,10 @@ template <class C> struct Attention {
       mk_t* kc = p.kc + base;
       mk_t* vc = p.vc + base;
       issue_kv(pg, kc, vc, t0, min(cnt, C::SUB), slot);
+      if (!pre_done) {
+        pre();
+        pre_done = true;
+      }
       if (!waited) {
         block_wait(qkv_done, E1 * NBLK, ctl, p.timeout_ns);
         waited = true;
@@ -175,7 +190,12 @@ template <class C> struct Attention {
       for (int sb = t0; sb < t1; sb += C::SUB) {
         const int cs = min(C::SUB, t1 - sb);
         if (sb != t0) issue_kv(pg, kc, vc, sb, cs, slot);
-        cp_wait<0>();
+        if (first_wait && sb == t0) {
+          cp_wait<PEND>();  // this item's K/V group, not the prefill queued after it
+        } else {
+          cp_wait<0>();
+        }
+        first_wait = false;
         __syncthreads();
         for (int q = tid; q < cs; q += NTHR) {
           const int t = sb + q;
@@ -249,7 +269,6 @@ template <class C> struct Attention {
         }
         __syncthreads();
       }
-      cp_wait<0>();
 #pragma unroll
       for (int gh = 0; gh < G; ++gh) {
         red[(tg * G + gh) * HD + 2 * dp] = acc[gh][0];
@@ -292,6 +311,7 @@ template <class C> struct Attention {
       }
       __syncthreads();
     }
+    if (!pre_done) pre();
   }
 };
 

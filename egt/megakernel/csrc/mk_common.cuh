@@ -53,6 +53,12 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
+__device__ __forceinline__ unsigned ld_relaxed(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void fence_acq_rel() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
 __device__ __forceinline__ void red_release(unsigned* p, unsigned v) {
   asm volatile("red.release.gpu.global.add.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
@@ -75,10 +81,11 @@ enum { MK_OK = 0, MK_TIMEOUT = 1 };
 // so a dependency that never arrives (a grid that is not co-resident, a bug) ends the kernel instead of hanging.
 __device__ __forceinline__ void block_wait(const unsigned* c, unsigned target, int* ctl, unsigned long long timeout_ns) {
   if (threadIdx.x == 0) {
-    if (ld_acquire(c) < target) {
+    // Poll with relaxed loads (cheaper than an acquire per poll) and order the block's later reads with one fence.
+    if (ld_relaxed(c) < target) {
       const unsigned long long t0 = global_ns();
       unsigned spins = 0;
-      while (ld_acquire(c) < target) {
+      while (ld_relaxed(c) < target) {
         if ((++spins & 63u) == 0) {
           if (*((volatile int*)ctl + 2)) break;
           if (global_ns() - t0 > timeout_ns) {
@@ -89,6 +96,7 @@ __device__ __forceinline__ void block_wait(const unsigned* c, unsigned target, i
         }
       }
     }
+    fence_acq_rel();
   }
   __syncthreads();
 }

@@ -291,11 +291,13 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     }
     MK_STAMP(2);
     block_arrive(c_qkv + l);
-    Matvec<MvO, WO>::prefill(ring, RowOne{U4(lt[TBL_WO]), NH * HD / 8});
-    // RoPE + KV append + split attention (+ combine)
+    // RoPE + KV append + split attention (+ combine); the o projection's weights start streaming inside
     MK_STAMP(3);
-    Attention<AttnC>::run(l, page, p, qkv, att, part_o, part_ml, c_qkv + l, c_arr + (long long)l * NB * NKV, c_att + l,
-                          E1, inv_freq, p.ctl);
+    {
+      auto pre_o = [&]() { Matvec<MvO, WO>::prefill(ring, RowOne{U4(lt[TBL_WO]), NH * HD / 8}); };
+      Attention<AttnC>::run<Matvec<MvO, WO>::PF>(l, page, p, qkv, att, part_o, part_ml, c_qkv + l,
+                                                  c_arr + (long long)l * NB * NKV, c_att + l, E1, inv_freq, p.ctl, pre_o);
+    }
     MK_STAMP(4);
     block_wait(c_att + l, E1 * NB * NKV, p.ctl, p.timeout_ns);
     MK_STAMP(5);

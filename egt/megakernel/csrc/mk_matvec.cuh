@@ -43,6 +43,10 @@ template <class C, class WF> struct Matvec {
   static constexpr int MAXT = (NT + NBLK - 1) / NBLK;
   static constexpr int XVEC = NB * KP / 8;
   static constexpr int RING_BYTES = C::ST * STAGE_VEC * 16;
+  // Stages issued ahead of the dependency wait: enough to cover a grid sync, no more, because a deep prefill
+  // queues behind the poll of the counter and delays the wake-up itself (seen in traces on the H100).
+  static constexpr int PF_WANT = (PREFETCH_BYTES + STAGE_VEC * 16 - 1) / (STAGE_VEC * 16);
+  static constexpr int PF = PF_WANT < 1 ? 1 : (PF_WANT > C::ST - 1 ? C::ST - 1 : PF_WANT);
   static constexpr int XS_BYTES = XVEC * 16;
   static constexpr int RED_FLOATS = (C::WPR > 1) ? NW * RPW * C::NMAT * NB : 0;
   static constexpr int ACC_FLOATS = (C::KS > 1) ? MAXT * C::TR * NB * C::NMAT : 0;
@@ -62,13 +66,15 @@ template <class C, class WF> struct Matvec {
     tl = r % nt;
     kp = r / nt;
   }
-  template <class RP> __device__ static __forceinline__ void issue(uint4* ring, int s, int t0, int nt, const RP& rp) {
-    if (s < nt * C::KS * CP) {
+  // first: threads below it issue nothing (warp 0 stays free to poll the dependency counter during a prefill)
+  template <class RP>
+  __device__ static __forceinline__ void issue(uint4* ring, int s, int t0, int nt, const RP& rp, int first = 0) {
+    if (s < nt * C::KS * CP && (int)threadIdx.x >= first) {
       int kp, tl, ch;
       decode(s, nt, kp, tl, ch);
       uint4* buf = ring + (s % C::ST) * STAGE_VEC;
       const int col0 = (kp * KP + ch * C::TK) / 8;
-      for (int v = threadIdx.x; v < STAGE_VEC; v += NTHR) {
+      for (int v = threadIdx.x - first; v < STAGE_VEC; v += NTHR - first) {
         const int m = v / (C::TR * VPR);
         const int rem = v - m * (C::TR * VPR);
         const int r = rem / VPR;
@@ -83,7 +89,7 @@ template <class C, class WF> struct Matvec {
     int t0, t1;
     tiles(t0, t1);
 #pragma unroll 1
-    for (int s = 0; s < C::ST - 1; ++s) issue(ring, s, t0, t1 - t0, rp);
+    for (int s = 0; s < PF; ++s) issue(ring, s, t0, t1 - t0, rp, NTHR > 32 ? 32 : 0);
   }
 
   // rp(m, n): first 16-byte vector of row n of matrix m. stage(xs, kp): writes activation part kp and syncs.
@@ -110,6 +116,8 @@ template <class C, class WF> struct Matvec {
       const int n0 = t0 * C::TR;
       epi.begin(n0, min(t1 * C::TR, C::N) > n0 ? min(t1 * C::TR, C::N) : n0);
     }
+#pragma unroll 1
+    for (int s = PF; s < C::ST - 1; ++s) issue(ring, s, t0, nt, rp);  // the stages prefill left out
     if (ns > 0) stage(xs, 0);
 #pragma unroll 1
     for (int s = 0; s < ns; ++s) {
