@@ -94,3 +94,11 @@ def test_entries_tokenize_as_in_the_answer(default_engine, catalog):
         joint = tok(prompt_text + text + "<|im_end|>", add_special_tokens=False)["input_ids"]
         leaf = t.trie.walk(joint[p:])
         assert leaf > 0 and catalog[int(t.trie.entry[leaf])].text == text
+
+
+def test_exact_search_mode(default_engine, catalog):
+    t = Targeter(default_engine, catalog, search="exact", chunk=8)
+    a = Targeter(default_engine, catalog, trigger="always")
+    assert [h.id for h in t.target(AD, k=4).entities] == [h.id for h in a.target(AD, k=4).entities]
+    with pytest.raises(ValueError, match="search must be"):
+        Targeter(default_engine, catalog, search="greedy")

@@ -12,6 +12,9 @@ Contract:
   entries are tokenized without a leading space and end with the end-of-turn token `<|im_end|>`: the natural
   context in which an instruct model answers. Models without a chat template get the same text as a plain
   prompt, entries with a leading space, and the EOS token as end marker. `prompt_template` overrides the text.
+- `search="exact"` replaces the beam search by `ExactSearch` (best-first branch and bound over the trie, `chunk`
+  nodes per tree-attention pass): the exact top k by sum of log-probabilities, at a cost that depends on how
+  peaked the model is (see eval/results/verify.md).
 - Thread safety: one lock around the model, so concurrent callers (the server) serialise on the engine.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .catalog import Catalog, CatalogError
-from .search import SearchStats, TreeSearch
+from .search import ExactSearch, SearchStats, TreeSearch
 from .trie import DEFAULT_MAX_TOKENS, TokenTrie
 from .trigger import CostModel, Trigger
 
@@ -80,7 +83,8 @@ def answer_context(tokenizer) -> tuple[bool, int]:
 class Targeter:
     def __init__(self, engine, catalog: Catalog, trigger: str = "auto", length_penalty: float = 0.0,
                  prompt_template: str = PROMPT_TEMPLATE, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 chunk: int | None = None, trie: TokenTrie | None = None, cost: CostModel | None = None):
+                 chunk: int | None = None, trie: TokenTrie | None = None, cost: CostModel | None = None,
+                 search: str = "beam"):
         if not isinstance(catalog, Catalog):
             raise TypeError("catalog must be an egt.verify.Catalog")
         if "{ad}" not in prompt_template:
@@ -94,7 +98,15 @@ class Targeter:
             raise CatalogError("the trie does not match the catalog")
         if chunk is None:
             chunk = 4096 if engine.device.type == "cuda" else 512
-        self.search = TreeSearch(engine.model, self.trie, chunk=chunk)
+        if search not in ("beam", "exact"):
+            raise ValueError(f"search must be 'beam' or 'exact', got {search!r}")
+        if search == "exact":
+            if self.length_penalty:
+                raise ValueError("search='exact' ranks by the sum of log-probabilities (length_penalty=0)")
+            self.search = ExactSearch(engine.model, self.trie, batch=chunk, max_nodes=max(4 * chunk, 20000))
+            trigger = "never"  # no beams to switch from
+        else:
+            self.search = TreeSearch(engine.model, self.trie, chunk=chunk)
         if trigger == "auto" and cost is None:
             cost = CostModel.cached(engine.model, chunk)
         self.trigger = Trigger(trigger, cost)

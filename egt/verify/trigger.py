@@ -69,7 +69,7 @@ class CostModel:
 
     @classmethod
     @torch.inference_mode()
-    def calibrate(cls, model, chunk: int, prompt_len: int = 64, reps: int = 3) -> "CostModel":
+    def calibrate(cls, model, chunk: int, prompt_len: int = 64, reps: int = 2) -> "CostModel":
         dev = model.device
         sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, chunk} - {s for s in (512, 256) if s > chunk})
         sizes = [s for s in sizes if s <= chunk]
