@@ -200,3 +200,43 @@ def test_quantize_model_save_load_generate(tmp_path):
     assert torch.allclose(got, want, atol=1e-4)
     gen = eng.generate([texts[1]], max_new_tokens=4)
     assert len(gen.tokens[0]) >= 1
+
+
+def _tiny_model(seed=0):
+    from transformers import AutoTokenizer
+
+    from egt.models import ModelShape, build_model, default_model_dir, hf_config_for_shape
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir(progress=False))
+    shape = ModelShape("tiny", hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, head_dim=32,
+                       vocab=len(tok), tie_embeddings=True)
+    hf = hf_config_for_shape(shape)
+    torch.manual_seed(seed)
+    model = build_model(shape, hf)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if name.endswith("norm.weight") else torch.randn_like(p) * 0.08)
+    return model.eval(), tok, hf
+
+
+def test_awq_scaling_preserves_the_float_model_and_its_statistics():
+    from egt.calibrate import collect_stats
+    from egt.quant.awq import apply_awq
+
+    model, tok, _ = _tiny_model()
+    texts = ["Shop the new summer collection today", "Free shipping on all orders over $50"]
+    ids = tok(texts[0], return_tensors="pt")["input_ids"]
+    slots = torch.arange(ids.shape[1])
+
+    def logits():
+        with torch.no_grad():
+            return model(ids, slots.view(1, -1), slots, model.setup_cache(1, ids.shape[1]), kv_len=ids.shape[1])
+
+    before = logits()
+    stats = collect_stats(model, tok, texts, progress=False)
+    alphas = apply_awq(model, stats, 3, 32)
+    assert len(alphas) == 6 and any(a > 0 for a in alphas.values())
+    assert torch.allclose(logits(), before, atol=1e-4)
+    fresh = collect_stats(model, tok, texts, progress=False)
+    for n in ("layers.0.self_attn.k_proj", "layers.1.mlp.down_proj", "layers.1.mlp.up_proj"):
+        assert torch.allclose(stats[n].xtx, fresh[n].xtx, rtol=1e-4, atol=1e-6 * fresh[n].xtx.abs().max())

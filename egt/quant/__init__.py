@@ -17,7 +17,8 @@ sum of `LinearPlan.storage_bits` over those modules / their weight count.
 
 Config read from `cfg` (`egt.compress.CompressConfig`): bits (lowest precision of any layer), budget (average bpw;
 default bits + 0.25), group_size (fix the group; with no budget: uniform quantization at that group), seed.
-Optional attributes, if present: `quant_refine` ("gptq" | "clip" | "rtn" | "awq"), `quant_metric` (a
+Optional attributes, if present: `quant_refine` ("gptq" | "clip" | "rtn" | "awq" | "awq+gptq";
+"clip" = round-to-nearest with a per-group range search, "awq" = activation-aware scaling then "clip"), `quant_metric` (a
 `sensitivity.METRICS` name), `quant_symmetric` (uniform mode).
 Sparse layers (already swapped by `egt.sparsify`) keep their pattern; they are given `bits`/`group_size`
 (default 128, asymmetric), their storage counts against the budget, and their module's
@@ -43,7 +44,7 @@ from .sensitivity import METRICS, candidate_plans, layer_errors, output_fisher
 
 register_kind(is_quant_plan, QuantLinear)
 
-REFINES = ("gptq", "clip", "rtn", "awq")
+REFINES = ("gptq", "clip", "rtn", "awq", "awq+gptq")
 DEFAULT_REFINE = "gptq"
 DEFAULT_METRIC = "fisher"
 
@@ -161,10 +162,10 @@ def quantize_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
     with _threads(1):
         stats = collect_stats(model, tok, texts, modules=dense, progress=progress, seed=cfg.seed)
         _log(progress, f"calibration statistics of {len(dense)} layers in {time.perf_counter() - t0:.1f}s")
-        if refine == "awq":
+        if refine.startswith("awq"):
             from .awq import apply_awq
 
-            apply_awq(model, stats, bits, cfg.group_size or 128)
+            awq_alpha = apply_awq(model, stats, bits, cfg.group_size or 128)
         if uniform:
             sym = bool(getattr(cfg, "quant_symmetric", False))
             plans = {n: LinearPlan(bits=bits, group_size=cfg.group_size, symmetric=sym) for n in dense}
@@ -176,7 +177,7 @@ def quantize_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
             meta["budget_bpw"] = budget
             plans = {n: p for n, p in plans.items() if n in dense}
         t1 = time.perf_counter()
-        quantize_layers(model, stats, plans, "clip" if refine == "awq" else refine)
+        quantize_layers(model, stats, plans, {"awq": "clip", "awq+gptq": "gptq"}.get(refine, refine))
         _log(progress, f"{refine} quantization of {len(plans)} layers in {time.perf_counter() - t1:.1f}s")
     for n, lp in fixed.items():
         mod = get_module(model, n)

@@ -34,55 +34,82 @@ def available() -> bool:
 
 if HAVE_TRITON:
 
-    @triton.jit
-    def _w4a16_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, y_ptr, M, N, K, KW, G_COUNT, stride_xm,
-                      GROUP: tl.constexpr, SYM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GPB: tl.constexpr, USE_DOT: tl.constexpr):
+    # Sizes are not specialised (one compile serves every M, N, K); KW (words per row) is, so aligned rows get
+    # vectorised loads. Both kernels work in "word space": a tile of int32 words is loaded once and nibble j of
+    # every word is extracted with a shift, never by reshaping registers (a reshape costs a shared-memory round trip).
+    @triton.jit(do_not_specialize=["N", "K", "k_span"])
+    def _gemv_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, y_ptr, N, K, KW, G_COUNT, k_span,
+                     GROUP: tl.constexpr, SYM: tl.constexpr, BLOCK_N: tl.constexpr, GPB: tl.constexpr,
+                     WPG: tl.constexpr, SPLIT_K: tl.constexpr):
+        """M = 1. Per iteration: BLOCK_N rows x GPB group slices x WPG words (8 columns each)."""
+        BLOCK_K: tl.constexpr = GPB * WPG * 8
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        gi = tl.arange(0, GPB)
+        wi = tl.arange(0, WPG)
+        acc = tl.zeros((BLOCK_N, GPB, WPG), dtype=tl.float32)
+        k_lo = pid_k * k_span
+        for kk in range(0, k_span, BLOCK_K):
+            w0 = (k_lo + kk) // 8
+            widx = w0 + gi[:, None] * WPG + wi[None, :]  # [GPB, WPG] word index within the row
+            wmask = widx < KW
+            words = tl.load(qw_ptr + offs_n[:, None, None] * KW + widx[None, :, :],
+                            mask=n_mask[:, None, None] & wmask[None, :, :], other=0)
+            part = tl.zeros((BLOCK_N, GPB, WPG), dtype=tl.float32)
+            xsum = tl.zeros((GPB, WPG), dtype=tl.float32)
+            for j in tl.static_range(8):
+                col = widx * 8 + j
+                xj = tl.load(x_ptr + col, mask=col < K, other=0.0).to(tl.float32)
+                part += ((words >> (4 * j)) & 0xF).to(tl.float32) * xj[None, :, :]
+                xsum += xj
+            g = (w0 * 8 + gi * (WPG * 8)) // GROUP  # group of each slice (a slice never straddles two groups)
+            smask = n_mask[:, None] & (g[None, :] < G_COUNT)
+            sc = tl.load(s_ptr + offs_n[:, None] * G_COUNT + g[None, :], mask=smask, other=0.0).to(tl.float32)
+            if SYM:
+                of = sc * -8.0
+            else:
+                of = tl.load(o_ptr + offs_n[:, None] * G_COUNT + g[None, :], mask=smask, other=0.0).to(tl.float32)
+            # sum_k (s q_k + o) x_k = s * sum_k q_k x_k + o * sum_k x_k  (per group slice)
+            acc += sc[:, :, None] * part + of[:, :, None] * xsum[None, :, :]
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        tl.store(y_ptr + pid_k * N + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_mask)
+
+    @triton.jit(do_not_specialize=["M", "N", "K", "stride_xm", "k_span"])
+    def _gemm_kernel(x_ptr, qw_ptr, s_ptr, o_ptr, y_ptr, M, N, K, KW, G_COUNT, stride_xm, k_span,
+                     GROUP: tl.constexpr, SYM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_KW: tl.constexpr, SPLIT_K: tl.constexpr):
+        """2 <= M <= 16: eight tensor-core dots per tile, one per nibble position (K = BLOCK_KW words each)."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
         offs_m = tl.arange(0, BLOCK_M)
         m_mask = offs_m < M
-        k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+        wi = tl.arange(0, BLOCK_KW)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_lo = pid_k * k_span
-        k_hi = tl.minimum(k_lo + k_span, K)
-        shifts = tl.arange(0, 8) * 4
-        if USE_DOT:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        else:
-            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-            words = tl.load(qw_ptr + offs_n[:, None] * KW + offs_w[None, :],
-                            mask=n_mask[:, None] & (offs_w[None, :] < KW), other=0)
-            q = (words[:, :, None] >> shifts[None, None, :]) & 0xF  # [BN, BK/8, 8]
-            q = tl.reshape(q, (BLOCK_N, GPB, BLOCK_K // GPB)).to(tl.float32)
-            g = k0 // GROUP + tl.arange(0, GPB)
-            sg_mask = n_mask[:, None] & (g[None, :] < G_COUNT)
-            s = tl.load(s_ptr + offs_n[:, None] * G_COUNT + g[None, :], mask=sg_mask, other=0).to(tl.float32)
+        for kk in range(0, k_span, BLOCK_KW * 8):
+            widx = (k_lo + kk) // 8 + wi
+            wmask = widx < KW
+            words = tl.load(qw_ptr + offs_n[:, None] * KW + widx[None, :], mask=n_mask[:, None] & wmask[None, :],
+                            other=0)  # [BN, BKW]
+            g = widx * 8 // GROUP
+            smask = n_mask[:, None] & wmask[None, :]
+            sc = tl.load(s_ptr + offs_n[:, None] * G_COUNT + g[None, :], mask=smask, other=0.0).to(tl.float32)
             if SYM:
-                w = (q - 8.0) * s[:, :, None]
+                of = sc * -8.0
             else:
-                o = tl.load(o_ptr + offs_n[:, None] * G_COUNT + g[None, :], mask=sg_mask, other=0).to(tl.float32)
-                w = q * s[:, :, None] + o[:, :, None]
-            w = tl.reshape(w, (BLOCK_N, BLOCK_K))
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < k_hi
-            if USE_DOT:
-                xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                             mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-                acc += tl.dot(xt.to(tl.float16), tl.trans(w.to(tl.float16)))
-            else:
-                xv = tl.load(x_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-                acc += tl.sum(w * xv[None, :], axis=1)
-        # y is [SPLIT_K, M, N] float32 partials when SPLIT_K > 1, else [M, N] in the output dtype.
-        y_base = y_ptr + pid_k * M * N
-        if USE_DOT:
-            ptrs = y_base + offs_m[:, None] * N + offs_n[None, :]
-            tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
-        else:
-            tl.store(y_base + offs_n, acc.to(y_ptr.dtype.element_ty), mask=n_mask)
+                of = tl.load(o_ptr + offs_n[:, None] * G_COUNT + g[None, :], mask=smask, other=0.0).to(tl.float32)
+            for j in tl.static_range(8):
+                col = widx * 8 + j
+                xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + col[None, :],
+                             mask=m_mask[:, None] & (col[None, :] < K), other=0.0)
+                wj = ((words >> (4 * j)) & 0xF).to(tl.float32) * sc + of
+                acc += tl.dot(xj.to(tl.float16), tl.trans(wj.to(tl.float16)))
+        ptrs = y_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
     @triton.jit
     def _sum_splits_kernel(p_ptr, y_ptr, MN, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
@@ -94,9 +121,12 @@ if HAVE_TRITON:
         tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-# (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages)
-CONFIGS_GEMV = [(bn, bk, sk, nw, 3) for bn in (4, 8, 16) for bk in (256, 512) for sk in (1, 2, 4) for nw in (2, 4)]
-CONFIGS_GEMM = [(bn, bk, sk, nw, 3) for bn in (16, 32, 64) for bk in (128, 256) for sk in (1, 2, 4) for nw in (4,)]
+# GEMV: (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages); GEMM: (BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages).
+# Short lists, because every entry is one Triton compile.
+CONFIGS_GEMV = [(16, 256, 1, 4, 3), (16, 512, 1, 4, 3), (8, 1024, 1, 4, 3), (16, 1024, 2, 8, 3), (8, 1024, 4, 4, 3),
+                (8, 2048, 4, 8, 3), (16, 1024, 8, 8, 3), (4, 1024, 8, 4, 3), (32, 512, 4, 8, 3), (16, 256, 4, 4, 3)]
+CONFIGS_GEMM = [(16, 256, 1, 4, 3), (32, 512, 1, 4, 3), (16, 512, 4, 4, 3), (32, 512, 4, 4, 3), (16, 1024, 4, 8, 3),
+                (32, 1024, 2, 8, 3), (64, 512, 2, 8, 3), (16, 512, 8, 4, 3)]
 _BEST: dict[tuple, tuple] = {}
 
 
@@ -106,15 +136,21 @@ def _launch(x, qweight, scales, offsets, group, K, cfg, use_dot):
     N = qweight.shape[0]
     G = scales.shape[1]
     GROUP = K if group == -1 else group
-    gpb = bk // GROUP if GROUP < bk else 1
-    if sk > 1:
-        part = torch.empty((sk, M, N), device=x.device, dtype=torch.float32)
-    else:
-        part = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    k_span = triton.cdiv(triton.cdiv(K, sk), bk) * bk
+    part = torch.empty((sk, M, N) if sk > 1 else (M, N), device=x.device,
+                       dtype=torch.float32 if sk > 1 else x.dtype)
     grid = (triton.cdiv(N, bn), sk)
-    _w4a16_kernel[grid](x, qweight, scales, scales if offsets is None else offsets, part, M, N, K,
-                        qweight.shape[1], G, x.stride(0), GROUP=GROUP, SYM=offsets is None, BLOCK_M=16,
-                        BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GPB=gpb, USE_DOT=use_dot, num_warps=nw, num_stages=ns)
+    o = scales if offsets is None else offsets
+    if use_dot:
+        _gemm_kernel[grid](x, qweight, scales, o, part, M, N, K, qweight.shape[1], G, x.stride(0), k_span,
+                           GROUP=GROUP, SYM=offsets is None, BLOCK_M=16, BLOCK_N=bn, BLOCK_KW=bk // 8, SPLIT_K=sk,
+                           num_warps=nw, num_stages=ns)
+    else:
+        # A slice is a whole group, or the part of one group that a block holds.
+        slice_cols = min(GROUP, bk) if group != -1 else bk
+        _gemv_kernel[grid](x, qweight, scales, o, part, N, K, qweight.shape[1], G, k_span, GROUP=GROUP,
+                           SYM=offsets is None, BLOCK_N=bn, GPB=bk // slice_cols, WPG=slice_cols // 8, SPLIT_K=sk,
+                           num_warps=nw, num_stages=ns)
     if sk == 1:
         return part
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
@@ -137,13 +173,12 @@ def _time(fn, reps=20) -> float:
 
 def _valid(cfg, group, K, use_dot):
     bn, bk, *_ = cfg
-    GROUP = K if group == -1 else group
+    if use_dot and bn < 16:
+        return False
+    if group == -1:  # one group per row: every block lies inside it
+        return True
     # A block must hold whole groups, or lie inside one group.
-    if GROUP < bk and bk % GROUP:
-        return False
-    if GROUP >= bk and group != -1 and GROUP % bk:
-        return False
-    return not use_dot or bn >= 16
+    return bk % group == 0 if group < bk else group % bk == 0
 
 
 def best_config(x, qweight, scales, offsets, group, K):
