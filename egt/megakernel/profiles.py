@@ -49,6 +49,10 @@ def from_device(device=None) -> GpuProfile:
     base = PROFILES["h100"] if cc >= (9, 0) else PROFILES["ada-l20"]
     smem = getattr(props, "shared_memory_per_block_optin", None) or base.smem_per_block
     name = props.name.lower().replace("nvidia ", "").replace(" ", "-")
+    # A card of a table profile keeps the table's name, so plans searched for "h100" are found on any H100.
+    for known, marker in (("h100", "h100"), ("ada-l20", "l20")):
+        if marker in name and props.multi_processor_count == PROFILES[known].sms:
+            name = known
     return replace(base, name=name, sms=props.multi_processor_count, smem_per_block=int(smem), cc=cc,
                    l2_bytes=int(getattr(props, "L2_cache_size", base.l2_bytes)))
 

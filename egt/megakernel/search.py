@@ -121,6 +121,10 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
     for splits in (1, 2, 4, 8, 16, 32):
         if pairs * splits > 4 * blocks or (splits > 1 and pairs * splits // 2 >= blocks):
             continue
+        # one split never helps when the grid has room for more: a larger S with min_chunk above the context
+        # runs the same single item at short contexts and still splits long ones
+        if splits == 1 and pairs * 2 <= blocks:
+            continue
         for sub, minc in itertools.product((64, 128, 256), (128, 256, 512)):
             a = AttnSchedule(splits, sub, 0, minc)
             if attn_check(shape, a, threads):
@@ -154,9 +158,16 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
                             picks.append((c, s))
                         break
             best[name] = sorted(picks, key=lambda x: x[0])[:max(keep_per_op, 4)]
-        attn = sorted(((cost_attention(shape, a, batch, prof, blocks), a)
-                       for a in _attn_options(shape, batch, threads, blocks, prof.smem_per_block)),
-                      key=lambda x: (x[0], -x[1].splits))[:2]
+        ascored = sorted(((cost_attention(shape, a, batch, prof, blocks), a)
+                          for a in _attn_options(shape, batch, threads, blocks, prof.smem_per_block)),
+                         key=lambda x: (x[0], -x[1].splits))
+        attn = ascored[:2]
+        for tier in (0.25, 0.4, 0.6):  # the attention page aliases the matvec page: keep a small one too
+            for c, a in ascored:
+                if attn_page_bytes(shape, a, threads) <= tier * prof.smem_per_block:
+                    if all(a != q for _, q in attn):
+                        attn.append((c, a))
+                    break
         if any(not v for v in best.values()) or not attn:
             continue
         names = list(ops)
