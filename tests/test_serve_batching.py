@@ -271,3 +271,13 @@ def test_a_client_leaving_mid_stream_frees_its_slot():
                 break
             assert r.status_code == 503 and time.monotonic() < deadline, r.text
             time.sleep(0.1)
+
+
+def test_identical_ads_in_one_batch_are_computed_once():
+    t = ScriptedTargeter(delay=0.2)
+    with InProcessServer(t, max_batch=16, batch_wait_ms=50) as s:
+        rs = fire(s.url, [{"text": f"ad{i % 2}", "k": 2} for i in range(8)], 8)
+    assert all(r.status_code == 200 for r in rs)
+    for i, r in enumerate(rs):
+        assert r.json()["results"][0]["entities"][0]["id"] == f"ad{i % 2}-0"
+    assert sum(t.calls) < 8, t.calls  # duplicates shared within batches

@@ -11,6 +11,7 @@ Contract:
   answered within `request_timeout_s` raises `asyncio.TimeoutError`; if it had not started yet, it is dropped
   from the queue so that the model never works for nobody.
 - A batch that raises is retried request by request, so one bad ad fails only its own request.
+- Identical ads within one batch are sent to the Targeter once (it is deterministic) and the answer is shared.
 """
 from __future__ import annotations
 
@@ -131,9 +132,12 @@ class TargetBatcher:
     async def _run(self, batch: list[_Job]):
         targeter = self.targeters[batch[0].catalog]
         texts = [t for job in batch for t in job.texts]
+        unique = list(dict.fromkeys(texts))  # the same ad twice in a batch is computed once (results are pure)
         t0 = time.perf_counter()
         try:
-            results = await self.worker.run(targeter.target_batch, texts, batch[0].k)
+            answers = await self.worker.run(targeter.target_batch, unique, batch[0].k)
+            by_text = dict(zip(unique, answers))
+            results = [by_text[t] for t in texts]
         except Exception as e:  # noqa: BLE001 - isolate the failing request below
             if len(batch) > 1:
                 for job in batch:
@@ -142,7 +146,7 @@ class TargetBatcher:
             if not batch[0].future.done():
                 batch[0].future.set_exception(e)
             return
-        self.metrics.batch_size.observe(len(texts))
+        self.metrics.batch_size.observe(len(unique))
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         i = 0
         for job in batch:
