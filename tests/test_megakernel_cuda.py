@@ -103,3 +103,17 @@ def test_custom_op_and_engine_backend(model, decoder):
     a = ref.decode_step(tok, pad, 6, c1)
     b = mk.decode_step(tok, pad, 6, c2)
     assert _rel(b, a) < REL_TOL
+
+
+@torch.inference_mode()
+def test_a_dependency_that_never_arrives_becomes_an_error(model):
+    """Safety: with the epoch set far past the counters no dependency can be met; the device-side timeout must
+    abort the grid, the host must raise MegaKernelTimeout, and the decoder must work again afterwards."""
+    from egt.megakernel.runtime import MegaKernelDecoder, MegaKernelTimeout
+    dec = MegaKernelDecoder(model, batch=1, kernel_timeout_s=0.05, timeout_s=60)
+    cache = model.setup_cache(1, 32)
+    dec.ctl[0] = 1000
+    with pytest.raises(MegaKernelTimeout, match="timed out"):
+        dec.step([1], [0], [0], 0, cache)
+    nxt, logits = dec.step([1], [0], [0], 0, cache)
+    assert torch.isfinite(logits).all() and int(nxt[0]) == int(logits[0].argmax())
