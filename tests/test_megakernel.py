@@ -119,3 +119,15 @@ def test_nvcc_builds_a_plan(tmp_path, monkeypatch):
     lib = build(p)
     assert lib.exists() and lib.stat().st_size > 10000
     assert build(p) == lib  # cached by plan hash
+
+
+def test_cli_plan_and_dag(capsys):
+    from egt.megakernel.cli import main
+    assert main(["plan", "--model", "smollm2-135m", "--profile", "ada-l20"]) == 0
+    out = capsys.readouterr().out
+    assert "ada-l20" in out and "92 blocks" in out and "without K-split" in out
+    assert main(["plan", "--model", "qwen2.5-0.5b", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["batch"] == 1 and set(d["ops"]) == {"qkv", "o", "gateup", "down", "lm_head"}
+    assert main(["dag", "--model", "smollm2-135m", "--batch", "2", "--splits", "2"]) == 0
+    assert "respects every edge" in capsys.readouterr().out

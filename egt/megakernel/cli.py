@@ -1,0 +1,60 @@
+"""Command-line entry for the MegaKernel planner (CPU only): `python -m egt.megakernel plan|dag ...`.
+
+Contract: `main(argv)` returns an exit code and prints either a short human summary or, with --json, the plan
+dict. It never touches a GPU; searching and timing on a GPU is `bench/megakernel_search.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from ..models import SHAPES
+from .dag import build_dag, check_phases
+from .profiles import PROFILES
+from .search import PlanStore, plan_for
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="egt megakernel", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("plan", help="the stored (GPU-timed) or cost-model plan for a shape, batch and profile")
+    p.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--profile", default="h100", choices=sorted(PROFILES))
+    p.add_argument("--json", action="store_true")
+    d = sub.add_parser("dag", help="task DAG summary of one decode step")
+    d.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
+    d.add_argument("--batch", type=int, default=1)
+    d.add_argument("--splits", type=int, default=1)
+    a = ap.parse_args(argv)
+    shape = SHAPES[a.model]
+    if a.cmd == "plan":
+        plan = plan_for(shape, a.batch, a.profile, store=PlanStore())
+        rep = plan.smem_report()
+        if a.json:
+            print(json.dumps(plan.to_dict(), indent=1, sort_keys=True))
+            return 0
+        src = f"measured {plan.measured_ms:.3f} ms" if plan.measured_ms else "not yet timed on a GPU"
+        print(f"{plan.key()}  hash {plan.plan_hash()}  ({src})")
+        print(f"grid {plan.blocks} blocks x {plan.threads} threads; predicted {plan.predicted_ms or float('nan'):.3f} ms")
+        print(f"shared memory peak {rep['peak'] / 1024:.1f} KB (without K-split {rep['peak_without_ksplit'] / 1024:.1f} KB)"
+              f" of {PROFILES[a.profile].smem_per_block / 1024:.0f} KB")
+        for name, s in plan.ops.items():
+            print(f"  {name:8s} TR={s.tr:<3d} TK={s.tk:<5d} stages={s.stages} K-split={s.ksplit} warps/row={s.wpr}")
+        print(f"  attention splits<={plan.attn.splits} (>= {plan.attn.min_chunk} rows each) sub-block {plan.attn.sub}")
+        return 0
+    dag = build_dag(shape, batch=a.batch, attn_splits=a.splits)
+    ops = Counter(t.op for t in dag.tasks.values())
+    bad = check_phases(dag)
+    print(f"{a.model} batch {a.batch}: {len(dag.tasks)} tasks, {sum(len(t.deps) for t in dag.tasks.values())} edges, "
+          f"{dag.total_weight_bytes() / 1e6:.0f} MB of weights, {len(dag.phases())} phases "
+          f"({'phase order respects every edge' if not bad else f'{len(bad)} violations'})")
+    for op, n in sorted(ops.items()):
+        print(f"  {op:12s} {n}")
+    return 0 if not bad else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
