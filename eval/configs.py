@@ -8,7 +8,8 @@ Contract:
   quantize_model`, `egt.sparsify.sparsify_model`); a missing stage makes the cell "not available", never faked.
 - `prepare(name, source, device, dtype, cache_root)` returns an `egt.engine.Engine` for the configuration: the
   float model itself for `fp16`, else a compressed directory made once by `egt.compress.compress` (calibrated on
-  the packaged demo ads) and cached under `cache_root/<slug>-<hash of the settings>`, then loaded from disk, so the
+  the packaged demo ads) and cached under `cache_root/<slug>-<hash of the settings and of the compression code>`,
+  then loaded from disk, so the
   evaluated model is exactly what `egt compress` writes and every process of a data-parallel run loads the same.
 - `fp16` is the uncompressed float model: fp16 on CUDA; on CPU, where fp16 matmuls are emulated, it runs in fp32
   (the cell records the dtype actually used).
@@ -84,8 +85,23 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("EGT_EVAL_CACHE", Path.home() / ".cache" / "egt" / "eval-models"))
 
 
+def code_hash() -> str:
+    """Hash of the compression code, so a cached model is remade when the quantizer or sparsifier changes."""
+    import egt
+
+    root = Path(egt.__file__).resolve().parent
+    h = hashlib.sha1()
+    files = sorted([*root.glob("quant/*.py"), *root.glob("sparsify/*.py"), root / "compress.py", root / "calibrate.py",
+                    root / "plan.py", root / "format.py"])
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def model_dir(name: str, source: str, cache_root: Path | None = None) -> Path:
     s = compress_settings(name, source)
+    s["code"] = code_hash()
     h = hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cache_root or default_cache_root()) / f"{slug(split_name(name)[0])}-{h}"
 

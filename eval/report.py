@@ -61,6 +61,17 @@ def _baseline(task: str, config: str, cells: dict) -> dict | None:
     return cells.get("fp16")
 
 
+def _agreement(c: dict, base: dict | None) -> str:
+    """How many examples got exactly the FP16 output (a paired, low-noise view of the damage compression does)."""
+    if not base or base.get("status") != "ok" or "records" not in c or "records" not in base:
+        return ""
+    ref = {r.get("id"): r.get("output") for r in base["records"]}
+    common = [r for r in c["records"] if r.get("id") in ref]
+    if not common:
+        return ""
+    return f"{sum(r.get('output') == ref[r.get('id')] for r in common)}/{len(common)}"
+
+
 def task_table(task: str, cells: dict[str, dict]) -> list[str]:
     t = TASKS[task]
     main = t.main_metric
@@ -70,7 +81,8 @@ def task_table(task: str, cells: dict[str, dict]) -> list[str]:
     else:
         cols = ["meteor", "bleu", "avg_len"]
         lat_cols = [("ms/token", "ms_per_token"), ("prefill ms", "prefill_ms")]
-    head = ["config", "n"] + cols + [a for a, _ in lat_cols] + ["speed-up", f"Δ {main} vs FP16", "card", "status"]
+    head = ["config", "n"] + cols + [a for a, _ in lat_cols] + ["speed-up", f"Δ {main} vs FP16", "same output as FP16",
+                                                                 "card", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for config in all_names(task):
         c = cells.get(config)
@@ -87,7 +99,8 @@ def task_table(task: str, cells: dict[str, dict]) -> list[str]:
         rel = _rel(c, base, main)
         row = [config, str(c["n"])] + [_fmt(c["metrics"].get(k), 2 if k == "avg_len" else 4) for k in cols]
         row += [_fmt(c["latency"].get(k), 2) for _, k in lat_cols]
-        row += [f"{sp:.2f}x" if sp else "", f"{100 * rel:+.1f}%" if rel is not None else "", c.get("card", ""), "ok"]
+        row += [f"{sp:.2f}x" if sp else "", f"{100 * rel:+.1f}%" if rel is not None else "", _agreement(c, base),
+                c.get("card", ""), "ok"]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -192,6 +205,10 @@ def write_report(out: str | Path) -> list[Path]:
         t = TASKS[task]
         md += [f"## {task}", "", t.description + f". Main metric: {t.main_metric}.", ""]
         md += task_table(task, cells[task])
+        base = cells[task].get("fp16", {})
+        if task == "targeting" and base.get("status") == "ok" and "popularity_recall@10" in base.get("metrics", {}):
+            md += ["", f"Floor: always answering the 10 most frequent interests of the non-test ads gives recall@10 = "
+                       f"{base['metrics']['popularity_recall@10']:.4f} on the same {base['n']} ads."]
         img = pareto_plot(task, cells[task], out / f"pareto_{task}.png")
         if img:
             written.append(img)

@@ -31,7 +31,7 @@ from . import metrics as M
 from .configs import NotAvailable, all_names, availability, prepare, slug, split_name
 from .tasks import TASKS
 
-DEFAULT_REPORT_LIMITS = {"targeting": 40, "csl-kg": 12, "csl-ts": 12, "slogans": 40}
+DEFAULT_REPORT_LIMITS = {"targeting": 12, "csl-kg": 6, "csl-ts": 6, "slogans": 20}  # sized for a shared 2-core CPU
 
 
 def cell_path(out: str | Path, task: str, config: str) -> Path:

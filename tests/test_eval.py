@@ -108,7 +108,7 @@ def _cell(task, config, main, ms, card="cardA", status="ok"):
     m = {"meteor": main, "bleu": main / 2, "avg_len": 5.0} if task != "targeting" else \
         {"recall@1": main / 3, "recall@5": main / 2, "recall@10": main, "precision@10": main / 5, "triggered": 1}
     lat = {"ms_per_token": ms, "prefill_ms": 3 * ms, "total_ms": 10 * ms, "decode_steps": 8}
-    recs = [{"output": ["x"]}] * 4
+    recs = [{"id": i, "output": ["x"] if i or config.startswith("fp16") else ["y"]} for i in range(4)]
     return {**c, "metrics": m, "latency": lat, "records": recs}
 
 
@@ -124,7 +124,7 @@ def test_report_tables_goals_and_plots(tmp_path):
     assert {"table1.json", "report.md", "pareto_slogans.png", "pareto_targeting.png"} <= names
     md = (tmp_path / "report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| mix+int4 |") and "0.2970" in line)
-    assert "2.00x" in row and "-1.0%" in row  # 10 / 5 ms; (0.297 - 0.3) / 0.3
+    assert "2.00x" in row and "-1.0%" in row and "| 3/4 |" in row  # 10 / 5 ms; (0.297 - 0.3) / 0.3
     row = next(line for line in md.splitlines() if line.startswith("| 2:4 |"))
     assert "x |" not in row.replace("| 2:4 |", "")  # another card: no speed-up is computed
     assert "not available: egt.quant.quantize_model" in md
