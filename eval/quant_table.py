@@ -62,6 +62,7 @@ def rows_spec():
             (f"uniform-g128-int{bits}", b, f"uniform int{bits} g128 asym, GPTQ (egt)", {"kind": "uniform", "bits": bits, "group": 128, "sym": False, "refine": "gptq"}),
             (f"adaptive-clip-int{bits}", b, f"egt adaptive, budget {budget}, RTN+clip search", {"kind": "adaptive", "bits": bits, "budget": budget, "refine": "clip"}),
             (f"adaptive-gptq-int{bits}", b, f"egt adaptive, budget {budget}, GPTQ", {"kind": "adaptive", "bits": bits, "budget": budget, "refine": "gptq"}),
+            (f"adaptive-awq-int{bits}", b, f"egt adaptive, budget {budget}, AWQ scaling + RTN+clip", {"kind": "adaptive", "bits": bits, "budget": budget, "refine": "awq"}),
             (f"llmc-gptq-g64-int{bits}", b, f"llm-compressor GPTQ W{bits}A16 g64 sym", {"kind": "llmc", "bits": bits, "group": 64}),
         ]
     return rows
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="", help="comma-separated row ids to (re)run; default all")
     p.add_argument("--llmc-python", default=DEFAULT_LLMC_PY)
     p.add_argument("--out", default="eval/results/quant.json")
+    p.add_argument("--merge", default="", help="only merge the rows of this JSON into --out and rewrite the table")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     t_all = time.perf_counter()
@@ -118,6 +120,12 @@ def main(argv=None) -> int:
     out_path = ROOT / a.out
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
     rows = results.get("rows", {})
+    if a.merge:
+        rows.update(json.loads(Path(a.merge).read_text())["rows"])
+        results["rows"] = rows
+        out_path.write_text(json.dumps(results, indent=1))
+        write_markdown(results, out_path.with_suffix(".md"))
+        return 0
 
     loaded = load_model("default", dtype=torch.float32, device="cpu")
     base, tok = loaded.model, loaded.tokenizer
@@ -172,16 +180,27 @@ def main(argv=None) -> int:
             del model
         else:
             model = copy.deepcopy(base)
+            row_stats, row_errors = stats, errors
+            if how["refine"].startswith("awq"):
+                # AWQ rescales weights and inputs: statistics and sensitivities of the rescaled model are needed.
+                from egt.quant.awq import apply_awq
+
+                row_stats = {n: copy.copy(st) for n, st in stats.items()}
+                m_alpha = apply_awq(model, row_stats, how["bits"], 128)
+                allc = candidate_plans(3)
+                row_errors = {n: layer_errors(get_module(model, n).weight, row_stats[n], fisher[n], allc,
+                                              metrics=("fisher",)) for n in names}
+                log(f"AWQ scales chosen (mean alpha {sum(m_alpha.values()) / len(m_alpha):.2f})")
             if how["kind"] == "uniform":
                 plans = {n: LinearPlan(bits=how["bits"], group_size=how["group"], symmetric=how["sym"]) for n in names}
             else:
                 cands = candidate_plans(how["bits"])
                 allc = candidate_plans(3)
-                options = {n: [Option(lp, lp.storage_bits(*shapes[n]), errors[n][allc.index(lp)]["fisher"])
+                options = {n: [Option(lp, lp.storage_bits(*shapes[n]), row_errors[n][allc.index(lp)]["fisher"])
                                for lp in cands] for n in names}
                 chosen = allocate(options, how["budget"] * weights, weights=weights)
                 plans = {n: o.plan for n, o in chosen.items()}
-            quantize_layers(model, stats, plans, how["refine"])
+            quantize_layers(model, row_stats, plans, how["refine"])
             model.half().float()  # what is saved: float tensors in fp16 (scales/offsets are fp16 already)
             m, _ = evaluate(model, runner, ref)
             bits_stored = sum(plans[n].storage_bits(*shapes[n]) for n in names)

@@ -6,8 +6,13 @@ Contract:
   [N, G] (offsets None = symmetric, code 8 is zero). Returns y [M, N] in x's dtype. Accumulates in float32;
   the dequantized weight enters the tensor-core dot in float16 (exact for codes; scales/offsets are float16 already).
 - `available()` says whether Triton and a CUDA device are present; callers fall back to dequantize-then-matmul.
-- Tuning: the first call for a (M bucket, N, K, group, sym) times a handful of tile/split-K configurations and
-  caches the fastest in-process (`_BEST`). Split-K writes float32 partial sums that a second tiny kernel adds up.
+- Tuning: the first call for a (M bucket, N, K, group, sym) times a handful of tile/split-K configurations (in a
+  CUDA graph) and caches the fastest in-process (`_BEST`); make that first call before capturing a graph of
+  your own. Split-K writes float32 partial sums that a second tiny kernel adds up.
+- Measured (bench/results/quant_kernels.md, H100, 2026-11-27): 1.0-1.6x faster than fp16 cuBLAS at M = 1 on most
+  shapes but only 4-29% of copy bandwidth, far from the 75% goal; slower than fp16 cuBLAS at M = 4-16. That run's
+  tuner timed host-bound plain launches (fixed since to time CUDA graphs, not re-measured), so its choices were
+  close to arbitrary.
 Why Triton: at batch 1-16 this is a pure weight-streaming problem; Triton's pipelined loads reach most of the copy
 bandwidth with code short enough to read, and it compiles on the device machine without a build step.
 """
@@ -33,6 +38,13 @@ def available() -> bool:
 
 
 if HAVE_TRITON:
+
+    @triton.jit
+    def _nibble(words, j: tl.constexpr):
+        # Nibble j as float32 without an int->float conversion (a quarter-rate instruction): OR the 4 bits into the
+        # mantissa of 2**23 and subtract 2**23, which is exact.
+        bits = ((words >> (4 * j)) & 0xF) | 0x4B000000
+        return bits.to(tl.float32, bitcast=True) - 8388608.0
 
     # Sizes are not specialised (one compile serves every M, N, K); KW (words per row) is, so aligned rows get
     # vectorised loads. Both kernels work in "word space": a tile of int32 words is loaded once and nibble j of
@@ -62,7 +74,7 @@ if HAVE_TRITON:
             for j in tl.static_range(8):
                 col = widx * 8 + j
                 xj = tl.load(x_ptr + col, mask=col < K, other=0.0).to(tl.float32)
-                part += ((words >> (4 * j)) & 0xF).to(tl.float32) * xj[None, :, :]
+                part += _nibble(words, j) * xj[None, :, :]
                 xsum += xj
             g = (w0 * 8 + gi * (WPG * 8)) // GROUP  # group of each slice (a slice never straddles two groups)
             smask = n_mask[:, None] & (g[None, :] < G_COUNT)
@@ -106,7 +118,7 @@ if HAVE_TRITON:
                 col = widx * 8 + j
                 xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + col[None, :],
                              mask=m_mask[:, None] & (col[None, :] < K), other=0.0)
-                wj = ((words >> (4 * j)) & 0xF).to(tl.float32) * sc + of
+                wj = _nibble(words, j) * sc + of
                 acc += tl.dot(xj.to(tl.float16), tl.trans(wj.to(tl.float16)))
         ptrs = y_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
         tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
@@ -160,13 +172,31 @@ def _launch(x, qweight, scales, offsets, group, K, cfg, use_dot):
 
 
 def _time(fn, reps=20) -> float:
+    """Milliseconds per call of fn, from a CUDA graph of `reps` calls when possible.
+
+    Timing plain launches would measure Triton's ~20 us host-side launch cost instead of the kernel (the kernels
+    here run in 3-20 us), which makes every configuration look alike; a graph replay has no host cost.
+    """
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(reps):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        start.record()
+        graph.replay()
+        end.record()
+    except RuntimeError:  # e.g. called while another graph is being captured: fall back to plain launches
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / reps
 
