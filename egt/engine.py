@@ -200,6 +200,8 @@ class Engine:
         return row
 
     def _decode(self, rows: list[list[int]]) -> list[str]:
+        if self.tokenizer is None:  # random-weight benchmark models have ids only
+            return [""] * len(rows)
         return [self.tokenizer.decode([t for t in r if t not in self.eos_ids], skip_special_tokens=True).strip()
                 for r in rows]
 
