@@ -124,6 +124,8 @@ def main() -> int:
     ap.add_argument("--peers-first", action="store_true", help="run the peers before egt's configurations")
     ap.add_argument("--out", default=str(ROOT / "eval" / "results"))
     a = ap.parse_args()
+    # One thread: on a shared 2-core machine OpenMP spin-waits of small ops cost far more than they save.
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ Contract:
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -96,27 +97,27 @@ def plan_mix(model, tokenizer, texts, stats, density: float, opts: SparsifyOptio
     return patterns, report
 
 
-def sparsify_linear(lin, lp: LinearPlan, stats, method: str):
-    """The packed module for one nn.Linear under `lp` (sparsity 2:4/1:4, bits 16 or 4)."""
-    w = lin.weight.data.float()
+@contextlib.contextmanager
+def _one_thread():
+    # Many small tensor ops: on a shared 2-core machine OpenMP spin-waits cost far more than a second thread gains.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _build(lp: LinearPlan, ws: torch.Tensor, mask: torch.Tensor, grid, bias, sq_norm, dtype):
+    """Packed module from a pruned weight (zeros off the mask) and, for the joint sweep, its quantization grid."""
     n = P.n_of(lp.sparsity)
-    bias = None if lin.bias is None else lin.bias.data
-    quant = (4, lp.group_size, lp.symmetric) if lp.quantized else None
-    if method == "wanda":
-        mask = P.wanda_mask(w, stats.sq_norm, n)
-        ws, grid = w * mask, None
-    else:
-        fixed = P.wanda_mask(w, stats.sq_norm, n) if method == "wanda+obs" else None
-        res = P.obs_prune(w, stats.hessian, n, mask=fixed, quant=quant)
-        ws, mask = res[0], res[1]
-        grid = res[2] if quant else None
     if not lp.quantized:
-        m = SparseLinear.from_dense(lp, ws.to(lin.weight.dtype), mask, bias)
-        m.in_sq_norm = stats.sq_norm  # plain attribute (not saved): weights a later quantize_kept's clip search
+        m = SparseLinear.from_dense(lp, ws.to(dtype), mask, bias)
+        m.in_sq_norm = sq_norm  # plain attribute (not saved): weights a later quantize_kept's clip search
         return m
     vals, idx = P.compact(ws, mask, n)
     if grid is None:
-        return _quantize_values(vals, idx, lp, w.shape[1], bias, P.compact_columns(stats.sq_norm, idx, n).float())
+        return _quantize_values(vals, idx, lp, ws.shape[1], bias, P.compact_columns(sq_norm, idx, n).float())
     # The sweep already rounded every kept value onto its group's grid: recover the integer codes exactly.
     scales, offsets = grid
     g = vals.shape[1] if lp.group_size == -1 else lp.group_size
@@ -126,22 +127,54 @@ def sparsify_linear(lin, lp: LinearPlan, stats, method: str):
     else:
         codes = torch.round((vals.double() - rep(offsets)) / rep(scales))
     codes = codes.clamp(0, 2 ** lp.bits - 1).to(torch.uint8)
-    return SparseQuantLinear.from_codes(lp, QuantizedGroups(codes, scales, offsets), idx, w.shape[1], bias)
+    return SparseQuantLinear.from_codes(lp, QuantizedGroups(codes, scales, offsets), idx, ws.shape[1], bias)
+
+
+def sparsify_linear(lin, lp: LinearPlan, stats, method: str):
+    """The packed module for one nn.Linear under `lp` (sparsity 2:4/1:4, float or quantized kept values)."""
+    return _sparsify_batch([lin], lp, [stats], method)[0]
+
+
+def _sparsify_batch(lins: list, lp: LinearPlan, stats: list, method: str) -> list:
+    """Same-shaped linears under one plan; the SparseGPT sweep runs batched over them."""
+    n = P.n_of(lp.sparsity)
+    quant = (lp.bits, lp.group_size, lp.symmetric) if lp.quantized else None
+    ws = [lin.weight.data.float() for lin in lins]
+    masks = [P.wanda_mask(w, st.sq_norm, n) for w, st in zip(ws, stats)] if method != "sparsegpt" else None
+    if method == "wanda":
+        res = [(w * m, m, None) for w, m in zip(ws, masks)]
+    else:
+        out = P.obs_prune(torch.stack(ws), torch.stack([st.hessian for st in stats]), n,
+                          mask=None if masks is None else torch.stack(masks), quant=quant)
+        grids = [None] * len(ws) if quant is None else [
+            (out[2][0][j], None if out[2][1] is None else out[2][1][j]) for j in range(len(ws))]
+        res = [(out[0][j], out[1][j], grids[j]) for j in range(len(ws))]
+    return [_build(lp, w, m, g, None if lin.bias is None else lin.bias.data, st.sq_norm, lin.weight.dtype)
+            for (w, m, g), lin, st in zip(res, lins, stats)]
 
 
 def apply_patterns(model, patterns: dict[str, str], stats, bits: int | None, group_size: int, symmetric: bool,
-                   method: str, progress: bool = False) -> dict[str, LinearPlan]:
+                   method: str, progress: bool = False, batch: int = 16) -> dict[str, LinearPlan]:
+    """Swap every module with a non-dense pattern for its packed form; returns their LinearPlans."""
+    groups: dict[tuple, list[str]] = {}
+    for name, pat in patterns.items():
+        if pat != "dense":
+            w = get_module(model, name).weight
+            groups.setdefault((name.rsplit(".", 1)[1], pat, tuple(w.shape)), []).append(name)
     out = {}
-    names = [n for n, p in patterns.items() if p != "dense"]
-    it = names
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(names, desc="sparsify", leave=False)
-    for name in it:
-        lp = LinearPlan(bits=bits or 16, group_size=group_size, symmetric=symmetric, sparsity=patterns[name])
-        set_module(model, name, sparsify_linear(get_module(model, name), lp, stats[name], method))
-        out[name] = lp
+    t0 = time.perf_counter()
+    with _one_thread():
+        for (_, pat, _), names in groups.items():
+            lp = LinearPlan(bits=bits or 16, group_size=group_size, symmetric=symmetric, sparsity=pat)
+            for c in range(0, len(names), batch):
+                chunk = names[c:c + batch]
+                mods = _sparsify_batch([get_module(model, x) for x in chunk], lp, [stats[x] for x in chunk], method)
+                for x, m in zip(chunk, mods):
+                    set_module(model, x, m)
+                    out[x] = lp
+            if progress:
+                print(f"[egt] sparsify: {len(out)}/{sum(map(len, groups.values()))} modules "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
     return out
 
 
@@ -163,7 +196,8 @@ def sparsify_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
     report: dict = {"options": asdict(opts)}
     if cfg.sparsity == "mix":
         density = cfg.density if cfg.density is not None else 0.375
-        patterns, report["mix"] = plan_mix(model, loaded.tokenizer, texts, stats, density, opts, progress)
+        with _one_thread():
+            patterns, report["mix"] = plan_mix(model, loaded.tokenizer, texts, stats, density, opts, progress)
     else:
         patterns = {n: cfg.sparsity for n in shapes}
     group = cfg.group_size or opts.group_size

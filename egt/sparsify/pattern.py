@@ -42,14 +42,14 @@ def check_shape(in_features: int, n: int) -> None:
 
 
 def topn_in_groups(score: torch.Tensor, n: int) -> torch.Tensor:
-    """Boolean mask keeping the n largest scores of every group of 4 along the last dim."""
-    out_f, in_f = score.shape
+    """Boolean mask keeping the n largest scores of every group of 4 along the last dim (any leading dims)."""
+    in_f = score.shape[-1]
     if in_f % M:
         raise ValueError(f"{in_f} columns is not a multiple of {M}")
-    g = score.reshape(out_f, in_f // M, M)
+    g = score.reshape(*score.shape[:-1], in_f // M, M)
     keep = torch.topk(g, n, dim=-1, sorted=False).indices
     mask = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, keep, True)
-    return mask.reshape(out_f, in_f)
+    return mask.reshape(score.shape)
 
 
 def wanda_mask(w: torch.Tensor, sq_norm: torch.Tensor, n: int) -> torch.Tensor:
@@ -66,6 +66,7 @@ def magnitude_mask(w: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _inverse_hessian_chol(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper Cholesky factor of H^-1 (float64) and the dead-input mask, for one [in, in] Hessian."""
     h = hessian.double().clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
@@ -84,69 +85,76 @@ def obs_prune(w: torch.Tensor, hessian: torch.Tensor, n: int, mask: torch.Tensor
               quant: tuple[int, int, bool] | None = None, damp: float = 0.01, block: int = 128):
     """Prune (and optionally quantize) `w` [out, in] column by column with inverse-Hessian error feedback.
 
-    mask: fixed kept-mask, or None to choose it by the SparseGPT score, one span of columns at a time.
+    Also takes a batch: w [G, out, in] with hessian [G, in, in] (e.g. one projection kind of every layer), swept
+    together so the Python loop over columns runs once for all of them; rows never interact, so this is exactly
+    G independent sweeps. The sweep runs in float32 (H^-1 factor computed in float64), as GPTQ/SparseGPT do.
+    mask: fixed kept-mask, or None to choose it by the SparseGPT score w^2 / [H^-1]_jj^2 group by group as the
+      sweep reaches it (with quant: for a whole span at its start, since the span's grid needs its kept values).
     quant: (bits, group_size over kept values, symmetric); the quantization grid of a span is set from the
       current (already compensated) kept weights when the sweep reaches the span.
     Returns (w_new float32 with zeros at pruned positions and, with quant, dequantized kept values; kept mask;
     with quant also (scales, offsets or None) [out, groups], float16, of the grid each group was rounded to).
     """
-    out_f, in_f = w.shape
+    single = w.dim() == 2
+    if single:
+        w, hessian = w.unsqueeze(0), hessian.unsqueeze(0)
+        mask = None if mask is None else mask.unsqueeze(0)
+    G, out_f, in_f = w.shape
     check_shape(in_f, n)
-    W = w.double().clone()
-    hinv, dead = _inverse_hessian_chol(hessian, damp)
-    W[:, dead] = 0
-    # A span is the original-column range of one quantization group of kept values (or 4 columns without quant).
+    factors = [_inverse_hessian_chol(h, damp) for h in hessian]
+    hinv = torch.stack([f[0] for f in factors]).float()  # [G, in, in]
+    dead = torch.stack([f[1] for f in factors])  # [G, in]
+    W = w.float().clone().masked_fill_(dead.unsqueeze(1), 0.0)
+    diag = torch.diagonal(hinv, dim1=1, dim2=2)  # [G, in]
+    # A span is the original-column range of one quantization group of kept values.
     if quant is not None:
         bits, gsize, sym = quant
         span = in_f if gsize == -1 else min(in_f, gsize * M // n)
+        qmax, half = 2 ** bits - 1, 2 ** (bits - 1)
     else:
         span = block
     step = math.gcd(span, block)
-    keep = torch.zeros(out_f, in_f, dtype=torch.bool) if mask is None else mask.clone()
-    qmax = 2 ** quant[0] - 1 if quant else 0
+    keep = torch.zeros(G, out_f, in_f, dtype=torch.bool) if mask is None else mask.clone()
     grids = []
     for i1 in range(0, in_f, step):
         i2 = min(i1 + step, in_f)
-        if i1 % span == 0:
+        if quant is not None and i1 % span == 0:
             s2 = min(i1 + span, in_f)
-            if mask is None and quant is not None:
-                d = torch.diagonal(hinv)[i1:s2]
-                keep[:, i1:s2] = topn_in_groups(W[:, i1:s2] ** 2 / d.unsqueeze(0) ** 2, n)
-            if quant is not None:
-                kept = W[:, i1:s2][keep[:, i1:s2]].reshape(out_f, -1)
-                g = quantize_groups(kept.float(), bits, -1, sym)  # one group: this span's kept values
-                scale = g.scale.double()[:, 0]
-                zero = None if sym else g.offset.double()[:, 0]
-                grids.append((g.scale[:, 0], None if sym else g.offset[:, 0]))
-        W1 = W[:, i1:i2].clone()
+            if mask is None:
+                keep[..., i1:s2] = topn_in_groups(W[..., i1:s2] ** 2 / diag[:, None, i1:s2] ** 2, n)
+            kept = W[..., i1:s2][keep[..., i1:s2]].reshape(G * out_f, -1)
+            g = quantize_groups(kept, bits, -1, sym)  # one group: this span's kept values
+            scale = g.scale.float().view(G, out_f)
+            zero = None if sym else g.offset.float().view(G, out_f)
+            grids.append((g.scale.view(G, out_f), None if sym else g.offset.view(G, out_f)))
+        W1 = W[..., i1:i2].clone()
         Err1 = torch.zeros_like(W1)
-        H1 = hinv[i1:i2, i1:i2]
+        H1 = hinv[:, i1:i2, i1:i2]
         for i in range(i2 - i1):
             if mask is None and quant is None and i % M == 0:
                 # SparseGPT: pick each group's mask when the sweep reaches it, from the compensated weights.
-                d4 = torch.diagonal(H1)[i:i + M]
-                keep[:, i1 + i:i1 + i + M] = topn_in_groups(W1[:, i:i + M] ** 2 / d4.unsqueeze(0) ** 2, n)
-            col = W1[:, i]
-            d = H1[i, i]
-            q = torch.where(keep[:, i1 + i], col, torch.zeros_like(col))
-            if quant is not None:
-                if sym:
-                    half = 2 ** (bits - 1)
-                    qq = (torch.clamp(torch.round(col / scale) + half, 0, qmax) - half) * scale
-                else:
-                    qq = torch.clamp(torch.round((col - zero) / scale), 0, qmax) * scale + zero
-                q = torch.where(keep[:, i1 + i], qq, q)
-            err = (col - q) / d
-            W1[:, i:] -= err.unsqueeze(1) * H1[i, i:].unsqueeze(0)
-            W1[:, i] = q
-            Err1[:, i] = err
-        W[:, i1:i2] = W1
-        W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
-    if quant is None:
-        return W.float(), keep
-    scales = torch.stack([g[0] for g in grids], 1)
-    offsets = None if quant[2] else torch.stack([g[1] for g in grids], 1)
-    return W.float(), keep, (scales, offsets)
+                d4 = torch.diagonal(H1, dim1=1, dim2=2)[:, i:i + M]
+                keep[..., i1 + i:i1 + i + M] = topn_in_groups(W1[..., i:i + M] ** 2 / d4[:, None, :] ** 2, n)
+            col = W1[..., i]  # [G, out]
+            k = keep[..., i1 + i]
+            if quant is None:
+                q = col * k
+            elif sym:
+                q = ((torch.clamp(torch.round(col / scale) + half, 0, qmax) - half) * scale) * k
+            else:
+                q = (torch.clamp(torch.round((col - zero) / scale), 0, qmax) * scale + zero) * k
+            err = (col - q) / H1[:, i, i].unsqueeze(1)
+            W1[..., i:] -= err.unsqueeze(2) * H1[:, i, i:].unsqueeze(1)
+            W1[..., i] = q
+            Err1[..., i] = err
+        W[..., i1:i2] = W1
+        W[..., i2:] -= torch.bmm(Err1, hinv[:, i1:i2, i2:])
+    out = [W[0] if single else W, keep[0] if single else keep]
+    if quant is not None:
+        scales = torch.stack([g[0] for g in grids], -1)
+        offsets = None if sym else torch.stack([g[1] for g in grids], -1)
+        out.append((scales[0], None if offsets is None else offsets[0]) if single else (scales, offsets))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
