@@ -6,7 +6,7 @@ For every 1.5B-class weight shape [out, in] (8960x1536 gate/up, 1536x8960 down, 
 card, it times:
 - the dense INT4 kernel of the quantization issue (`egt.quant.w4a16_matmul`, g128 asymmetric) - the baseline;
 - egt.sparsify's kernel with n=4 (the same code as the sparse kernels, dense weight: isolates the format's effect);
-- egt.sparsify's 2:4 and 1:4 INT4 kernels (select variant; the gather variant was slower in the first version);
+- egt.sparsify's 2:4 and 1:4 INT4 kernels (select variant; the gather variant too);
 - fp16 cuBLAS (torch.matmul) for reference.
 Timing: each variant is replayed from one CUDA graph that calls it on R different weight copies (together > 4x the
 L2 cache, so weights stream from HBM as in a decode step), median over repeats, per call. Floor = bytes the call
@@ -154,7 +154,8 @@ def main() -> int:
 
     out["triton"] = triton.__version__
     print(f"{prop.name}: copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
-    variants = ["dense int4 (egt.quant)", "egt kernel n=4 (dense int4)", "2:4 int4", "1:4 int4", "fp16 cuBLAS"]
+    variants = ["dense int4 (egt.quant)", "egt kernel n=4 (dense int4)", "2:4 int4", "1:4 int4", "2:4 int4 gather",
+                "1:4 int4 gather", "fp16 cuBLAS"]
     batches = [int(b) for b in a.batches.split(",")]
     for b in batches:
         for out_f, in_f in SHAPES:

@@ -33,13 +33,10 @@ def test_gemv_matches_expanded_reference(n, out_f, in_f, group, sym):
 
     q, idx, s, o, dense = _packed(out_f, in_f, n, group, sym, seed=out_f + in_f + n)
     # (batch, dtype, gather, config): a fixed config keeps compile time down; one case autotunes.
-    tune = (out_f, in_f) in ((256, 512), (1536, 8960))  # tuning compiles every config: only two shapes
-    cases = [(1, torch.float16, False, None if tune else (8, 256, 4, 1)), (8, torch.float16, False, (4, 128, 4, 1)),
-             (3, torch.bfloat16, False, (8, 64, 2, 1)), (5, torch.float16, False, (2, 256, 2, 2)),
-             (1, torch.float16, False, (4, 128, 4, 3))]
+    cases = [(1, torch.float16, False, None), (8, torch.float16, False, (4, 128, 4)),
+             (3, torch.bfloat16, False, (8, 64, 2)), (5, torch.float16, False, (2, 256, 2))]
     if n < 4:
-        cases.append((2, torch.float16, True, (4, 128, 4, 1)))
-        cases.append((1, torch.bfloat16, True, (2, 256, 4, 2)))
+        cases.append((2, torch.float16, True, (4, 128, 4)))
     for b, dtype, gather, config in cases:
         x = torch.randn(b, in_f, device="cuda").to(dtype)  # fresh inputs every call
         ref = x.float() @ dense.T
