@@ -323,7 +323,11 @@ def merge(files, out: Path) -> int:
         for c in r["catalogs"]:
             add_hf_score_checks(c)
     out.write_text(json.dumps({"runs": runs}, indent=1))
-    out.with_suffix(".md").write_text(markdown(runs))
+    md = out.with_suffix(".md")
+    keep = ""  # a hand-written "## Findings" section survives regeneration of the tables
+    if md.is_file() and "\n## Findings" in md.read_text():
+        keep = md.read_text()[md.read_text().index("\n## Findings") + 1:]
+    md.write_text(markdown(runs) + keep)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
