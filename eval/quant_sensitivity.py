@@ -1,6 +1,7 @@
 """Which sensitivity metric predicts the end loss? Rank correlation of each metric with measured single-layer KL.
 
-    python eval/quant_sensitivity.py            # CPU, ~10 min on 2 shared cores; writes eval/results/quant_sensitivity.*
+    python eval/quant_sensitivity.py --layers 0,10,20,29 --heldout 12   # CPU, ~25 min on 2 busy shared cores
+writes eval/results/quant_sensitivity.json and .md.
 
 For a sample of linear layers of the default model and a few quantization candidates, it
   1. computes every metric of `egt.quant.sensitivity.layer_errors` from calibration statistics (32 IRA ad texts,
@@ -46,42 +47,72 @@ def spearman(a, b) -> float:
 
 
 class Runner:
-    """Runs the model from the input of layer i to the logits, on a padded batch of held-out texts."""
+    """Runs the model on held-out texts in length-sorted chunks (little padding, bounded memory).
 
-    def __init__(self, model, seqs):
+    `hidden_inputs()` caches the input of every layer per chunk; `logprobs_from(i, states)` runs layers i.. and
+    the LM head on those states and returns next-token log-probabilities of the valid positions, [tokens, vocab].
+    """
+
+    def __init__(self, model, seqs, chunk: int = 8):
         self.model = model
-        t = max(len(s) for s in seqs)
-        self.tokens = torch.zeros(len(seqs), t, dtype=torch.long)
-        self.valid = torch.zeros(len(seqs), t, dtype=torch.bool)
-        for i, s in enumerate(seqs):
-            self.tokens[i, : len(s)] = s
-            self.valid[i, : len(s) - 1] = True  # positions whose next token exists
-        self.t = t
-        self.slots = torch.arange(t)
-        self.pos = self.slots.view(1, -1).expand(len(seqs), -1)
-        # Right padding + causal mask: real tokens never attend to padding.
-        self.mask = (self.slots.view(1, -1) <= self.slots.view(-1, 1)).view(1, 1, t, t)
+        seqs = sorted(seqs, key=len)
+        self.chunks = []
+        for c in range(0, len(seqs), chunk):
+            part = seqs[c:c + chunk]
+            t = max(len(s) for s in part)
+            tokens = torch.zeros(len(part), t, dtype=torch.long)
+            valid = torch.zeros(len(part), t, dtype=torch.bool)
+            for i, s in enumerate(part):
+                tokens[i, : len(s)] = s
+                valid[i, : len(s) - 1] = True  # positions whose next token exists
+            slots = torch.arange(t)
+            # Right padding + causal mask: real tokens never attend to padding.
+            mask = (slots.view(1, -1) <= slots.view(-1, 1)).view(1, 1, t, t)
+            self.chunks.append((tokens, valid, slots, mask))
+
+    @property
+    def valid_tokens(self) -> int:
+        return int(sum(v.sum() for _, v, _, _ in self.chunks))
+
+    def targets(self) -> torch.Tensor:
+        return torch.cat([tok[:, 1:][valid[:, :-1]] for tok, valid, _, _ in self.chunks])
+
+    def _run(self, i, x, tokens, valid, slots, mask):
+        m = self.model
+        t = tokens.shape[1]
+        cos, sin = m.rope(slots.view(1, -1).expand(tokens.shape[0], -1), x.dtype)
+        cache = m.setup_cache(tokens.shape[0], t)
+        for j in range(i, len(m.layers)):
+            x = m.layers[j](x, cos, sin, cache.k[j], cache.v[j], slots, mask, t)
+        return x
 
     @torch.no_grad()
     def hidden_inputs(self):
+        """[per chunk: [input of layer 0, input of layer 1, ...]]"""
+        out = []
         m = self.model
-        x = m.embed_tokens(self.tokens)
-        cos, sin = m.rope(self.pos, x.dtype)
-        cache = m.setup_cache(self.tokens.shape[0], self.t)
-        states = []
-        for i, layer in enumerate(m.layers):
-            states.append(x)
-            x = layer(x, cos, sin, cache.k[i], cache.v[i], self.slots, self.mask, self.t)
-        return states
+        for tokens, valid, slots, mask in self.chunks:
+            t = tokens.shape[1]
+            x = m.embed_tokens(tokens)
+            cos, sin = m.rope(slots.view(1, -1).expand(tokens.shape[0], -1), x.dtype)
+            cache = m.setup_cache(tokens.shape[0], t)
+            states = []
+            for j, layer in enumerate(m.layers):
+                states.append(x)
+                x = layer(x, cos, sin, cache.k[j], cache.v[j], slots, mask, t)
+            out.append(states)
+        return out
 
     @torch.no_grad()
-    def logprobs_from(self, i, x):
+    def logprobs_from(self, i, states=None):
+        """Log-probs with layers i.. run on cached inputs (states from hidden_inputs), or the full model (i=0)."""
         m = self.model
-        cos, sin = m.rope(self.pos, x.dtype)
-        cache = m.setup_cache(self.tokens.shape[0], self.t)
-        for j in range(i, len(m.layers)):
-            x = m.layers[j](x, cos, sin, cache.k[j], cache.v[j], self.slots, self.mask, self.t)
-        return F.log_softmax(m.lm_head(m.norm(x)).float()[self.valid], -1)
+        outs = []
+        for c, (tokens, valid, slots, mask) in enumerate(self.chunks):
+            x = m.embed_tokens(tokens) if states is None else states[c][i]
+            x = self._run(i, x, tokens, valid, slots, mask)
+            outs.append(F.log_softmax(m.lm_head(m.norm(x)[valid]).float(), -1))
+        return torch.cat(outs)
 
 
 def main(argv=None) -> int:
@@ -103,7 +134,7 @@ def main(argv=None) -> int:
     fisher = output_fisher(model, tok, calib, names)
     runner = Runner(model, tokenize_texts(tok, heldout_texts(a.heldout, seed=0), a.max_tokens))
     states = runner.hidden_inputs()
-    ref = runner.logprobs_from(0, states[0])
+    ref = runner.logprobs_from(0, states)
     points = []
     for n in names:
         li = int(n.split(".")[1])
@@ -114,7 +145,7 @@ def main(argv=None) -> int:
             diag = torch.diagonal(stats[n].xtx).float()
             with torch.no_grad():
                 mod.weight.copy_(fake_quantize(w0, lp.bits, lp.group_size, lp.symmetric, CLIP_GRID, diag))
-                lq = runner.logprobs_from(li, states[li])
+                lq = runner.logprobs_from(li, states)
                 kl = float((ref.exp() * (ref - lq)).sum(-1).mean())
                 mod.weight.copy_(w0)
             points.append({"module": n, "candidate": lp.describe(), "kl": kl, **e})
@@ -127,9 +158,9 @@ def main(argv=None) -> int:
         pts = [pt for pt in points if pt["candidate"] == lp.describe()]
         within[lp.describe()] = {m: spearman([pt[m] for pt in pts], [pt["kl"] for pt in pts]) for m in METRICS}
     best = max(METRICS, key=lambda m: overall[m])
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python eval/quant_sensitivity.py",
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(["python", "eval/quant_sensitivity.py"] + list(argv if argv is not None else sys.argv[1:])),
            "device": "cpu", "model": "SmolLM2-135M-Instruct (embedded default, weights on a Q4_1 g32 grid)",
-           "calibration_texts": len(calib), "heldout_texts": a.heldout, "heldout_tokens": int(runner.valid.sum()),
+           "calibration_texts": len(calib), "heldout_texts": a.heldout, "heldout_tokens": runner.valid_tokens,
            "layers": layers, "candidates": [lp.describe() for lp in CANDIDATES],
            "spearman_all_points": overall, "spearman_within_candidate": within, "best_metric": best,
            "seconds": round(time.perf_counter() - t0, 1), "points": points}

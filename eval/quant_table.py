@@ -58,12 +58,13 @@ def rows_spec():
         b = f"{budget}"
         rows += [
             (f"rtn-g128-int{bits}", b, f"RTN int{bits} g128 asym", {"kind": "uniform", "bits": bits, "group": 128, "sym": False, "refine": "rtn"}),
+            (f"llmc-gptq-g64-int{bits}", b, f"llm-compressor GPTQ W{bits}A16 g64 sym", {"kind": "llmc", "bits": bits, "group": 64}),
+            (f"adaptive-gptq-int{bits}", b, f"egt adaptive, budget {budget}, GPTQ (default)", {"kind": "adaptive", "bits": bits, "budget": budget, "refine": "gptq"}),
             (f"uniform-g64-int{bits}", b, f"uniform int{bits} g64 sym, GPTQ (egt)", {"kind": "uniform", "bits": bits, "group": 64, "sym": True, "refine": "gptq"}),
             (f"uniform-g128-int{bits}", b, f"uniform int{bits} g128 asym, GPTQ (egt)", {"kind": "uniform", "bits": bits, "group": 128, "sym": False, "refine": "gptq"}),
+            (f"adaptive-g64-int{bits}", b, f"egt adaptive, budget {budget}, groups >= 64 only, GPTQ", {"kind": "adaptive", "bits": bits, "budget": budget, "refine": "gptq", "min_group": 64}),
             (f"adaptive-clip-int{bits}", b, f"egt adaptive, budget {budget}, RTN+clip search", {"kind": "adaptive", "bits": bits, "budget": budget, "refine": "clip"}),
-            (f"adaptive-gptq-int{bits}", b, f"egt adaptive, budget {budget}, GPTQ", {"kind": "adaptive", "bits": bits, "budget": budget, "refine": "gptq"}),
             (f"adaptive-awq-int{bits}", b, f"egt adaptive, budget {budget}, AWQ scaling + RTN+clip", {"kind": "adaptive", "bits": bits, "budget": budget, "refine": "awq"}),
-            (f"llmc-gptq-g64-int{bits}", b, f"llm-compressor GPTQ W{bits}A16 g64 sym", {"kind": "llmc", "bits": bits, "group": 64}),
         ]
     return rows
 
@@ -80,9 +81,9 @@ def float_bytes(model, names) -> int:
 
 
 def evaluate(model, runner, ref) -> dict:
-    with torch.no_grad():
-        lp = runner.logprobs_from(0, model.embed_tokens(runner.tokens))
-    targets = runner.tokens[:, 1:][runner.valid[:, :-1]]
+    runner.model = model
+    lp = runner.logprobs_from(0)
+    targets = runner.targets()
     nll = -lp.gather(1, targets.view(-1, 1)).mean().item()
     out = {"ppl": math.exp(nll)}
     if ref is not None:
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
     fp16_metrics, ref = evaluate(fp16, runner, None)
     fp16_metrics["kl"] = 0.0
     fbytes = float_bytes(base, names)
-    log(f"fp16 reference: ppl {fp16_metrics['ppl']:.3f} on {int(runner.valid.sum())} held-out tokens")
+    log(f"fp16 reference: ppl {fp16_metrics['ppl']:.3f} on {runner.valid_tokens} held-out tokens")
 
     need_stats = any(dict((r[0], r[3]) for r in rows_spec())[r]["kind"] in ("uniform", "adaptive") for r in want)
     stats = errors = None
@@ -194,7 +195,9 @@ def main(argv=None) -> int:
             if how["kind"] == "uniform":
                 plans = {n: LinearPlan(bits=how["bits"], group_size=how["group"], symmetric=how["sym"]) for n in names}
             else:
-                cands = candidate_plans(how["bits"])
+                # min_group keeps the allocator off g32, the default model's own Q4_1 grid (see the docstring).
+                cands = [lp for lp in candidate_plans(how["bits"]) if lp.group_size == -1
+                         or lp.group_size >= how.get("min_group", 0)]
                 allc = candidate_plans(3)
                 options = {n: [Option(lp, lp.storage_bits(*shapes[n]), row_errors[n][allc.index(lp)]["fisher"])
                                for lp in cands] for n in names}
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
         results.update({"rows": rows, "setup": {
             "model": "SmolLM2-135M-Instruct (embedded default; weights on a Q4_1 int4 g32 grid)",
             "calibration": f"{len(calib)} IRA ad texts, <= 256 tokens", "heldout_texts": len(held),
-            "heldout_tokens": int(runner.valid.sum()), "command": "python eval/quant_table.py", "device": "cpu",
+            "heldout_tokens": runner.valid_tokens, "command": "python eval/quant_table.py", "device": "cpu",
             "date": time.strftime("%Y-%m-%d", time.gmtime())}})
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=1))
