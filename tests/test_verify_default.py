@@ -102,3 +102,18 @@ def test_exact_search_mode(default_engine, catalog):
     assert [h.id for h in t.target(AD, k=4).entities] == [h.id for h in a.target(AD, k=4).entities]
     with pytest.raises(ValueError, match="search must be"):
         Targeter(default_engine, catalog, search="greedy")
+
+
+def test_semantic_id_trie_targeting(default_engine, catalog):
+    from egt.verify.semantic import SemanticTrie
+
+    t0 = Targeter(default_engine, catalog, trigger="never")
+    st = SemanticTrie.build(catalog, default_engine.model, default_engine.tokenizer, t0.end_token, branching=4)
+    assert st.trie.num_entries == len(catalog) and int(st.trie.child_count.max()) <= 4
+    t = Targeter(default_engine, catalog, trigger="always", trie=st.trie)
+    res = t.target(AD, k=3)
+    assert len({h.id for h in res.entities}) == 3
+    for h in res.entities:  # the generated identifier decodes back to the entry
+        e = catalog.by_id(h.id)
+        idx = catalog.entries.index(e)
+        assert h.tokens == len(st.codes[idx]) + 1
