@@ -1,4 +1,4 @@
-"""The `egt` command line: compress | target | serve | eval | bench | info.
+"""The `egt` command line: compress | target | serve | eval | bench | megakernel | info.
 
 Contract: a user error (bad path, bad argument, unreadable or corrupt file) prints one line `egt: error: ...` to
 stderr and exits with 2, never a traceback. Long work shows a progress bar. Each subcommand's `--help` says what
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=32)
+
+    # Listed for the top-level help only: main() hands `egt megakernel ...` to egt.megakernel.cli.
+    sub.add_parser("megakernel", help="MegaKernel planner: plan | dag (CPU; see egt megakernel --help)")
 
     p = sub.add_parser("info", help="print an egt directory's manifest and plan",
                        description="Verify an egt directory's checksums and print its manifest and per-layer plan.")
@@ -196,6 +199,11 @@ COMMANDS = {"compress": cmd_compress, "target": cmd_target, "serve": cmd_serve, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["megakernel"]:  # its own parser owns every option after the word, --help included
+        from .megakernel.cli import main as megakernel_main
+
+        return megakernel_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad arguments
     try:
