@@ -71,8 +71,8 @@ class CostModel:
     @torch.inference_mode()
     def calibrate(cls, model, chunk: int, prompt_len: int = 64, reps: int = 2) -> "CostModel":
         dev = model.device
-        sizes = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, chunk} - {s for s in (512, 256) if s > chunk})
-        sizes = [s for s in sizes if s <= chunk]
+        # Geometric sizes up to the chunk: enough for piecewise-linear interpolation, cheap to measure on a CPU.
+        sizes = sorted({s for s in (1, 4, 16, 64, 256, 1024) if s < chunk} | {chunk})
         cache = model.setup_cache(1, prompt_len + chunk + 8)
         pos = torch.arange(prompt_len, device=dev)
         model(torch.zeros(1, prompt_len, dtype=torch.long, device=dev), pos.view(1, -1), pos, cache,
