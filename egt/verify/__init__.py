@@ -2,7 +2,10 @@
 once a measured cost model says it is cheaper, by one tree-attention verification of every remaining path.
 
 Public API: `Catalog`, `Entry`, `CatalogError`, `TokenTrie`, `TreeSearch`, `ExactSearch` (best-first exact top k, the oracle), `Trigger`, `CostModel`, `Targeter`,
-`TargetResult`, `Hit`, `PROMPT_TEMPLATE`.
+`TargetResult`, `Hit`, `PROMPT_TEMPLATE`; DSI-style semantic-id tries in `egt.verify.semantic` (scikit-learn, imported
+on use).
+
+Results: eval/results/verify.md (reproduce with eval/verify_targeting.py); trie sizes: bench/results/verify_trie.json.
 """
 from .catalog import Catalog, CatalogError, Entry
 from .search import Candidate, ExactSearch, SearchStats, TreeSearch
