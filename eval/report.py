@@ -100,7 +100,7 @@ def task_table(task: str, cells: dict[str, dict]) -> list[str]:
         row = [config, str(c["n"])] + [_fmt(c["metrics"].get(k), 2 if k == "avg_len" else 4) for k in cols]
         row += [_fmt(c["latency"].get(k), 2) for _, k in lat_cols]
         row += [f"{sp:.2f}x" if sp else "", f"{100 * rel:+.1f}%" if rel is not None else "", _agreement(c, base),
-                c.get("card", ""), "ok"]
+                c.get("card", ""), "ok (model from older compression code)" if c.get("stale_code") else "ok"]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 

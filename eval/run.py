@@ -112,6 +112,11 @@ def run_cell(task: str, config: str, data: str | None = None, limit: int | None 
         return {**cell, "status": "not available", "reason": str(e)}
     cell.update(device=str(engine.device), card=device_label(engine.device), dtype=str(engine.dtype).replace("torch.", ""),
                 plan=_plan_summary(engine), settings=t.settings())
+    if split_name(config)[0] != "fp16":
+        from .configs import is_stale
+
+        cell["model_dir"] = str(getattr(engine, "source", ""))
+        cell["stale_code"] = is_stale(cell["model_dir"], config, source)
     run = t.runner(engine, config, data)
     engine.generate([[1, 2, 3, 4, 5, 6, 7, 8]], max_new_tokens=2, chat=False)  # warm-up, not timed
     from accelerate.utils import gather_object
