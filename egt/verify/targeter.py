@@ -103,7 +103,7 @@ class Targeter:
         if search == "exact":
             if self.length_penalty:
                 raise ValueError("search='exact' ranks by the sum of log-probabilities (length_penalty=0)")
-            self.search = ExactSearch(engine.model, self.trie, batch=chunk, max_nodes=max(4 * chunk, 20000))
+            self.search = ExactSearch(engine.model, self.trie, batch=chunk, max_nodes=max(4 * chunk, 8192))
             trigger = "never"  # no beams to switch from
         else:
             self.search = TreeSearch(engine.model, self.trie, chunk=chunk)
