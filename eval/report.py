@@ -198,6 +198,8 @@ def write_report(out: str | Path) -> list[Path]:
            "- The default model's weights lie on a Q4_1 grid (blocks of 32), so INT4 at group 32 is nearly lossless "
            "on it by construction; read INT4 quality with that caveat.",
            "- Speed-up = FP16 latency / configuration latency, measured on the same card in the same kind of run.",
+           "- Cells carry `load_avg_1min` (before, after) where measured: on a shared CPU the absolute latencies are "
+           "inflated by other jobs and speed-ups between cells run at different loads are noisy.",
            ""]
     for task in TASKS:
         if task not in cells:

@@ -117,6 +117,7 @@ def run_cell(task: str, config: str, data: str | None = None, limit: int | None 
 
         cell["model_dir"] = str(getattr(engine, "source", ""))
         cell["stale_code"] = is_stale(cell["model_dir"], config, source)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     run = t.runner(engine, config, data)
     engine.generate([[1, 2, 3, 4, 5, 6, 7, 8]], max_new_tokens=2, chat=False)  # warm-up, not timed
     from accelerate.utils import gather_object
@@ -134,6 +135,8 @@ def run_cell(task: str, config: str, data: str | None = None, limit: int | None 
     records = [r for _, r in allrec]
     if len(records) != len(examples):
         raise RuntimeError(f"gathered {len(records)} records for {len(examples)} examples")
+    if load_before is not None:  # a shared machine inflates latencies: say how loaded it was
+        cell["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     cell["metrics"] = t.score(records, examples)
     cell["latency"] = M.latency_summary(records)
     cell["status"] = "ok"

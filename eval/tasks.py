@@ -303,7 +303,8 @@ class TargetingTask(Task):
         def run(ex: Example) -> dict:
             res = targeter.target(_cut(ex.source, MAX_AD_CHARS), k=TARGET_K)
             t = res.timings
-            return {"id": ex.id, "output": [h.text for h in res.entities], "prefill_ms": t.prefill_ms,
+            return {"id": ex.id, "output": [h.text for h in res.entities], "scores": [h.score for h in res.entities],
+                    "prefill_ms": t.prefill_ms,
                     "decode_ms": [t.ms_per_token] * t.steps if t.steps else [], "steps": t.steps,
                     "verify_ms": t.verify_ms, "total_ms": t.total_ms, "triggered_at": t.triggered_at,
                     "verified_nodes": t.verified_nodes}
