@@ -117,3 +117,14 @@ def test_semantic_id_trie_targeting(default_engine, catalog):
         e = catalog.by_id(h.id)
         idx = catalog.entries.index(e)
         assert h.tokens == len(st.codes[idx]) + 1
+
+
+def test_target_batch_equals_target(default_engine, catalog):
+    t = Targeter(default_engine, catalog, trigger="never")
+    ads = [AD, "Cheap flights to Lisbon and Rome this summer", "Dog food with real chicken"]
+    batch = t.target_batch(ads, k=3)
+    for ad, r in zip(ads, batch):
+        one = t.target(ad, k=3)
+        assert [h.id for h in r.entities] == [h.id for h in one.entities]
+        assert [h.score for h in r.entities] == pytest.approx([h.score for h in one.entities], abs=1e-3)
+        assert r.ad == ad and r.timings.steps == one.timings.steps

@@ -224,3 +224,34 @@ def test_prefix_cache_reuses_prompt_rows(model):
         assert [c.logp for c in a] == pytest.approx([c.logp for c in b], abs=1e-5)
         assert sa.prefill_tokens == len(prompt)
     assert sb.prefill_tokens == 2
+
+
+@pytest.mark.parametrize("mode,k", [("never", 3), ("always", 4), ("fire1", 2), ("auto", 3)])
+def test_run_batch_equals_one_by_one(model, mode, k):
+    rng = np.random.default_rng(13)
+    seqs = random_seqs(rng, 35, max_len=6)
+    trie = TokenTrie.from_sequences(seqs, END)
+    prompts = [[int(x) for x in rng.integers(3, VOCAB, size=n)] for n in (3, 8, 5, 11)]
+    cm = CostModel([1, 4, 16, 64], [10.0, 11.0, 15.0, 40.0], chunk=64)
+
+    def trig():
+        return FireAt(1) if mode == "fire1" else Trigger(mode, cm if mode == "auto" else None)
+
+    batch = TreeSearch(model, trie, chunk=16).run_batch(prompts, k, trig())
+    for p, (got, st) in zip(prompts, batch):
+        ref, rst = TreeSearch(model, trie, chunk=16).run(p, k, trig())
+        assert [c.entry for c in got] == [c.entry for c in ref]
+        assert [c.logp for c in got] == pytest.approx([c.logp for c in ref], abs=1e-4)
+        assert st.triggered_at == rst.triggered_at and st.steps == rst.steps
+
+
+def test_run_batch_traces_per_request(model):
+    seqs = random_seqs(np.random.default_rng(21), 30, max_len=6)
+    trie = TokenTrie.from_sequences(seqs, END)
+    cm = CostModel([1, 4, 16, 64], [10.0, 11.0, 15.0, 40.0], chunk=64)
+    prompts = [[3, 4, 5], [6, 7, 8, 9]]
+    res = TreeSearch(model, trie).run_batch(prompts, 3, Trigger("auto", cm))
+    for p, (_, st) in zip(prompts, res):
+        trig = Trigger("auto", cm)
+        TreeSearch(model, trie).run(p, 3, trig)
+        assert st.trace == trig.last_trace

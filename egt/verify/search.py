@@ -51,6 +51,7 @@ class SearchStats:
     total_ms: float = 0.0
     prefill_tokens: int = 0           # prompt tokens actually run (the rest came from the prefix cache)
     expanded_nodes: int = 0           # exact best-first search only
+    trace: list = field(default_factory=list)  # the trigger's decisions (run_batch; `run` leaves them on the trigger)
 
     @property
     def steps(self) -> int:
@@ -163,25 +164,7 @@ class TreeSearch:
         step = 0
         while len(beam_nodes):
             t0 = time.perf_counter()
-            # Candidates: every child of every beam; the Hugging Face selection rule (see the module docstring).
-            cnt = tr.child_count[beam_nodes].astype(np.int64)
-            child = np.repeat(tr.child_start[beam_nodes].astype(np.int64), cnt) + _ranges(cnt)
-            src = np.repeat(np.arange(len(beam_nodes)), cnt)
-            tok = torch.as_tensor(tr.token[child].astype(np.int64), device=dev)
-            edge = lp[torch.as_tensor(src, device=dev), tok].double().cpu().numpy()
-            cand = beam_scores[src] + edge
-            order = np.argsort(-cand, kind="stable")
-            new_nodes, new_scores, new_src, new_done = [], [], [], []
-            for rank, j in enumerate(order):
-                c = int(child[j])
-                if tr.entry[c] >= 0:
-                    if rank < k:
-                        n = int(tr.depth[c])
-                        new_done.append(Candidate(int(tr.entry[c]), float(norm(float(cand[j]), n)), float(cand[j]), n))
-                    continue
-                new_nodes.append(c), new_scores.append(float(cand[j])), new_src.append(int(src[j]))
-                if len(new_nodes) == k:
-                    break
+            new_nodes, new_scores, new_src, new_done = self._select(beam_nodes, beam_scores, lp, k, norm)
             next_nodes = np.array(new_nodes, np.int64)
             if trigger is not None and trigger(self, beam_nodes, step, k, next_nodes):
                 st.triggered_at = step
@@ -214,8 +197,132 @@ class TreeSearch:
         st.total_ms = (time.perf_counter() - t_start) * 1e3
         return finished[:k], st
 
-    def _verify(self, beam_nodes, beam_scores, beam_paths, lp, P, base, cache, norm, st) -> list[Candidate]:
-        """Exact scores of every leaf below the live beams; `lp` holds the beams' next-token log-probs."""
+    @torch.inference_mode()
+    def run_batch(self, prompts: list[list[int]], k: int, trigger=None, length_penalty: float = 0.0
+                  ) -> list[tuple[list[Candidate], SearchStats]]:
+        """Several requests in lockstep, all in the same single cache row: request r's prompt sits in its own rows
+        (positions 0..P_r-1, block-diagonal causal mask), its beams see only its prompt and their own paths, and one
+        forward pass per step feeds the new beams of every request still running. A request whose trigger fires
+        is verified on its own (its passes reuse the rows after the fed tokens); the others go on. Each request's
+        candidates equal `run`'s. Timings are shared: prefill, steps and total are those of the whole batch."""
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        tr, dev = self.trie, self.device
+        t_start = time.perf_counter()
+        lens = [len(p) for p in prompts]
+        starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        total = int(starts[-1])
+        cache = self._get_cache(total + len(prompts) * k * (tr.max_depth + 1) + self.chunk + tr.max_depth + 8)
+        self._cached_prompt = []  # rows from 0 are rewritten
+        mask = np.zeros((total, total), bool)
+        for r, n in enumerate(lens):
+            a = starts[r]
+            mask[a:a + n, a:a + n] = np.tril(np.ones((n, n), bool))
+        pos = np.concatenate([np.arange(n) for n in lens])
+        h = self._forward_hidden(np.concatenate(prompts), pos, 0, mask, cache)
+        lp_all = self._logprobs(h[torch.as_tensor(starts[1:] - 1, device=dev)])
+        self._sync()
+        prefill_ms = (time.perf_counter() - t_start) * 1e3
+
+        def norm(logp, n):
+            return logp / (n ** length_penalty) if length_penalty else logp
+
+        stats = [SearchStats(prefill_ms=prefill_ms, prefill_tokens=n) for n in lens]
+        state = [{"nodes": np.array([0], np.int64), "scores": np.array([0.0]), "paths": [[]], "lp": lp_all[r:r + 1],
+                  "finished": [], "step": 0, "active": True} for r in range(len(prompts))]
+        free = total
+        while any(s["active"] for s in state):
+            t0 = time.perf_counter()
+            feed = []
+            for r, s in enumerate(state):
+                if not s["active"]:
+                    continue
+                new_nodes, new_scores, new_src, new_done = self._select(s["nodes"], s["scores"], s["lp"], k, norm)
+                nxt = np.array(new_nodes, np.int64)
+                fire = trigger is not None and trigger(self, s["nodes"], s["step"], k, nxt)
+                if getattr(trigger, "mode", None) == "auto" and trigger.last_trace:
+                    stats[r].trace.append(trigger.last_trace[-1])  # the decision just made, for this request
+                if fire:
+                    tv = time.perf_counter()
+                    stats[r].triggered_at = s["step"]
+                    s["finished"] += self._verify(s["nodes"], s["scores"], s["paths"], s["lp"], lens[r], free, cache,
+                                                  norm, stats[r], prompt_rows=(int(starts[r]), int(starts[r + 1])))
+                    self._sync()
+                    stats[r].verify_ms = (time.perf_counter() - tv) * 1e3
+                    s["active"] = False
+                    continue
+                s["finished"] += new_done
+                s["nodes"], s["scores"] = nxt, np.array(new_scores)
+                s["paths"] = [s["paths"][i] for i in new_src]
+                if not len(nxt) or _done(s["finished"], k, s["scores"], s["step"] + 1, norm):
+                    s["active"] = False
+                    continue
+                feed.append(r)
+            if not feed:
+                break
+            t1 = time.perf_counter()
+            rows = [(r, b) for r in feed for b in range(len(state[r]["nodes"]))]
+            t = len(rows)
+            mask = np.zeros((t, free + t), bool)
+            toks, pos = np.empty(t, np.int64), np.empty(t, np.int64)
+            for i, (r, b) in enumerate(rows):
+                s = state[r]
+                mask[i, starts[r]:starts[r + 1]] = True
+                mask[i, s["paths"][b]] = True
+                mask[i, free + i] = True
+                toks[i], pos[i] = tr.token[s["nodes"][b]], lens[r] + s["step"]
+            lp_feed = self._logprobs(self._forward_hidden(toks, pos, free, mask, cache))
+            i = 0
+            for r in feed:
+                s = state[r]
+                nb = len(s["nodes"])
+                s["lp"] = lp_feed[i:i + nb]
+                s["paths"] = [path + [free + i + b] for b, path in enumerate(s["paths"])]
+                s["step"] += 1
+                i += nb
+            free += t
+            self._sync()
+            step_ms = (time.perf_counter() - t1) * 1e3
+            for r in feed:
+                stats[r].decode_ms.append(step_ms)
+        total_ms = (time.perf_counter() - t_start) * 1e3
+        out = []
+        for s, st in zip(state, stats):
+            st.total_ms = total_ms
+            s["finished"].sort(key=lambda c: -c.score)
+            out.append((s["finished"][:k], st))
+        return out
+
+    def _select(self, beam_nodes, beam_scores, lp, k, norm):
+        """One beam step's selection (the Hugging Face rule): every trie child of every beam, scored by beam score +
+        log-prob; end markers ranked within the first k finish, the best k others continue."""
+        tr, dev = self.trie, self.device
+        cnt = tr.child_count[beam_nodes].astype(np.int64)
+        child = np.repeat(tr.child_start[beam_nodes].astype(np.int64), cnt) + _ranges(cnt)
+        src = np.repeat(np.arange(len(beam_nodes)), cnt)
+        tok = torch.as_tensor(tr.token[child].astype(np.int64), device=dev)
+        edge = lp[torch.as_tensor(src, device=dev), tok].double().cpu().numpy()
+        cand = beam_scores[src] + edge
+        order = np.argsort(-cand, kind="stable")
+        new_nodes, new_scores, new_src, new_done = [], [], [], []
+        for rank, j in enumerate(order):
+            c = int(child[j])
+            if tr.entry[c] >= 0:
+                if rank < k:
+                    n = int(tr.depth[c])
+                    new_done.append(Candidate(int(tr.entry[c]), float(norm(float(cand[j]), n)), float(cand[j]), n))
+                continue
+            new_nodes.append(c), new_scores.append(float(cand[j])), new_src.append(int(src[j]))
+            if len(new_nodes) == k:
+                break
+        return new_nodes, new_scores, new_src, new_done
+
+    def _verify(self, beam_nodes, beam_scores, beam_paths, lp, P, base, cache, norm, st,
+                prompt_rows: tuple[int, int] | None = None) -> list[Candidate]:
+        """Exact scores of every leaf below the live beams; `lp` holds the beams' next-token log-probs. The prompt
+        (P tokens) sits in cache rows `prompt_rows` (default [0, P))."""
         tr, dev = self.trie, self.device
         # Edges out of the beam nodes come from the logits already computed.
         cnt = tr.child_count[beam_nodes].astype(np.int64)
@@ -228,7 +335,8 @@ class TreeSearch:
         nodes = np.concatenate(packs).astype(np.int64) if packs else np.zeros(0, np.int64)
         beam_of = np.repeat(np.arange(len(beam_nodes)), [len(p) for p in packs])
         beam_mask = np.zeros((len(beam_nodes), base), bool)
-        beam_mask[:, :P] = True
+        p0, p1 = prompt_rows or (0, P)
+        beam_mask[:, p0:p1] = True
         for b, path in enumerate(beam_paths):
             beam_mask[b, path] = True
         beam_set = set(int(n) for n in beam_nodes)
