@@ -10,8 +10,11 @@ Contract:
   then asks `quantize_kept` for, which returns the module unchanged), and
   returns the plan with `sparsity`, `bits`, `group_size`, `symmetric` set for every pruned module and the analysis
   in `plan.meta["sparsify"]`. Modules left dense are untouched (the quantizer handles them).
-- `SparsifyOptions` holds the choices measured in eval/sparsify_eval.py: mask method, importance metric,
-  granularity of the assignment, and the size of the importance set.
+- `SparsifyOptions` holds the choices measured in eval/sparsify_eval.py (defaults = what measured best there):
+  mask method (SparseGPT-style compensation beat Wanda), importance metric (KL of pruning a layer alone beat block
+  influence and the OWL outlier ratio), assignment granularity (one pattern per layer beat per-module), and the
+  size of the importance set. `egt compress` may set them through optional `CompressConfig` attributes
+  `sparse_method`, `sparse_metric`, `sparse_granularity`.
 """
 from __future__ import annotations
 
@@ -180,7 +183,14 @@ def apply_patterns(model, patterns: dict[str, str], stats, bits: int | None, gro
 
 def sparsify_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progress: bool = True,
                    options: SparsifyOptions | None = None, stats=None) -> CompressionPlan:
-    opts = options or SparsifyOptions()
+    if options is None:
+        # Optional CompressConfig attributes, if present (the CLI may expose them): sparse_method, sparse_metric,
+        # sparse_granularity.
+        d = SparsifyOptions()
+        options = SparsifyOptions(method=getattr(cfg, "sparse_method", None) or d.method,
+                                  metric=getattr(cfg, "sparse_metric", None) or d.metric,
+                                  granularity=getattr(cfg, "sparse_granularity", None) or d.granularity)
+    opts = options
     opts.validate()
     if cfg.sparsity not in ("2:4", "1:4", "mix"):
         raise ValueError(f"sparsity must be 2:4, 1:4 or mix, got {cfg.sparsity!r}")
