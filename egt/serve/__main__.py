@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(ServeConfig):
         if f.name in BASIC:
             continue
-        kind = type(f.default) if f.default is not None else float
+        kind = type(f.default) if f.default is not None else (int if f.name == "max_batch" else float)
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
                         help=f"default {f.default}")
     return ap

@@ -143,7 +143,9 @@ def create_app(service: Service) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batcher = TargetBatcher(service.worker, service.targeters, cfg, m)
+        device = getattr(getattr(service.engine, "device", None), "type", "cuda")
+        batcher = TargetBatcher(service.worker, service.targeters, cfg, m, max_batch=cfg.batch_limit(device))
+        log.info("micro-batching: up to %d ads per model call, %.1f ms wait", batcher.max_batch, cfg.batch_wait_ms)
         batcher.start()
         batcher_box["b"] = batcher
         yield

@@ -50,8 +50,9 @@ class _Job:
 
 
 class TargetBatcher:
-    def __init__(self, worker: ModelWorker, targeters: dict, cfg, metrics):
+    def __init__(self, worker: ModelWorker, targeters: dict, cfg, metrics, max_batch: int = 16):
         self.worker, self.targeters, self.cfg, self.metrics = worker, targeters, cfg, metrics
+        self.max_batch = max_batch
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_ads = 0
         self._wake = asyncio.Event()
@@ -104,7 +105,7 @@ class TargetBatcher:
         for job in list(self._jobs):
             if (job.catalog, job.k) != (first.catalog, first.k):
                 continue
-            if batch and n + len(job.texts) > self.cfg.max_batch:
+            if batch and n + len(job.texts) > self.max_batch:
                 break
             batch.append(job)
             n += len(job.texts)
@@ -119,7 +120,7 @@ class TargetBatcher:
             while not self._jobs:
                 self._wake.clear()
                 await self._wake.wait()
-            if wait_s > 0 and self._queued_ads < self.cfg.max_batch:
+            if wait_s > 0 and self._queued_ads < self.max_batch:
                 # Give concurrent requests a moment to join; don't wait when the model was busy long enough
                 # for a full batch to build up.
                 await asyncio.sleep(max(0.0, wait_s - (time.perf_counter() - self._jobs[0].queued_at)))

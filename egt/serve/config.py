@@ -34,8 +34,10 @@ class ServeConfig:
     max_prompt_tokens: int = 1024
     max_streams: int = 32  # completions being generated at once; the next one gets 503
     # Micro-batching: the batcher waits up to batch_wait_ms after the first queued ad for more, then runs up to
-    # max_batch ads in one Targeter.target_batch call. max_batch=1 and batch_wait_ms=0 turn batching off.
-    max_batch: int = 16
+    # max_batch ads in one Targeter.target_batch call. max_batch=1 turns batching off. None = 16 on a GPU, 1 on a
+    # CPU: on the 2-core CPU, merging ads lowered throughput and doubled p50 latency (eval/results/serve.json),
+    # since batched passes there cost as much per ad as single ones and every ad of a batch waits for all of it.
+    max_batch: int | None = None
     batch_wait_ms: float = 5.0
     # Back-pressure: at most max_queue ads wait; the next request gets 503 with Retry-After.
     max_queue: int = 256
@@ -64,7 +66,9 @@ class ServeConfig:
             raise ValueError(f"trigger must be auto, always or never, got {self.trigger!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_k", "max_ads", "max_text_tokens", "max_batch", "max_queue", "max_completion_tokens",
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        for name in ("max_k", "max_ads", "max_text_tokens", "max_queue", "max_completion_tokens",
                      "max_prompts", "max_prompt_tokens", "max_body_bytes", "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -72,6 +76,11 @@ class ServeConfig:
             raise ValueError("batch_wait_ms must be >= 0 and request_timeout_s > 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty")
+
+    def batch_limit(self, device_type: str) -> int:
+        if self.max_batch is not None:
+            return self.max_batch
+        return 1 if device_type == "cpu" else 16
 
     @property
     def shutdown_grace_s(self) -> float:
