@@ -15,7 +15,8 @@ Contract:
 - `search="exact"` replaces the beam search by `ExactSearch` (best-first branch and bound over the trie, `chunk`
   nodes per tree-attention pass): the exact top k by sum of log-probabilities, at a cost that depends on how
   peaked the model is (see eval/results/verify.md).
-- Thread safety: one lock around the model, so concurrent callers (the server) serialise on the engine.
+- Thread safety: one lock per Targeter around its search (and its cache), one process-wide lock around the
+  tokenizer (a fast tokenizer's padding/truncation settings are shared state).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .trigger import CostModel, Trigger
 
 PROMPT_TEMPLATE = "Which audience does this ad target? Answer with one audience interest.\nAd: {ad}\nAudience interest:"
 MAX_AD_CHARS = 4000
+_TOKENIZER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -92,8 +94,11 @@ class Targeter:
         self.engine, self.catalog = engine, catalog
         self.prompt_template, self.length_penalty = prompt_template, float(length_penalty)
         self.chat, self.end_token = answer_context(engine.tokenizer)
-        self.trie = trie or TokenTrie.from_catalog(catalog, engine.tokenizer, self.end_token, max_tokens=max_tokens,
-                                                   leading_space=not self.chat)
+        if trie is None:
+            with _TOKENIZER_LOCK:
+                trie = TokenTrie.from_catalog(catalog, engine.tokenizer, self.end_token, max_tokens=max_tokens,
+                                              leading_space=not self.chat)
+        self.trie = trie
         if self.trie.num_entries != len(catalog):
             raise CatalogError("the trie does not match the catalog")
         if chunk is None:
@@ -117,7 +122,8 @@ class Targeter:
             raise ValueError("ad text must be a non-empty string")
         if len(ad_text) > MAX_AD_CHARS:
             raise ValueError(f"ad text is {len(ad_text)} characters; the limit is {MAX_AD_CHARS}")
-        return self.engine.encode(self.prompt_template.format(ad=ad_text.strip()), chat=self.chat)
+        with _TOKENIZER_LOCK:  # a fast tokenizer's padding/truncation state is shared: no concurrent calls
+            return self.engine.encode(self.prompt_template.format(ad=ad_text.strip()), chat=self.chat)
 
     def target(self, ad_text: str, k: int = 10) -> TargetResult:
         if not isinstance(k, int) or k < 1:
