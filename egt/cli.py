@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ads", nargs="+", help="ad texts")
     p.add_argument("--catalog", default=None, help="catalog file (CSV/TSV/JSONL); default: packaged demo catalog")
     p.add_argument("-k", type=int, default=5, help="number of entities to return")
+    p.add_argument("--search", default="beam", choices=("beam", "exact"),
+                   help="beam: trie-constrained beam search with parallel verification; exact: best-first exact top k")
+    p.add_argument("--trigger", default="auto", choices=("auto", "always", "never"),
+                   help="when to verify all remaining trie paths in one pass (auto: measured cost model)")
+    p.add_argument("--length-penalty", type=float, default=0.0, help="rank by sum logp / len**PENALTY")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -117,7 +122,7 @@ def cmd_target(a) -> int:
 
     catalog = Catalog.load(a.catalog) if a.catalog else Catalog.demo()
     engine = Engine.from_pretrained(a.model, device=a.device)
-    targeter = Targeter(engine, catalog)
+    targeter = Targeter(engine, catalog, trigger=a.trigger, length_penalty=a.length_penalty, search=a.search)
     for ad in a.ads:
         res = targeter.target(ad, k=a.k)
         if a.json:
