@@ -75,7 +75,11 @@ def availability(name: str) -> tuple[bool, str]:
     return True, ""
 
 
-def compress_settings(name: str, source: str, calibration_samples: int = 32) -> dict:
+def compress_settings(name: str, source: str, calibration_samples: int | None = None) -> dict:
+    """The `egt compress` settings of a configuration. `EGT_EVAL_CALIBRATION_SAMPLES` overrides the default 32
+    calibration texts (a cheaper model on a slow machine); it is part of the cache key and recorded in the cell."""
+    if calibration_samples is None:
+        calibration_samples = int(os.environ.get("EGT_EVAL_CALIBRATION_SAMPLES", "32"))
     base, _ = split_name(name)
     return {"source": source, "calibration": None, "calibration_samples": calibration_samples, "dtype": "fp16",
             **CONFIGS[base]}

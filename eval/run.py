@@ -113,8 +113,9 @@ def run_cell(task: str, config: str, data: str | None = None, limit: int | None 
     cell.update(device=str(engine.device), card=device_label(engine.device), dtype=str(engine.dtype).replace("torch.", ""),
                 plan=_plan_summary(engine), settings=t.settings())
     if split_name(config)[0] != "fp16":
-        from .configs import is_stale
+        from .configs import compress_settings, is_stale
 
+        cell["compress_settings"] = compress_settings(config, source)
         cell["model_dir"] = str(getattr(engine, "source", ""))
         cell["stale_code"] = is_stale(cell["model_dir"], config, source)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -128,10 +128,22 @@ def test_report_tables_goals_and_plots(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| 2:4 |"))
     assert "x |" not in row.replace("| 2:4 |", "")  # another card: no speed-up is computed
     assert "not available: egt.quant.quantize_model" in md
-    assert "slogans: Mix+INT4 meteor = 0.2970 vs FP16 0.3000 (-1.0% relative, n=4): **met**" in md
-    assert "targeting: Mix+INT4 recall@10 = 0.3000 vs FP16 0.4000 (-25.0% relative, n=4): **MISSED**" in md
+    assert "slogans: Mix+INT4 meteor = 0.2970 vs FP16 0.3000 on the same 4 examples (-1.0% relative): **met**" in md
+    assert "targeting: Mix+INT4 recall@10 = 0.3000 vs FP16 0.4000 on the same 4 examples (-25.0% relative): " \
+           "**MISSED**" in md
     assert "csl-kg: Mix+INT4 vs FP16 on meteor: **not measured**" in md
     assert "targeting fp16: recall@10 without verification 0.4000, with 0.4000: **equal**" in md
+    # a shorter slice is compared with FP16 on the common examples, rescored from the stored records
+    base = _cell("slogans", "fp16", 0.0, 10.0)
+    base["records"] = [{"id": i, "output": o, "reference": "big red shoes"}
+                       for i, o in enumerate(["big red shoes", "nothing", "big shoes", "red"])]
+    short = {**_cell("slogans", "1:4", 0.0, 5.0), "n": 2,
+             "records": [{"id": 0, "output": "big red shoes", "reference": "big red shoes"},
+                         {"id": 1, "output": "big red shoes", "reference": "big red shoes"}]}
+    v, b, n = report.paired_metrics("slogans", short, base)
+    from eval import metrics as M
+    assert n == 2 and v == pytest.approx(M.meteor("big red shoes", "big red shoes"))
+    assert b == pytest.approx(M.meteor("big red shoes", "big red shoes") / 2)
     tab = json.loads((tmp_path / "table1.json").read_text())
     assert tab["slogans"]["fp16"]["metrics"]["meteor"] == 0.30 and "records" not in tab["slogans"]["fp16"]
 
