@@ -289,6 +289,39 @@ def storage_rows() -> list[dict]:
     return rows
 
 
+def findings(r: dict) -> list[str]:
+    """The issue's comparisons, computed from the table (held-out mean KL; lower is better)."""
+    c = r["configs"]
+
+    def cmp(a: str, b: str) -> str:
+        if a not in c or b not in c:
+            return f"{a} vs {b}: not measured"
+        ka, kb = c[a]["kl"], c[b]["kl"]
+        verdict = "beats" if ka < kb else "does not beat"
+        return (f"{a} {verdict} {b}: KL {ka:.4f} vs {kb:.4f}, ppl {c[a]['ppl']:.1f} vs {c[b]['ppl']:.1f} "
+                f"({100 * (ka - kb) / kb:+.1f}% KL)")
+
+    mix = next((k for k in c if k.startswith("egt mix") and k.endswith(f"({r.get('mix_granularity_chosen')})")), None)
+    out = ["Findings (computed from the table):", ""]
+    if mix:
+        out.append(f"- Mix vs the non-adaptive mix of equal density: {cmp(mix, '50/50 alternating layers')}.")
+    out.append(f"- Compensation: {cmp('egt 2:4 sparsegpt', 'egt 2:4 wanda')}.")
+    out.append(f"- Peer SparseGPT: {cmp('egt 2:4 sparsegpt', 'llm-compressor sparsegpt 2:4')}.")
+    out.append(f"- Peer Wanda: {cmp('egt 2:4 wanda', 'llm-compressor wanda 2:4')}.")
+    if mix and f"{mix} + INT4" in c:
+        out.append(f"- INT4 on the kept values of the mix: {cmp(f'{mix} + INT4', mix)} (the mix's dense layers stay "
+                   "fp16 in this row: this script quantizes only the sparse modules' kept values; `egt compress` "
+                   "also quantizes the dense ones with egt.quant).")
+    out += ["", "Notes: the 135M model loses a lot at these densities (fp16 ppl 67.7 on this short ad text); the ranking of "
+            "methods, not the absolute ppl, is the result. llm-compressor ran `oneshot` with its sequential pipeline: each "
+            "layer is calibrated on the already-pruned model's activations, while egt uses one set of dense-model "
+            "Hessians (`egt.calibrate.collect_stats`) for all layers - the likely reason for the +4.6% KL gap to its "
+            "SparseGPT (untested hypothesis; a sequential pass would be the fix). The assignment's exact density is "
+            "shown in the density column (0.3750 = target). Runtimes in the JSON were measured on a shared, heavily "
+            "loaded 2-core machine and are not comparable.", ""]
+    return out
+
+
 def markdown(r: dict) -> str:
     lines = ["# Sparsification on the embedded default model (issue 4)", "",
              f"Date {r['date']}, CPU, command `{r['command']}`. Model: {r['model']}.", ""]
@@ -309,6 +342,7 @@ def markdown(r: dict) -> str:
                          f"{vk} | {c['bytes'] / 1e6:.1f} | {c['bits_per_weight']:.3f} | "
                          f"{c['vs_dense_fp16']:.3f} | {c['vs_csr']:.3f} |")
         lines.append("")
+        lines += findings(r)
         if "method_chosen" in r:
             lines.append(f"Mask method used for the mixes and INT4 rows: **{r['method_chosen']}** (lower validation KL "
                          f"at uniform 2:4). Mix granularity chosen: **{r.get('mix_granularity_chosen', '-')}**.")
