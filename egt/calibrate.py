@@ -5,6 +5,7 @@ Contract:
   (`egt.plan.linear_modules`), with the input Gram matrix X^T X (float64; GPTQ/SparseGPT Hessians), per-column
   squared norms (Wanda), mean |x| per column (AWQ), and a capped random sample of input rows for measuring output
   reconstruction error ||XW - XW'|| directly.
+- Modules that read the same tensor (q/k/v, gate/up) share one `LinearStats` object: read it, never mutate it.
 - `tokenize_texts` turns raw calibration strings into token tensors once, so every stage sees the same tokens.
 Quantization and sparsification both read these statistics; neither captures activations on its own.
 """
@@ -46,6 +47,9 @@ def tokenize_texts(tokenizer, texts: list[str], max_tokens: int = 256) -> list[t
 def collect_stats(model, tokenizer, texts: list[str], max_tokens: int = 256, sample_rows: int = 512,
                   modules: list[str] | None = None, seed: int = 0, progress: bool = True) -> dict[str, LinearStats]:
     names = modules or list(linear_modules(model))
+    # q/k/v read the same tensor, and so do gate/up: hook one module of each family and share its statistics.
+    source = {n: _shared_input(n) for n in names}
+    hooked = sorted(set(source.values()))
     gen = torch.Generator().manual_seed(seed)
     acc: dict[str, dict] = {}
     hooks = []
@@ -68,7 +72,7 @@ def collect_stats(model, tokenizer, texts: list[str], max_tokens: int = 256, sam
 
     seqs = tokenize_texts(tokenizer, texts, max_tokens)
     per_call = max(1, -(-sample_rows // len(seqs)))
-    for n in names:
+    for n in hooked:
         hooks.append(model.get_submodule(n).register_forward_hook(make_hook(n)))
     try:
         from tqdm.auto import tqdm
@@ -83,10 +87,19 @@ def collect_stats(model, tokenizer, texts: list[str], max_tokens: int = 256, sam
     finally:
         for h in hooks:
             h.remove()
-    stats = {}
+    shared = {}
     for n, a in acc.items():
         rows = torch.cat(a["rows"])
         pick = torch.randperm(rows.shape[0], generator=gen)[:sample_rows]
-        stats[n] = LinearStats(a["xtx"], torch.diagonal(a["xtx"]).clone(), a["abs"] / a["n"], rows[pick].contiguous(),
-                               a["n"])
-    return stats
+        shared[n] = LinearStats(a["xtx"], torch.diagonal(a["xtx"]).clone(), a["abs"] / a["n"], rows[pick].contiguous(),
+                                a["n"])
+    return {n: shared[source[n]] for n in names}
+
+
+def _shared_input(name: str) -> str:
+    """The module whose input `name` also reads (itself when none): q/k/v share one, gate/up another."""
+    for siblings in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
+        prefix, _, kind = name.rpartition(".")
+        if kind in siblings[1:]:
+            return f"{prefix}.{siblings[0]}"
+    return name
