@@ -68,7 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "megakernel"))
     p.add_argument("--device", default="auto")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set EGT_API_KEY)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set EGT_API_KEY, "
+                                                   "which, unlike a flag, does not show in `ps`)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="ads merged into one model pass (default: 16 on GPU, 1 on CPU, where merging measured slower)")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="micro-batching wait window (default 5)")
+    p.add_argument("--max-queue", type=int, default=None, help="queued ads before 503 + Retry-After (default 256)")
+    p.add_argument("--request-timeout-s", type=float, default=None, help="per-request timeout, 504 after it (default 60)")
+    p.add_argument("--trigger", default=None, choices=("auto", "always", "never"), help="verification trigger")
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up request at start")
+    p.add_argument("--access-log", action="store_true", help="log every request")
 
     p = sub.add_parser("eval", help="offline evaluation on advertising data sets",
                        description="Run one cell (--task, --config) or 'egt eval report' for the whole table.")
