@@ -1,6 +1,8 @@
 """The quantization results table: egt adaptive vs RTN, uniform groups and llm-compressor GPTQ, at ~4.25 and ~3.25 bpw.
 
-    python eval/quant_table.py          # CPU; ~30 min on 2 shared cores; writes eval/results/quant.json and quant.md
+    python eval/quant_table.py          # CPU, one process; ~45-60 min on 2 busy shared cores, peak ~6 GB RAM
+writes eval/results/quant.json and quant.md (the committed table was produced by this script, its rows split over a
+few processes with --rows/--out and combined with --merge, because of the shared machine's memory).
 
 Setup
 - Model: the embedded default, SmolLM2-135M-Instruct. Its weights come from a Q4_1 GGUF file, so every linear
