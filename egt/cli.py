@@ -32,6 +32,12 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", help="calibration data file (default: the packaged demo ads)")
     p.add_argument("--calibration-samples", type=int, default=32)
     p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="dtype of float tensors")
+    p.add_argument("--quant-refine", help="gptq (default) | clip | rtn | awq | awq+gptq")
+    p.add_argument("--quant-metric", help="allocator sensitivity metric: fisher (default) | output | output_rel | "
+                                          "hessian | weight")
+    p.add_argument("--sparse-method", help="mask choice: sparsegpt (default) | wanda | wanda+obs")
+    p.add_argument("--sparse-metric", help="layer importance: alone_kl (default) | block_influence | outlier_ratio")
+    p.add_argument("--sparse-granularity", help="layer (default) | module")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +119,9 @@ def cmd_compress(a) -> int:
 
     cfg = CompressConfig(bits=a.bits, budget=a.budget, group_size=a.group_size, sparsity=a.sparsity,
                          density=a.density, calibration=a.calibration, calibration_samples=a.calibration_samples,
-                         dtype=a.dtype)
+                         dtype=a.dtype, quant_refine=a.quant_refine, quant_metric=a.quant_metric,
+                         sparse_method=a.sparse_method, sparse_metric=a.sparse_metric,
+                         sparse_granularity=a.sparse_granularity)
     cfg.validate()
     path, plan, secs = compress(a.model, a.out, cfg)
     from .format import read_manifest

@@ -32,6 +32,13 @@ class CompressConfig:
     calibration_samples: int = 32
     dtype: str = "fp16"  # float dtype of what stays in float
     seed: int = 0
+    # Method choices; None takes each stage's measured default (egt.quant.DEFAULT_*, egt.sparsify.SparsifyOptions),
+    # and each stage validates its own names.
+    quant_refine: str | None = None  # gptq | clip | rtn | awq | awq+gptq
+    quant_metric: str | None = None  # sensitivity metric of the allocator
+    sparse_method: str | None = None  # wanda | sparsegpt | wanda+obs
+    sparse_metric: str | None = None  # layer importance: alone_kl | block_influence | outlier_ratio
+    sparse_granularity: str | None = None  # layer | module
 
     def validate(self) -> None:
         if self.bits is not None and self.bits not in (3, 4, 8):
