@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="eval/results")
+    p.add_argument("--rerun", action="store_true", help="recompute cells that already have results")
+    p.add_argument("--aggregate-only", action="store_true", help="report: rebuild table and plots from existing cells")
 
     p = sub.add_parser("bench", help="decode-latency benchmark",
                        description="Time batch-1 decode of a model (or a random-weight shape) per backend.")
