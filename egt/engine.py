@@ -47,6 +47,14 @@ class Timings:
     prefill_ms: float = 0.0
     decode_ms: list[float] = field(default_factory=list)  # one entry per decode step
 
+    def record(self, step: int, t0: float) -> None:
+        """Close the interval started at `t0`: step 0 is the prefill (it yields the first token), later ones decode."""
+        ms = (time.perf_counter() - t0) * 1e3
+        if step == 0:
+            self.prefill_ms = ms
+        else:
+            self.decode_ms.append(ms)
+
     @property
     def ms_per_token(self) -> float:
         """Median decode-step latency (the first generated token comes from prefill and is not counted)."""
@@ -180,11 +188,7 @@ class Engine:
             out.append(nxt)
             done |= torch.isin(nxt, eos)
             self._sync()
-            now = time.perf_counter()
-            if step == 0:
-                timings.prefill_ms = (now - t0) * 1e3
-            else:
-                timings.decode_ms.append((now - t0) * 1e3)
+            timings.record(step, t0)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             t0 = time.perf_counter()
@@ -244,11 +248,7 @@ class Engine:
             seqs = torch.cat([seqs[index], torch.tensor(keep_tok, device=self.device).view(-1, 1)], 1)
             beam_scores = torch.tensor(keep_score, device=self.device, dtype=torch.float64)
             self._sync()
-            now = time.perf_counter()
-            if step == 0:
-                timings.prefill_ms = (now - t0) * 1e3
-            else:
-                timings.decode_ms.append((now - t0) * 1e3)
+            timings.record(step, t0)
             best_running = max(keep_score) / (step + 1) ** length_penalty
             if len(finished) >= k and max(f[0] for f in finished) >= best_running or step == max_new_tokens - 1:
                 break
