@@ -34,8 +34,6 @@ def test_compact_expand_pack_round_trip(args):
     assert vals.shape == (out_f, in_f * n // 4) and int(idx.max()) <= 3
     assert torch.equal(P.expand(vals, idx, n, in_f), w * mask)
     assert torch.equal(P.unpack_indices(P.pack_indices(idx)), idx)
-    codes = torch.randint(0, 16, vals.shape, generator=g, dtype=torch.uint8)
-    assert torch.equal(P.unpack_int4(P.pack_int4(codes)), codes)
     # Positions ascend inside a group (so the kernel and the expansion agree on order).
     if n == 2:
         assert bool((idx.view(out_f, -1, 2)[..., 0] < idx.view(out_f, -1, 2)[..., 1]).all())

@@ -10,7 +10,6 @@ Contract:
 - `compact(w, mask, n)` -> (values [out, in*n/4], idx [out, in*n/4] in 0..3): kept values in group order, each
   with its position inside its group of 4. `expand(values, idx, n, in)` is the exact inverse onto a dense matrix.
 - `pack_indices` / `unpack_indices`: four 2-bit positions per byte, the first in the low bits.
-- `pack_int4` / `unpack_int4`: two 4-bit codes per byte, the first in the low nibble.
 - Quantization grids and codes come from `egt.quant.quantizer` (value = scale * code + offset, or
   scale * (code - 2^(bits-1)) when symmetric). A group of 128 kept values of a 2:4 row spans 256 original columns,
   the same span for every row, which is what lets the sweep below quantize group by group.
@@ -204,20 +203,6 @@ def pack_indices(idx: torch.Tensor) -> torch.Tensor:
 def unpack_indices(packed: torch.Tensor) -> torch.Tensor:
     shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device)
     return ((packed.unsqueeze(-1) >> shifts) & 3).reshape(packed.shape[0], -1)
-
-
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    out_f, k = codes.shape
-    if k % 2:
-        raise ValueError(f"{k} codes per row is not even")
-    if codes.numel() and int(codes.max()) > 15:
-        raise ValueError("int4 codes must be within 0..15")
-    v = codes.to(torch.uint8).reshape(out_f, k // 2, 2)
-    return (v[..., 0] | (v[..., 1] << 4)).contiguous()
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    return torch.stack([packed & 15, packed >> 4], -1).reshape(packed.shape[0], -1)
 
 
 def storage_report(out_features: int, in_features: int, lp: LinearPlan) -> dict:
