@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from .plan import CompressionPlan, LinearPlan, linear_modules
@@ -33,6 +34,25 @@ def empty_module(lp: LinearPlan, out_features: int, in_features: int, bias: bool
         if predicate(lp):
             return factory(lp, out_features, in_features, bias)
     raise NotImplementedError(f"no packed module kind stores {lp.describe()}")
+
+
+def cached_dense_weight(module: nn.Module, dtype: torch.dtype, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The reference path's dense weight, rebuilt only when the packed buffers change.
+
+    Decoding dequantizes every weight at every step otherwise, which made compressed models several times slower
+    than fp32 ones on CPU. The key holds each buffer's in-place version counter, so `load_state_dict` or a
+    re-pack invalidates it. GPU runs use the packed kernels and never call this; the cost is one dense copy of
+    each packed weight in host memory (the fp32 model's size).
+    """
+    key = (dtype, tuple((n, b.device, b._version) for n, b in module.named_buffers(recurse=False) if b is not None))
+    hit = module.__dict__.get("_egt_dense_cache")
+    if hit is None or hit[0] != key or torch.is_grad_enabled():
+        w = build()
+        if torch.is_grad_enabled():
+            return w
+        module.__dict__["_egt_dense_cache"] = (key, w)
+        return w
+    return hit[1]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

@@ -240,3 +240,20 @@ def test_awq_scaling_preserves_the_float_model_and_its_statistics():
     fresh = collect_stats(model, tok, texts, progress=False)
     for n in ("layers.0.self_attn.k_proj", "layers.1.mlp.down_proj", "layers.1.mlp.up_proj"):
         assert torch.allclose(stats[n].xtx, fresh[n].xtx, rtol=1e-4, atol=1e-6 * fresh[n].xtx.abs().max())
+
+
+def test_cpu_dense_cache_follows_buffer_changes():
+    """The CPU reference path caches the dequantized weight; an in-place change of a packed buffer must invalidate it."""
+    from egt.quant.linear import QuantLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    m = QuantLinear.from_linear(lin, LinearPlan(bits=4, group_size=32, symmetric=False))
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        y1 = m(x)
+        assert torch.equal(m(x), y1)
+        m.scales.mul_(2)  # what load_state_dict's in-place copy does to the version counter
+        y2 = m(x)
+        torch.testing.assert_close(y2, x @ m.dequantize().T + lin.bias)
+        assert not torch.allclose(y1, y2)

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..modules import cached_dense_weight
 from ..plan import LinearPlan
 from . import kernels
 from .packing import pack, packed_words, unpack
@@ -78,7 +79,7 @@ class QuantLinear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias.to(y.dtype)
             return y.view(*lead, self.out_features)
-        w = self.dequantize(x.dtype)
+        w = cached_dense_weight(self, x.dtype, lambda: self.dequantize(x.dtype))
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def _apply(self, fn, recurse=True):

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modules import register_kind
+from ..modules import cached_dense_weight, register_kind
 from ..plan import LinearPlan
 from ..quant.packing import pack, packed_words, unpack
 from ..quant.quantizer import CLIP_GRID, QuantizedGroups, dequantize_groups, num_groups, quantize_groups
@@ -54,7 +54,8 @@ class _SparseBase(nn.Module):
         return P.expand(vals, P.unpack_indices(self.indices), self.n, self.in_features)
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dense_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        w = cached_dense_weight(self, x.dtype, lambda: self.dense_weight(x.dtype))
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.plan.describe()}"
