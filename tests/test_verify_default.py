@@ -99,7 +99,11 @@ def test_entries_tokenize_as_in_the_answer(default_engine, catalog):
 def test_exact_search_mode(default_engine, catalog):
     t = Targeter(default_engine, catalog, search="exact", chunk=8)
     a = Targeter(default_engine, catalog, trigger="always")
-    assert [h.id for h in t.target(AD, k=4).entities] == [h.id for h in a.target(AD, k=4).entities]
+    res = t.target(AD, k=4)
+    assert [h.id for h in res.entities] == [h.id for h in a.target(AD, k=4).entities]
+    tm = res.timings  # `egt target --search exact` prints these: they must be measured, not left at 0
+    assert tm.prefill_ms > 0 and tm.verify_ms > 0 and tm.verify_passes >= 1 and tm.verified_nodes > 0
+    assert tm.triggered_at == 0 and tm.steps == 0 and tm.total_ms >= tm.verify_ms
     with pytest.raises(ValueError, match="search must be"):
         Targeter(default_engine, catalog, search="greedy")
 

@@ -93,8 +93,9 @@ def test_chunked_verification_matches(model, chunk):
         assert c.logp == pytest.approx(ref[c.entry], abs=1e-4)
 
 
-def reference_beam(model, prompt, trie, seqs, k):
-    """Constrained beam search written the slow way: every hypothesis re-run from scratch."""
+def reference_beam(model, prompt, trie, seqs, k, width=None):
+    """Constrained beam search written the slow way: every hypothesis re-run from scratch (`width` beams, k back)."""
+    width = width or k
     by_path = {tuple(s + [END]): i for i, s in enumerate(seqs)}
     beams, finished = [([], 0.0)], []
     while beams:
@@ -111,11 +112,11 @@ def reference_beam(model, prompt, trie, seqs, k):
         beams = []
         for rank, (s, toks) in enumerate(cands):
             if toks[-1] == END:
-                if rank < k:
+                if rank < width:
                     finished.append((s, by_path[tuple(toks)]))
                 continue
             beams.append((toks, s))
-            if len(beams) == k:
+            if len(beams) == width:
                 break
         if len(finished) >= k and sorted(f[0] for f in finished)[-k] >= max((b[1] for b in beams), default=-1e9):
             break
@@ -255,3 +256,57 @@ def test_run_batch_traces_per_request(model):
         trig = Trigger("auto", cm)
         TreeSearch(model, trie).run(p, 3, trig)
         assert st.trace == trig.last_trace
+
+
+@pytest.mark.parametrize("seed,k,width", [(0, 3, 6), (2, 2, 5)])
+def test_wider_beam_matches_reference(model, seed, k, width):
+    rng = np.random.default_rng(seed)
+    seqs = random_seqs(rng, 30)
+    trie = TokenTrie.from_sequences(seqs, END)
+    prompt = [int(x) for x in rng.integers(3, VOCAB, size=6)]
+    got, _ = TreeSearch(model, trie).run(prompt, k, trigger=Trigger("never"), beam=width)
+    ref = reference_beam(model, prompt, trie, seqs, k, width)
+    assert [c.entry for c in got] == [e for _, e in ref]
+    assert [c.logp for c in got] == pytest.approx([s for s, _ in ref], abs=2e-4)
+    narrow, _ = TreeSearch(model, trie).run(prompt, k, trigger=Trigger("never"), beam=k)
+    default, _ = TreeSearch(model, trie).run(prompt, k, trigger=Trigger("never"))
+    assert [c.entry for c in narrow] == [c.entry for c in default]
+    with pytest.raises(ValueError, match="beam width"):
+        TreeSearch(model, trie).run(prompt, k, beam=k - 1)
+
+
+def test_padded_buckets_match_unpadded(model):
+    """The CUDA-graph path pads token counts to buckets and the attended length to a multiple of 256; run that
+    padding eagerly on the CPU: same candidates and scores as the unpadded path, over several requests."""
+    from egt.verify import ExactSearch
+
+    rng = np.random.default_rng(17)
+    seqs = random_seqs(rng, 50, max_len=6)
+    trie = TokenTrie.from_sequences(seqs, END)
+    plain, padded = TreeSearch(model, trie, chunk=24), TreeSearch(model, trie, chunk=24, pad=True)
+    for prompt, k, trig in (([3, 4, 5, 6], 4, FireAt(1)), ([3, 4, 5, 7, 8], 3, Trigger("never")),
+                            ([9, 10], 6, Trigger("always"))):
+        a, sa = plain.run(prompt, k, trig)
+        b, sb = padded.run(prompt, k, trig)
+        assert [c.entry for c in a] == [c.entry for c in b]
+        assert [c.logp for c in a] == pytest.approx([c.logp for c in b], abs=1e-4)
+        assert sa.verify_passes == sb.verify_passes
+    assert padded._runner.pad and padded._cache.max_len >= 2048
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10]]
+    for (a, _), (b, _) in zip(plain.run_batch(prompts, 3, FireAt(2)), padded.run_batch(prompts, 3, FireAt(2))):
+        assert [c.entry for c in a] == [c.entry for c in b]
+    ea, _ = ExactSearch(model, trie, batch=8).run([4, 5, 6], 5)
+    eb, _ = ExactSearch(model, trie, batch=8, pad=True).run([4, 5, 6], 5)
+    assert [c.entry for c in ea] == [c.entry for c in eb]
+    assert [c.logp for c in ea] == pytest.approx([c.logp for c in eb], abs=1e-4)
+
+
+def test_exact_search_fills_timings(model):
+    from egt.verify import ExactSearch
+
+    seqs = random_seqs(np.random.default_rng(23), 40, max_len=6)
+    trie = TokenTrie.from_sequences(seqs, END)
+    got, st = ExactSearch(model, trie, batch=4).run([3, 4, 5, 6], 3)
+    assert st.prefill_ms > 0 and st.verify_ms > 0 and st.total_ms >= st.prefill_ms + st.verify_ms * 0.99
+    assert st.triggered_at == 0 and st.steps == 0
+    assert st.verify_passes >= 1 and st.verified_nodes == st.expanded_nodes > 0

@@ -12,9 +12,13 @@ Contract:
   entries are tokenized without a leading space and end with the end-of-turn token `<|im_end|>`: the natural
   context in which an instruct model answers. Models without a chat template get the same text as a plain
   prompt, entries with a leading space, and the EOS token as end marker. `prompt_template` overrides the text.
+- `beam` sets the beam width (default: k, as Hugging Face's `num_beams=k`); a wider beam (max(beam, k)) keeps
+  more hypotheses alive before the trigger fires. `graphs` (default: on for CUDA) runs every forward pass as a
+  replayed CUDA graph (`egt.verify.search`).
 - `search="exact"` replaces the beam search by `ExactSearch` (best-first branch and bound over the trie, `chunk`
   nodes per tree-attention pass): the exact top k by sum of log-probabilities, at a cost that depends on how
-  peaked the model is (see eval/results/verify.md).
+  peaked the model is (see eval/results/verify.md). Its timings: prefill, then every pass counts as
+  verification (`verify_ms`, `verify_passes`, `verified_nodes`), `triggered_at` 0, no decode steps.
 - Thread safety: one lock per Targeter around its search (and its cache), one process-wide lock around the
   tokenizer (a fast tokenizer's padding/truncation settings are shared state).
 """
@@ -54,6 +58,7 @@ class TargetTimings:
     verified_nodes: int = 0
     verify_passes: int = 0
     prefill_tokens: int = 0  # prompt tokens run; the rest were reused from the previous prompt's cached rows
+    graph_captures: int = 0  # CUDA graphs captured during this request (first use of a size bucket)
 
 
 @dataclass
@@ -86,7 +91,7 @@ class Targeter:
     def __init__(self, engine, catalog: Catalog, trigger: str = "auto", length_penalty: float = 0.0,
                  prompt_template: str = PROMPT_TEMPLATE, max_tokens: int = DEFAULT_MAX_TOKENS,
                  chunk: int | None = None, trie: TokenTrie | None = None, cost: CostModel | None = None,
-                 search: str = "beam"):
+                 search: str = "beam", beam: int | None = None, graphs: bool | None = None):
         if not isinstance(catalog, Catalog):
             raise TypeError("catalog must be an egt.verify.Catalog")
         if "{ad}" not in prompt_template:
@@ -108,12 +113,16 @@ class Targeter:
         if search == "exact":
             if self.length_penalty:
                 raise ValueError("search='exact' ranks by the sum of log-probabilities (length_penalty=0)")
-            self.search = ExactSearch(engine.model, self.trie, batch=chunk, max_nodes=max(4 * chunk, 8192))
+            self.search = ExactSearch(engine.model, self.trie, batch=chunk, max_nodes=max(4 * chunk, 8192),
+                                      graphs=graphs)
             trigger = "never"  # no beams to switch from
         else:
-            self.search = TreeSearch(engine.model, self.trie, chunk=chunk)
+            self.search = TreeSearch(engine.model, self.trie, chunk=chunk, graphs=graphs)
+        if beam is not None and (not isinstance(beam, int) or beam < 1):
+            raise ValueError(f"beam must be a positive integer, got {beam!r}")
+        self.beam = beam
         if trigger == "auto" and cost is None:
-            cost = CostModel.cached(engine.model, chunk)
+            cost = CostModel.cached(engine.model, chunk, search=self.search)
         self.trigger = Trigger(trigger, cost)
         self._lock = threading.Lock()
 
@@ -134,17 +143,20 @@ class Targeter:
         with self._lock:
             t0 = time.perf_counter()
             cands, st = self.search.run(ids, k, trigger=self.trigger, length_penalty=self.length_penalty,
-                                        stats=SearchStats())
+                                        stats=SearchStats(), beam=self._width(k))
             trace = list(self.trigger.last_trace)
             st.total_ms = (time.perf_counter() - t0) * 1e3
         return self._result(ad_text, cands, st, trace)
+
+    def _width(self, k: int) -> int | None:
+        return None if self.beam is None else max(self.beam, k)
 
     def _result(self, ad_text, cands, st, trace) -> TargetResult:
         hits = [Hit(self.catalog[c.entry].id, self.catalog[c.entry].text, c.score, c.logp, c.tokens) for c in cands]
         steps = st.steps
         timings = TargetTimings(st.prefill_ms, steps, sum(st.decode_ms) / steps if steps else float("nan"),
                                 st.verify_ms, st.total_ms, st.triggered_at, st.verified_nodes, st.verify_passes,
-                                st.prefill_tokens)
+                                st.prefill_tokens, st.graph_captures)
         return TargetResult(ad_text, hits, timings, trace)
 
     def target_batch(self, texts: list[str], k: int = 10, max_batch: int = 8) -> list[TargetResult]:
@@ -167,7 +179,8 @@ class Targeter:
             ids = [self.prompt_ids(t) for t in group]
             with self._lock:
                 t0 = time.perf_counter()
-                res = self.search.run_batch(ids, k, trigger=self.trigger, length_penalty=self.length_penalty)
+                res = self.search.run_batch(ids, k, trigger=self.trigger, length_penalty=self.length_penalty,
+                                            beam=self._width(k))
                 wall = (time.perf_counter() - t0) * 1e3
             for ad, (cands, st) in zip(group, res):
                 st.total_ms = wall

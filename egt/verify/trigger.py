@@ -2,9 +2,10 @@
 
 Contract:
 - `CostModel` holds measured forward latencies `f(T)` (T tokens fed at once over a short cached prompt, lm_head
-  on every row) for the model on this device; `calibrate(model, chunk)` measures them, `CostModel.cached(...)`
-  measures once per (device, model shape, dtype, threads, chunk) and stores the table in
-  `~/.cache/egt/verify_costs.json`, so later processes reuse it.
+  on every row) for the model on this device, through the search's own forward path (CUDA graphs on a GPU, eager
+  on a CPU); `calibrate(model, chunk, search=...)` measures them, `CostModel.cached(...)` measures once per
+  (device, model shape, dtype, threads, chunk, graphs) and stores the table in `~/.cache/egt/verify_costs.json`,
+  so later processes reuse it.
 - `Trigger(mode)`: `always` fires at step 0 (exact top k over the whole catalog), `never` never fires (plain
   trie-constrained beam search), `auto` fires at the first step where verifying all remaining nodes now, in passes
   of `chunk` tokens, is estimated to cost no more than either way of going on:
@@ -16,15 +17,14 @@ Contract:
   verify(M) = (M // chunk) * f(chunk) + f(M % chunk). The second rule keeps the search decoding while each step
   still prunes more verification work than it costs (on a CPU, where f grows with T), and fires as soon as it
   does not (on a GPU, where f is nearly flat up to thousands of tokens, that is usually step 0).
-- A trigger is a callable `(search, beam_nodes, step, k, next_nodes) -> bool`; it records its decisions in
-  `last_trace`.
+- A trigger is a callable `(search, beam_nodes, step, width, next_nodes) -> bool` (width = beam width, k by
+  default); it records its decisions in `last_trace`.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +56,7 @@ class CostModel:
 
     # ---- measuring -----------------------------------------------------------------------------------------
     @staticmethod
-    def device_key(model, chunk: int) -> str:
+    def device_key(model, chunk: int, graphs: bool = False) -> str:
         dev = model.device
         if dev.type == "cuda":
             name = torch.cuda.get_device_name(dev)
@@ -65,41 +65,26 @@ class CostModel:
         s = model.shape
         plan = getattr(model, "egt_plan_id", "")
         return (f"{name}|{s.hidden}x{s.intermediate}x{s.layers}x{s.heads}/{s.kv_heads}x{s.vocab}|{model.dtype}"
-                f"|{plan}|chunk={chunk}")
+                f"|{plan}|chunk={chunk}" + ("|graphs" if graphs else ""))
 
     @classmethod
-    @torch.inference_mode()
-    def calibrate(cls, model, chunk: int, prompt_len: int = 64, reps: int = 2) -> "CostModel":
-        dev = model.device
+    def calibrate(cls, model, chunk: int, prompt_len: int = 64, reps: int = 2, search=None) -> "CostModel":
+        """Measure f(T) through `search.measure_forward` (the search's own path: CUDA graphs or eager); without a
+        search, through a throw-away eager `TreeSearch` of the model."""
         # Geometric sizes up to the chunk: enough for piecewise-linear interpolation, cheap to measure on a CPU.
         sizes = sorted({s for s in (1, 4, 16, 64, 256, 1024) if s < chunk} | {chunk})
-        cache = model.setup_cache(1, prompt_len + chunk + 8)
-        pos = torch.arange(prompt_len, device=dev)
-        model(torch.zeros(1, prompt_len, dtype=torch.long, device=dev), pos.view(1, -1), pos, cache,
-              kv_len=prompt_len, hidden_only=True)
-        ms = []
-        for t in sizes:
-            toks = torch.randint(0, model.shape.vocab, (1, t), device=dev)
-            p = torch.full((1, t), prompt_len, device=dev)
-            slots = torch.arange(prompt_len, prompt_len + t, device=dev)
-            mask = torch.ones(1, 1, t, prompt_len + t, dtype=torch.bool, device=dev)
-            times = []
-            for r in range(reps + 1):
-                _sync(dev)
-                t0 = time.perf_counter()
-                h = model(toks, p, slots, cache, mask=mask, kv_len=prompt_len + t, hidden_only=True)[0]
-                for i in range(0, t, 256):
-                    torch.log_softmax(model.lm_head(h[i:i + 256]).float(), -1)
-                _sync(dev)
-                if r:  # the first run warms up
-                    times.append((time.perf_counter() - t0) * 1e3)
-            ms.append(float(np.median(times)))
-        return cls(sizes, ms, chunk, cls.device_key(model, chunk))
+        if search is None:
+            from .search import TreeSearch
+            from .trie import TokenTrie
+
+            search = TreeSearch(model, TokenTrie.from_sequences([[0]], 1), chunk=chunk, graphs=False)
+        ms = search.measure_forward(sizes, prompt_len=prompt_len, reps=reps)
+        return cls(sizes, ms, chunk, cls.device_key(model, chunk, getattr(search, "graphs", False)))
 
     @classmethod
-    def cached(cls, model, chunk: int, path: Path | None = None, refresh: bool = False) -> "CostModel":
+    def cached(cls, model, chunk: int, path: Path | None = None, refresh: bool = False, search=None) -> "CostModel":
         path = path or Path(os.environ.get("EGT_CACHE", Path.home() / ".cache" / "egt")) / "verify_costs.json"
-        key = cls.device_key(model, chunk)
+        key = cls.device_key(model, chunk, getattr(search, "graphs", False))
         table = {}
         if path.is_file():
             try:
@@ -109,7 +94,7 @@ class CostModel:
         if key in table and not refresh:
             d = table[key]
             return cls(d["sizes"], d["ms"], d["chunk"], key)
-        cm = cls.calibrate(model, chunk)
+        cm = cls.calibrate(model, chunk, search=search)
         table[key] = cm.to_dict()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +116,7 @@ class Trigger:
         self.last_trace: list[dict] = []
 
     def __call__(self, search, beam_nodes, step: int, k: int, next_nodes=None) -> bool:
+        """`k` is the beam width: the number of tokens a later decode step feeds."""
         if step == 0:
             self.last_trace = []
         if self.mode == "always":
@@ -154,6 +140,3 @@ class Trigger:
         return fire
 
 
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
