@@ -5,6 +5,9 @@ For every catalog (IAB audience taxonomy 1.1, IRA interests, synthetic 10k and 1
 - `egt_auto`   : egt Targeter, trigger `auto` (calibrated cost model), the method;
 - `egt_never`  : egt trie-constrained beam search alone (trigger off): the ablation;
 - `egt_noprefix`: `egt_auto` without the prompt-prefix KV cache (ablation; optional);
+- `egt_eager`  : `egt_auto` without CUDA graphs (ablation; GPU only);
+- `egt_auto_bN`: `egt_auto` with beam width N (>= k) instead of k;
+- `egt_exact`  : egt Targeter with `search="exact"` (best-first exact top k; the same algorithm as the oracle);
 - `hf_beam`    : transformers `generate(num_beams=k, num_return_sequences=k, prefix_allowed_tokens_fn=trie,
                  length_penalty=0)` on `AutoModelForCausalLM.from_pretrained(default_model_dir())`, the peer;
 - `oracle`     : exact top k of the whole catalog by sum of log-probabilities (`ExactSearch`, best-first branch
@@ -16,6 +19,7 @@ agreement with HF (overlap of the top-k sets, and exact equality of the ranked l
   python eval/verify_targeting.py --device cpu --requests 20 --threads 1 --out eval/results/verify_cpu.json
   python eval/verify_targeting.py --dump-inputs .vwm/inputs.json --requests 20   (here: data for the GPU machine)
   python eval/verify_targeting.py --device cuda --inputs .vwm/inputs.json --requests 20 --out $OUT/verify_h100.json
+  (--model DIR: any HF checkpoint directory for both egt and HF instead of the embedded default)
   python eval/verify_targeting.py --merge eval/results/verify_cpu.json eval/results/verify_h100.json \
       --out eval/results/verify.json   (also writes verify.md)
 """
@@ -114,12 +118,13 @@ def ads(n: int, seed: int = 0, chars: int = 300) -> list[str]:
 
 # ---- the peer -----------------------------------------------------------------------------------------------------
 class HFBeam:
-    def __init__(self, device, dtype):
+    def __init__(self, device, dtype, model_dir=None):
         from transformers import AutoModelForCausalLM
 
         from egt.models import default_model_dir
 
-        self.model = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype=dtype).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir or default_model_dir(), dtype=dtype
+                                                          ).to(device).eval()
         self.device = device
 
     @torch.inference_mode()
@@ -159,12 +164,13 @@ def pct(xs, q):
 
 
 # ---- one catalog --------------------------------------------------------------------------------------------------
-def run_catalog(name, engine, hf, reqs, k, methods, log):
+def run_catalog(name, engine, hf, reqs, k, methods, log, no_oracle=False, model_dir=None):
     t0 = time.perf_counter()
     cat = load_catalog(name)
     load_s = time.perf_counter() - t0
     targeters = {}
     base = Targeter(engine, cat, trigger="never")
+    cuda = engine.device.type == "cuda"
     trie = base.trie
     log(f"[{name}] {len(cat)} entries, trie {len(trie)} nodes, {int((trie.child_count > 0).sum())} internal, "
         f"depth {trie.max_depth}, {trie.nbytes / 1e6:.2f} MB, built in {trie.build_seconds:.2f} s")
@@ -178,13 +184,25 @@ def run_catalog(name, engine, hf, reqs, k, methods, log):
         elif m == "egt_noprefix":
             targeters[m] = Targeter(engine, cat, trigger="auto", trie=trie)
             targeters[m].search.prefix_cache = False
-    oracle = ExactSearch(engine.model, trie, batch=64 if engine.device.type == "cpu" else 512, max_nodes=60000)
+        elif m == "egt_eager":
+            targeters[m] = Targeter(engine, cat, trigger="auto", trie=trie, graphs=False)
+        elif m.startswith("egt_auto_b"):
+            targeters[m] = Targeter(engine, cat, trigger="auto", trie=trie, beam=int(m[len("egt_auto_b"):]))
+        elif m == "egt_exact":
+            targeters[m] = Targeter(engine, cat, search="exact", trie=trie)
+        else:
+            raise ValueError(f"unknown method {m!r}")
+    oracle = None if no_oracle else ExactSearch(engine.model, trie, batch=512 if cuda else 64, max_nodes=60000)
     rows = []
-    warm = ["Warm-up ad: new running shoes on sale this week."]
+    # CUDA: two warm-up ads capture most graph buckets before timing (captures are still counted per request).
+    warm = ["Warm-up ad: new running shoes on sale this week."] + (
+        ["Warm-up ad: a family hotel by the sea with a pool, kids club and free breakfast."] if cuda else [])
     for ad in warm + reqs:
         ids = base.prompt_ids(ad)
         row = {"ad": ad[:80], "prompt_tokens": len(ids)}
         try:
+            if oracle is None:
+                raise RuntimeError("oracle not run (--no-oracle)")
             cands, st = oracle.run(ids, k)
             row["oracle"] = {"entries": [c.entry for c in cands], "scores": [c.logp for c in cands],
                              "ms": st.total_ms, "expanded_nodes": st.expanded_nodes}
@@ -196,14 +214,21 @@ def run_catalog(name, engine, hf, reqs, k, methods, log):
                       "ms": r.timings.total_ms, "prefill_ms": r.timings.prefill_ms, "steps": r.timings.steps,
                       "decode_ms": r.timings.ms_per_token * r.timings.steps if r.timings.steps else 0.0,
                       "verify_ms": r.timings.verify_ms, "triggered_at": r.timings.triggered_at,
-                      "verified_nodes": r.timings.verified_nodes, "prefill_tokens": r.timings.prefill_tokens}
+                      "verified_nodes": r.timings.verified_nodes, "prefill_tokens": r.timings.prefill_tokens,
+                      "graph_captures": r.timings.graph_captures,
+                      "trace": [{x: d[x] for x in ("step", "remaining_nodes", "next_nodes", "verify_ms_est",
+                                                   "finish_ms_est", "one_more_ms_est", "fire")} for d in r.trace]}
         if hf is not None:
             hits, ms = hf.run(ids, trie, k, base.end_token)
             row["hf_beam"] = {"entries": [e for e, _ in hits], "scores": [s for _, s in hits], "ms": ms}
-        if ad is not warm[0]:
+        if ad not in warm:
             rows.append(row)
             msg = " ".join(f"{m}={row[m]['ms']:.0f}ms" for m in list(targeters) + (["hf_beam"] if hf else []))
             log(f"[{name}] req {len(rows)}/{len(reqs)} P={len(ids)} {msg} oracle={row['oracle'].get('ms', -1):.0f}ms")
+    for m, tg in targeters.items():
+        r = getattr(tg.search, "_runner", None)
+        if r is not None and r.failed:
+            log(f"[{name}] {m}: CUDA graph capture failed, ran eager: {r.failed}")
     return summarize(name, cat, trie, rows, k, list(targeters) + (["hf_beam"] if hf else []), load_s)
 
 
@@ -240,6 +265,7 @@ def summarize(name, cat, trie, rows, k, methods, load_s):
             d["mean_verify_ms"] = float(np.mean([r[m]["verify_ms"] for r in rows]))
             d["mean_verified_nodes"] = float(np.mean([r[m]["verified_nodes"] for r in rows]))
             d["mean_prefill_tokens"] = float(np.mean([r[m]["prefill_tokens"] for r in rows]))
+            d["requests_with_graph_captures"] = int(sum(r[m].get("graph_captures", 0) > 0 for r in rows))
         if m == "oracle":
             d["mean_expanded_nodes"] = float(np.mean([r[m]["expanded_nodes"] for r in ok])) if ok else float("nan")
         out["methods"][m] = d
@@ -273,6 +299,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--methods", default="egt_auto,egt_never,egt_noprefix")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--no-oracle", action="store_true", help="skip the exact oracle (no recall figures)")
+    ap.add_argument("--model", default="default", help="'default' or an HF checkpoint directory (egt and HF)")
+    ap.add_argument("--note", default="", help="a line printed under the run's heading in verify.md")
     ap.add_argument("--out", default="eval/results/verify_cpu.json")
     ap.add_argument("--merge", nargs="*", help="merge result files into --out and write the markdown table")
     ap.add_argument("--dump-inputs", help="write the catalogs and ads to this JSON file and exit")
@@ -290,20 +319,20 @@ def main(argv=None):
         return merge(a.merge, Path(a.out))
     if a.threads:
         torch.set_num_threads(a.threads)
-    engine = Engine.from_pretrained("default", device=a.device, dtype=a.dtype, max_len=4096)
-    hf = None if a.no_hf else HFBeam(engine.device, engine.dtype)
+    engine = Engine.from_pretrained(a.model, device=a.device, dtype=a.dtype, max_len=4096)
+    hf = None if a.no_hf else HFBeam(engine.device, engine.dtype, None if a.model == "default" else a.model)
     reqs = ads(a.requests)
     out_path = Path(a.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device_name(engine.device),
            "dtype": a.dtype, "k": a.k, "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
-           "commit": _git(), "torch": torch.__version__, "catalogs": []}
+           "commit": _git(), "torch": torch.__version__, "model": a.model, "note": a.note, "catalogs": []}
 
     def log(msg):
         print(msg, flush=True)
 
     for name in a.catalogs.split(","):
-        res["catalogs"].append(run_catalog(name, engine, hf, reqs, a.k, a.methods.split(","), log))
+        res["catalogs"].append(run_catalog(name, engine, hf, reqs, a.k, a.methods.split(","), log, a.no_oracle))
         out_path.write_text(json.dumps(res, indent=1))  # partial results survive an interruption
     log(f"wrote {out_path}")
     return 0

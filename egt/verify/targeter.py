@@ -106,10 +106,11 @@ class Targeter:
         self.trie = trie
         if self.trie.num_entries != len(catalog):
             raise CatalogError("the trie does not match the catalog")
-        if chunk is None:
-            chunk = 4096 if engine.device.type == "cuda" else 512
         if search not in ("beam", "exact"):
             raise ValueError(f"search must be 'beam' or 'exact', got {search!r}")
+        if chunk is None:  # nodes per pass: verification packs whole subtrees, exact search only the best frontier
+            cuda = engine.device.type == "cuda"
+            chunk = (4096 if cuda else 512) if search == "beam" else (512 if cuda else 64)
         if search == "exact":
             if self.length_penalty:
                 raise ValueError("search='exact' ranks by the sum of log-probabilities (length_penalty=0)")
