@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from egt.models import SHAPES, hf_config_for_shape, random_model  # noqa: E402
+from megakernel_check import compress_int4, weight_bytes  # noqa: E402
 
 PROMPT = 128
 
@@ -153,6 +154,7 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--batches", default="qwen2.5-1.5b:2,4,8,16")
     ap.add_argument("--skip", default="", help="comma list of backends to skip")
+    ap.add_argument("--weights", default="bf16", help="comma list: bf16, w4a16 (egt INT4, every projection + LM head)")
     ap.add_argument("--hf-batches", action="store_true", help="also run the HF backends at batch > 1")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     a = ap.parse_args()
@@ -169,15 +171,15 @@ def main():
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def add(name, backend, batch, ms, info=None):
-        floor = SHAPES[name].weight_params() * 2 / bw * 1e3
-        r = {"model": name, "backend": backend, "weights": "bf16", "batch": batch,
+    def add(name, backend, batch, ms, info=None, weights="bf16", nbytes=None):
+        floor = (nbytes if nbytes is not None else SHAPES[name].weight_params() * 2) / bw * 1e3
+        r = {"model": name, "backend": backend, "weights": weights, "batch": batch,
              "ms_per_token": None if ms is None else round(ms, 4), "floor_ms": round(floor, 4), "device": dev,
              "date": date}
         if info:
             r.update(info)
         rows.append(r)
-        print(f"  {name:14s} {backend:18s} b{batch:<3d} {('%.4f' % ms) if ms is not None else 'n/a':>9s} ms "
+        print(f"  {name:14s} {weights:6s} {backend:18s} b{batch:<3d} {('%.4f' % ms) if ms is not None else 'n/a':>9s} ms "
               f"(floor {floor:.4f})" + (f" {info}" if info else ""), flush=True)
         (out_dir / "decode.json").write_text(json.dumps({"device": dev, "copy_GBs": bw / 1e9, "date": date,
                                                          "torch": torch.__version__, "rows": rows}, indent=1))
@@ -186,22 +188,24 @@ def main():
     # fast backends first, then HF (its static-cache compile is the slow part), so a cut-off run keeps the most
     for name in names:
         batches = [1] + extra.get(name, [])
-        model = random_model(name, device="cuda")
-        for b in batches:
-            if "torch-graph" not in skip:
-                try:
-                    add(name, "torch-graph", b, torch_graph_ms(model, b))
-                except Exception as e:
-                    add(name, "torch-graph", b, None, {"error": repr(e)[:300]})
-            if "egt-megakernel" not in skip:
-                try:
-                    ms, info = megakernel_ms(model, b)
-                    add(name, "egt-megakernel", b, ms, info)
-                except Exception as e:
-                    add(name, "egt-megakernel", b, None, {"error": repr(e)[:300]})
-        del model
-        torch.cuda.empty_cache()
-        write_md(rows, out_dir / "decode.md", dev, bw, date)
+        for weights in a.weights.split(","):
+            model = random_model(name, device="cuda")
+            if weights == "w4a16":
+                compress_int4(model)
+            nbytes = weight_bytes(model)
+            for b in batches:
+                for backend, fn in (("torch-graph", lambda: (torch_graph_ms(model, b), None)),
+                                    ("egt-megakernel", lambda: megakernel_ms(model, b))):
+                    if backend in skip:
+                        continue
+                    try:
+                        ms, info = fn()
+                        add(name, backend, b, ms, info, weights, nbytes)
+                    except Exception as e:
+                        add(name, backend, b, None, {"error": repr(e)[:300]}, weights, nbytes)
+            del model
+            torch.cuda.empty_cache()
+            write_md(rows, out_dir / "decode.md", dev, bw, date)
     for backend, static in (("hf-eager", False), ("hf-static-compile", True)):
         if backend in skip:
             continue
@@ -217,19 +221,20 @@ def main():
 
 def write_md(rows, path, dev, bw, date):
     lines = [f"# Decode benchmark ({dev}, {date})", "",
-             f"Copy bandwidth {bw / 1e9:.0f} GB/s; floor = bf16 weight bytes / that bandwidth. Random weights, prompt "
+             f"Copy bandwidth {bw / 1e9:.0f} GB/s; floor = the row's weight bytes as stored (bf16, or INT4 codes + "
+             f"fp16 scales/offsets) / that bandwidth. Random weights, prompt "
              f"{PROMPT}. Command: `python bench/decode_bench.py`.", "",
              "| model | backend | weights | batch | ms/token | floor ms | % of floor | vs torch-graph |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    graph = {(r["model"], r["batch"]): r["ms_per_token"] for r in rows if r["backend"] == "torch-graph"}
+    graph = {(r["model"], r["weights"], r["batch"]): r["ms_per_token"] for r in rows if r["backend"] == "torch-graph"}
     for r in rows:
-        ms = r["ms_per_token"]
+        ms, w = r["ms_per_token"], r["weights"]
         if ms is None:
-            lines.append(f"| {r['model']} | {r['backend']} | bf16 | {r['batch']} | failed | {r['floor_ms']:.3f} | | |")
+            lines.append(f"| {r['model']} | {r['backend']} | {w} | {r['batch']} | failed | {r['floor_ms']:.3f} | | |")
             continue
-        g = graph.get((r["model"], r["batch"]))
+        g = graph.get((r["model"], w, r["batch"]))
         sp = f"{g / ms:.2f}x" if g else ""
-        lines.append(f"| {r['model']} | {r['backend']} | bf16 | {r['batch']} | {ms:.3f} | {r['floor_ms']:.3f} | "
+        lines.append(f"| {r['model']} | {r['backend']} | {w} | {r['batch']} | {ms:.3f} | {r['floor_ms']:.3f} | "
                      f"{r['floor_ms'] / ms:.0%} | {sp} |")
     path.write_text("\n".join(lines) + "\n")
 

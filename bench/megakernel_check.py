@@ -1,6 +1,6 @@
 """MegaKernel correctness and quick timing on a GPU (run on the device machine).
 
-For each shape (random weights, bf16): logits and the appended K/V row against the torch reference engine at
+For each shape (random weights, bf16, or `--weights w4a16`: egt INT4 of every projection and the LM head): logits and the appended K/V row against the torch reference engine at
 contexts 1, 64, 1000, 4000; bit-identical repeated runs; 64 greedy steps against the reference (a divergence
 must be a near-tie: the reference's logit gap between its token and ours is within 2x the measured logit error
 at that step); and ms/step of the MegaKernel at context ~160 beside the copy-bandwidth floor.
@@ -45,9 +45,41 @@ def copy_bandwidth() -> float:
     return 2 * (1 << 30) / (ts[len(ts) // 2] / 1e3)
 
 
+# Group sizes egt's INT4 plans use, cycled over the layers so that one binary serves adaptive (per-layer) groups;
+# attention projections symmetric, MLP and LM head asymmetric (both dequantization rules are exercised).
+INT4_GROUPS = (128, 64, 256, 128)
+
+
+@torch.no_grad()
+def compress_int4(model):
+    """Replace every projection and the LM head by egt's packed INT4 `QuantLinear` (round-to-nearest with egt's
+    group quantizer: random weights have no calibration signal for GPTQ to use)."""
+    from egt.modules import set_module
+    from egt.plan import LinearPlan
+    from egt.quant.linear import QuantLinear
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        if name == "lm_head":
+            lp = LinearPlan(bits=4, group_size=128, symmetric=False)
+        else:
+            layer = int(name.split(".")[1])
+            lp = LinearPlan(bits=4, group_size=INT4_GROUPS[layer % len(INT4_GROUPS)], symmetric="self_attn" in name)
+        q = QuantLinear.from_linear(mod, lp)
+        set_module(model, name, q)
+        del mod
+    torch.cuda.empty_cache()
+    return model
+
+
 def weight_bytes(model) -> int:
-    s = model.shape
-    return s.weight_params() * model.lm_head.weight.element_size()
+    """Bytes of every projection and the LM head as stored (bf16 weights, or packed codes + fp16 scales/offsets)."""
+    total = 0
+    for name, mod in model.named_modules():
+        if name == "lm_head" or name.endswith("_proj"):
+            total += sum(t.numel() * t.element_size() for n, t in mod.named_buffers() if n != "bias")
+            total += sum(t.numel() * t.element_size() for n, t in mod.named_parameters() if n != "bias")
+    return total
 
 
 @torch.inference_mode()
@@ -72,13 +104,17 @@ def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
 
 
-def check_shape(name, ctxs, steps, gen):
-    out = {"model": name}
+def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
+    out = {"model": name, "weights": weights}
     t0 = time.time()
     model = random_model(name, device="cuda")
+    if weights == "w4a16":
+        compress_int4(model)
+    out["weight_bytes"] = weight_bytes(model)
     out["model_init_s"] = round(time.time() - t0, 1)
     t0 = time.time()
-    dec = MegaKernelDecoder(model, batch=1)
+    dec = MegaKernelDecoder(model, batch=1, profile=profile)
+    out["profile"] = dec.profile.name
     out["build_load_s"] = round(time.time() - t0, 1)
     out["plan"] = dec.plan.to_dict()
     out["kernel_info"] = dec.info
@@ -185,10 +221,12 @@ def check_shape(name, ctxs, steps, gen):
     return out
 
 
-def check_engine_batch(name, batch, steps, gen):
+def check_engine_batch(name, batch, steps, gen, weights="bf16"):
     """Hybrid engine at batch > 1 with left padding: Engine(backend="megakernel") vs Engine(backend="torch")."""
     from egt.engine import Engine
     model = random_model(name, device="cuda")
+    if weights == "w4a16":
+        compress_int4(model)
     V = model.shape.vocab
     ref = Engine(model, None, torch.device("cuda"), max_len=256, backend="torch")
     mk = Engine(model, None, torch.device("cuda"), max_len=256, backend="megakernel")
@@ -213,7 +251,7 @@ def check_engine_batch(name, batch, steps, gen):
             else:
                 bad += 1
         tok = a.argmax(-1)
-    out = {"model": name, "batch": batch, "steps": steps, "max_rel_err": worst, "identical": same, "near_ties": ties,
+    out = {"model": name, "weights": weights, "batch": batch, "steps": steps, "max_rel_err": worst, "identical": same, "near_ties": ties,
            "mismatches": bad, "pass": worst < REL_TOL and bad == 0}
     print(f"  engine {name} b{batch}: max rel {worst:.2e}, tokens {same} identical / {ties} near-ties / {bad} bad", flush=True)
     del model, ref, mk, c_ref, c_mk
@@ -227,6 +265,8 @@ def main():
     ap.add_argument("--ctx", default="1,64,1000,4000")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--engine-batches", default="", help="e.g. qwen2.5-1.5b:4,smollm2-135m:3 (hybrid engine, padded)")
+    ap.add_argument("--profile", default=None, help="GPU profile of the plan (default: this GPU); e.g. ada-l20")
+    ap.add_argument("--weights", default="bf16", help="bf16 or w4a16 (egt INT4 of every projection and the LM head)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "megakernel_check.json"))
     a = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(1234)
@@ -236,14 +276,13 @@ def main():
     print(f"{res['device']} copy {bw / 1e9:.0f} GB/s", flush=True)
     for name in a.shapes.split(","):
         try:
-            r = check_shape(name, [int(x) for x in a.ctx.split(",")], a.steps, gen)
+            r = check_shape(name, [int(x) for x in a.ctx.split(",")], a.steps, gen, a.weights, a.profile)
         except Exception as e:  # keep the other shapes' results
             import traceback
             traceback.print_exc()
             r = {"model": name, "error": repr(e)[:2000]}
         if "ms_per_token" in r:
-            m = SHAPES[name]
-            r["floor_ms"] = m.weight_params() * 2 / bw * 1e3
+            r["floor_ms"] = r["weight_bytes"] / bw * 1e3
             print(f"  {name}: {r['ms_per_token']:.4f} ms/token (floor {r['floor_ms']:.4f}, "
                   f"{r['floor_ms'] / r['ms_per_token']:.0%} of floor)", flush=True)
         res["shapes"].append(r)
@@ -253,7 +292,7 @@ def main():
     for item in filter(None, a.engine_batches.split(",")):
         name, b = item.split(":")
         try:
-            res["engine"].append(check_engine_batch(name, int(b), 16, gen))
+            res["engine"].append(check_engine_batch(name, int(b), 16, gen, a.weights))
         except Exception as e:
             import traceback
             traceback.print_exc()

@@ -131,3 +131,91 @@ def test_cli_plan_and_dag(capsys):
     assert d["batch"] == 1 and set(d["ops"]) == {"qkv", "o", "gateup", "down", "lm_head"}
     assert main(["dag", "--model", "smollm2-135m", "--batch", "2", "--splits", "2"]) == 0
     assert "respects every edge" in capsys.readouterr().out
+
+
+# ---- INT4 operand kind (issue 9): chunk layout, plans and codegen, all without a GPU ------------------------------
+W4 = {op: "int4" for op in ("qkv", "o", "gateup", "down", "lm_head")}
+
+
+def _ql(n, k, group, sym, seed):
+    import torch
+
+    from egt.plan import LinearPlan
+    from egt.quant.linear import QuantLinear
+
+    torch.manual_seed(seed)
+    return QuantLinear.from_linear(torch.nn.Linear(k, n, bias=False), LinearPlan(bits=4, group_size=group, symmetric=sym))
+
+
+@pytest.mark.parametrize("parts,nmat,tr,tk,ks", [
+    ([(96, 128, False), (32, 64, True), (32, -1, False)], 1, 16, 576, 1),  # q, k, v with three group sizes
+    ([(200, 32, False), (200, 256, True)], 2, 8, 64, 2),                    # gate/up, K-split, last tile ragged
+    ([(40, 128, True)], 1, 32, 1216, 4),                                    # K = 4864: a 64-column scale block
+])
+def test_int4_chunks_round_trip(parts, nmat, tr, tk, ks):
+    """The MegaKernel's INT4 chunks encode exactly the weights the QuantLinear modules multiply by."""
+    import torch
+
+    from egt.megakernel.operands import q4_chunks, q4_dequant
+    k = 4864 if tk == 1216 else (576 if tk == 576 else 256)
+    mods = [_ql(n, k, g, sym, i) for i, (n, g, sym) in enumerate(parts)]
+    mats = [mods] if nmat == 1 else [[m] for m in mods]
+    chunks, lg = q4_chunks(mats, tr, tk, ks)
+    n = sum(m.out_features for m in mods) if nmat == 1 else mods[0].out_features
+    got = q4_dequant(chunks, lg, n, k, nmat, tr, tk, ks)
+    want = torch.stack([torch.cat([m.dequantize() for m in part]) for part in mats])
+    assert torch.equal(got, want)
+    assert (1 << lg) >= 32 and tk % (1 << lg) == 0
+
+
+def test_int4_chunks_refuse_a_stage_that_does_not_tile_k():
+    from egt.megakernel.operands import q4_chunks
+    q4_chunks([[_ql(8, 192, 32, True, 0)]], 8, 96, 2)  # 2 parts of one 96-column stage: legal
+    with pytest.raises(ValueError, match="does not split"):
+        q4_chunks([[_ql(8, 192, 32, True, 0)]], 8, 64, 2)  # 96-column parts are not whole 64-column stages
+
+
+def test_int4_plans_search_codegen_and_smem():
+    for name in ("smollm2-135m", "qwen2.5-1.5b"):
+        p = search(SHAPES[name], 1, "h100", weights=W4, max_plans=1)[0]
+        assert p.compression == "w4a16" and p.weights == W4 and p.threads == 256
+        assert all(s.tk % 32 == 0 for s in p.ops.values())
+        src = generate_source(p)
+        assert "constexpr bool Q4_QKV = true" in src and "using WDN = Q4W<mk_t>;" in src
+        dense = search(SHAPES[name], 1, "h100", max_plans=1)[0]
+        assert "constexpr bool Q4_QKV = false" in generate_source(dense)
+        assert p.key() != dense.key() and p.plan_hash() != dense.plan_hash()
+        q = MegaPlan.from_dict(json.loads(json.dumps(p.to_dict())))
+        assert q.weights == W4 and q.plan_hash() == p.plan_hash()
+        # INT4 moves a quarter of the bytes: on the bandwidth-bound shape the model must predict a faster step
+        # (smollm2 is bound by synchronisation, not bytes: there it may not)
+        if name == "qwen2.5-1.5b":
+            assert p.predicted_ms < 0.8 * dense.predicted_ms
+    ada = search(SHAPES["qwen2.5-1.5b"], 1, "ada-l20", weights=W4, max_plans=1)[0]
+    assert ada.smem["peak"] <= PROFILES["ada-l20"].smem_per_block and ada.blocks == 92
+
+
+def test_weight_kinds_of_a_compressed_model():
+    import torch
+
+    from egt.megakernel.runtime import MegaKernelError, weight_kinds
+    from egt.modules import set_module
+    from egt.plan import LinearPlan
+    from egt.quant.linear import QuantLinear
+    from egt.models import ModelShape, build_model
+    m = build_model(ModelShape("t", hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=16,
+                               vocab=100))
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.normal_(0, 0.02)
+    m = m.to(torch.bfloat16)
+    assert weight_kinds(m, torch.bfloat16) == {}
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, torch.nn.Linear) and "mlp" in name:
+            set_module(m, name, QuantLinear.from_linear(mod.float(), LinearPlan(bits=4, group_size=32, symmetric=False)))
+    assert weight_kinds(m, torch.bfloat16) == {"gateup": "int4", "down": "int4"}
+    first = m.layers[0].mlp.down_proj
+    set_module(m, "layers.0.mlp.down_proj", QuantLinear.from_linear(
+        torch.nn.Linear(first.in_features, first.out_features), LinearPlan(bits=8, group_size=32, symmetric=False)))
+    with pytest.raises(MegaKernelError, match="down"):
+        weight_kinds(m, torch.bfloat16)

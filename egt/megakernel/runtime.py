@@ -23,8 +23,9 @@ import time
 import torch
 
 from .codegen import BuildError, build, counter_layout, scratch_layout
+from .operands import q4_chunks
 from .profiles import get_profile
-from .schedule import MegaPlan
+from .schedule import INT4, MegaPlan
 from .search import PlanStore, plan_for
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -32,6 +33,38 @@ DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 class MegaKernelError(RuntimeError):
     """The MegaKernel cannot run this model/plan here (not co-resident, unsupported model, launch failure)."""
+
+
+OP_MODULES = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
+              "gateup": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
+
+
+def module_kind(mod, dtype: torch.dtype) -> str:
+    if type(mod) is torch.nn.Linear and mod.weight.dtype == dtype:
+        return f"dense-{DTYPE_NAMES[dtype]}"
+    if type(mod).__name__ == "QuantLinear" and getattr(mod, "bits", None) == 4:
+        return INT4
+    return f"{type(mod).__name__}({getattr(mod, 'plan', None) and mod.plan.describe()})"
+
+
+def weight_kinds(model, dtype: torch.dtype) -> dict[str, str]:
+    """Weight kind per matvec op (only those not dense); one kind per op in every layer, or MegaKernelError."""
+    dense = f"dense-{DTYPE_NAMES[dtype]}"
+    found: dict[str, set[str]] = {op: set() for op in (*OP_MODULES, "lm_head")}
+    for layer in model.layers:
+        for op, names in OP_MODULES.items():
+            found[op].update(module_kind(layer.get_submodule(n), dtype) for n in names)
+    found["lm_head"].add(module_kind(model.lm_head, dtype))
+    out = {}
+    for op, ks in found.items():
+        bad = ks - {dense, INT4}
+        if bad or len(ks) > 1:
+            raise MegaKernelError(
+                f"{op}: the MegaKernel reads {dense} or 4-bit QuantLinear weights, the same kind in every layer; this "
+                f"model has {sorted(ks)} (INT3/INT8 and sparse kinds are not in the MegaKernel yet)")
+        if ks == {INT4}:
+            out[op] = INT4
+    return out
 
 
 class MegaKernelTimeout(MegaKernelError):
@@ -51,21 +84,20 @@ class MegaKernelDecoder:
         shape = model.shape
         if shape.qk_norm:
             raise MegaKernelError("qk_norm models (Qwen3) are not supported by the MegaKernel yet")
-        w = model.layers[0].self_attn.q_proj.weight
+        w = model.embed_tokens.weight
         if w.dtype not in DTYPE_NAMES or w.device.type != "cuda":
             raise MegaKernelError(f"MegaKernel needs bf16/fp16 CUDA weights, got {w.dtype} on {w.device}")
-        for name, mod in model.named_modules():
-            if name.endswith("_proj") or name == "lm_head":
-                if not isinstance(mod, torch.nn.Linear):
-                    raise MegaKernelError(f"{name} is {type(mod).__name__}: compressed formats are issue 9")
         self.model, self.batch = model, batch
         self.device = w.device
         self.dtype = w.dtype
+        kinds = weight_kinds(model, w.dtype)
         prof = get_profile(profile)
         self.profile = prof
-        self.plan = plan or plan_for(shape, batch, prof, DTYPE_NAMES[w.dtype], store)
+        self.plan = plan or plan_for(shape, batch, prof, DTYPE_NAMES[w.dtype], store, weights=kinds)
         if self.plan.batch != batch or self.plan.dtype != DTYPE_NAMES[w.dtype]:
             raise MegaKernelError(f"plan is for batch {self.plan.batch}/{self.plan.dtype}, not {batch}/{DTYPE_NAMES[w.dtype]}")
+        if self.plan.weights != kinds:
+            raise MegaKernelError(f"plan is for weight kinds {self.plan.weights or 'dense'}, the model has {kinds or 'dense'}")
         errs = self.plan.check(prof.smem_per_block)
         if errs:
             raise MegaKernelError("plan does not fit profile " + prof.name + ": " + "; ".join(errs))
@@ -99,26 +131,71 @@ class MegaKernelDecoder:
         self._lock = threading.Lock()
 
     # ---- buffers --------------------------------------------------------------------------------------------------
+    def _dense(self, t: torch.Tensor | None) -> int:
+        if t is None:
+            return 0
+        if t.dtype != self.dtype or not t.is_contiguous() or t.device != self.device:
+            raise MegaKernelError("every dense weight must be a contiguous tensor of one dtype on one GPU")
+        if t.data_ptr() % 16:
+            raise MegaKernelError("weights must be 16-byte aligned")
+        return _ptr(t)
+
+    def _q4(self, op: str, mats) -> tuple[int, int]:
+        """Chunk buffer and log2 scale granularity of an INT4 op (kept alive by the decoder)."""
+        s = self.plan.ops[op]
+        try:
+            buf, lg = q4_chunks(mats, s.tr, s.tk, s.ksplit)
+        except ValueError as e:
+            raise MegaKernelError(f"{op}: {e}") from e
+        self._chunks.append(buf)
+        return _ptr(buf), lg
+
     def _setup_buffers(self):
         m, dev, B = self.model, self.device, self.batch
         s = m.shape
+        k = self.plan.weights
+        self._chunks: list[torch.Tensor] = []
+        # bias stays float32 in a QuantLinear; the QKV epilogue reads it in the weights' dtype, as the torch path adds it
+        self._biases = []
+
+        def bias(mod):
+            if mod.bias is None:
+                return 0
+            t = mod.bias.detach().to(self.dtype).contiguous()
+            self._biases.append(t)
+            return _ptr(t)
+
         ptrs = []
         for layer in m.layers:
             a, mlp = layer.self_attn, layer.mlp
-            for t in (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.q_proj.bias, a.k_proj.bias, a.v_proj.bias,
-                      a.o_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight,
-                      layer.input_layernorm.weight, layer.post_attention_layernorm.weight):
-                if t is not None:
-                    if t.dtype != self.dtype or not t.is_contiguous() or t.device != dev:
-                        raise MegaKernelError("every weight must be a contiguous tensor of one dtype on one GPU")
-                    if t.data_ptr() % 16:
-                        raise MegaKernelError("weights must be 16-byte aligned")
-                ptrs.append(_ptr(t))
+            row = [0] * 13
+            lg = [0, 0, 0, 0]
+            if k.get("qkv") == INT4:
+                row[0], lg[0] = self._q4("qkv", [[a.q_proj, a.k_proj, a.v_proj]])
+            else:
+                row[0:3] = [self._dense(a.q_proj.weight), self._dense(a.k_proj.weight), self._dense(a.v_proj.weight)]
+            row[3:6] = [bias(a.q_proj), bias(a.k_proj), bias(a.v_proj)]
+            if k.get("o") == INT4:
+                row[6], lg[1] = self._q4("o", [[a.o_proj]])
+            else:
+                row[6] = self._dense(a.o_proj.weight)
+            if k.get("gateup") == INT4:
+                row[7], lg[2] = self._q4("gateup", [[mlp.gate_proj], [mlp.up_proj]])
+            else:
+                row[7:9] = [self._dense(mlp.gate_proj.weight), self._dense(mlp.up_proj.weight)]
+            if k.get("down") == INT4:
+                row[9], lg[3] = self._q4("down", [[mlp.down_proj]])
+            else:
+                row[9] = self._dense(mlp.down_proj.weight)
+            row[10:12] = [self._dense(layer.input_layernorm.weight), self._dense(layer.post_attention_layernorm.weight)]
+            row[12] = lg[0] | lg[1] << 8 | lg[2] << 16 | lg[3] << 24
+            ptrs += row
         self.inv_freq = m.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
-        for t in (m.embed_tokens.weight, m.lm_head.weight, m.norm.weight):
-            if t.dtype != self.dtype or not t.is_contiguous():
-                raise MegaKernelError("embedding, LM head and final norm must be contiguous in the weights' dtype")
-        ptrs += [_ptr(m.embed_tokens.weight), _ptr(m.lm_head.weight), _ptr(m.norm.weight), _ptr(self.inv_freq)]
+        if k.get("lm_head") == INT4:
+            lm, lm_lg = self._q4("lm_head", [[m.lm_head]])
+        else:
+            lm, lm_lg = self._dense(m.lm_head.weight), 0
+        ptrs += [self._dense(m.embed_tokens.weight), lm, self._dense(m.norm.weight), _ptr(self.inv_freq), lm_lg]
         self.table = torch.tensor(ptrs, dtype=torch.int64, device=dev)  # kernel reads them as u64
         lay, cnt = scratch_layout(self.plan), counter_layout(self.plan)
         self.scratch = torch.zeros(lay["TOTAL"], dtype=torch.uint8, device=dev)

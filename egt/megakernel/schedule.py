@@ -8,6 +8,10 @@ Contract:
 - `MegaPlan` bundles the key (model shape, compression plan, GPU profile, batch, dtype), the grid (blocks = the
   profile's SMs, threads), one schedule per op, and what the search learnt (smem report, predicted and measured
   times). `plan_hash` covers exactly what changes the generated code.
+- Weight operand kinds (one per op, the same in every layer): `dense-bf16`/`dense-fp16` (rows read in place) and
+  `int4` (the MegaKernel layout of `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
+  the stage's packed codes and its (scale, offset) pairs). A kind changes the stage footprint here and the policy
+  the codegen picks, nothing else.
 - The validity rules here mirror the static_asserts in csrc/, so an invalid schedule is rejected in Python before
   any compiler runs.
 """
@@ -51,19 +55,57 @@ class MatvecOp:
     weight_kind: str  # operand kind of its weights, e.g. "dense-bf16"
 
 
-def matvec_ops(shape: ModelShape, weight_kind: str = "dense-bf16") -> dict[str, MatvecOp]:
+def matvec_ops(shape: ModelShape, weight_kind: str = "dense-bf16", kinds: dict[str, str] | None = None
+               ) -> dict[str, MatvecOp]:
+    """The five matvec ops of a decode step; `kinds` overrides the weight kind per op name."""
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    return {
-        "qkv": MatvecOp("qkv", q + 2 * kv, shape.hidden, 1, weight_kind),
-        "o": MatvecOp("o", shape.hidden, q, 1, weight_kind),
-        "gateup": MatvecOp("gateup", shape.intermediate, shape.hidden, 2, weight_kind),
-        "down": MatvecOp("down", shape.hidden, shape.intermediate, 1, weight_kind),
-        "lm_head": MatvecOp("lm_head", shape.vocab, shape.hidden, 1, weight_kind),
-    }
+    dims = {"qkv": (q + 2 * kv, shape.hidden, 1), "o": (shape.hidden, q, 1),
+            "gateup": (shape.intermediate, shape.hidden, 2), "down": (shape.hidden, shape.intermediate, 1),
+            "lm_head": (shape.vocab, shape.hidden, 1)}
+    kinds = kinds or {}
+    return {name: MatvecOp(name, n, k, nmat, kinds.get(name, weight_kind)) for name, (n, k, nmat) in dims.items()}
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+INT4 = "int4"
+Q4_CODES_PER_VEC = 32  # one 16-byte vector of packed codes: 32 INT4 weights, 4 int32 words
+
+
+def is_dense(kind: str) -> bool:
+    return kind.startswith("dense-")
+
+
+def q4_chunk_vecs(nmat: int, tr: int, tk: int) -> tuple[int, int]:
+    """(code vectors, scale vectors at most) of one INT4 stage chunk: codes [nmat][tr][tk/32] x 16 B, then one
+    (scale, offset) fp16 pair per (matrix, row, group of the stage), room for the finest group (32 columns)."""
+    codes = nmat * tr * (tk // Q4_CODES_PER_VEC)
+    scales = ceil_div(nmat * tr * (tk // Q4_CODES_PER_VEC) * 4, 16)
+    return codes, scales
+
+
+def compression_label(weights: dict[str, str]) -> str:
+    """The plan key's name for a set of per-op weight kinds ("none": every op dense)."""
+    if not weights:
+        return "none"
+    if set(weights) == set(MATVEC_OPS) and set(weights.values()) == {INT4}:
+        return "w4a16"
+    return ",".join(f"{k}={v}" for k, v in sorted(weights.items()))
+
+
+def weight_bytes_per_elem(kind: str, group: int = 128) -> float:
+    """Bytes the kernel streams per weight (INT4: the code nibble plus a 4-byte (scale, offset) pair per group)."""
+    return 2.0 if is_dense(kind) else 0.5 + 4.0 / group
+
+
+def stage_bytes(op: "MatvecOp", tr: int, tk: int) -> int:
+    if is_dense(op.weight_kind):
+        return op.nmat * tr * (tk // 8) * 16
+    if op.weight_kind == INT4:
+        return 16 * sum(q4_chunk_vecs(op.nmat, tr, tk))
+    raise ValueError(f"unknown weight kind {op.weight_kind!r}")
 
 
 # ---- the shared-memory constraint model (mirrors csrc/mk_matvec.cuh and csrc/mk_attention.cuh) -----------------
@@ -79,11 +121,13 @@ def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int) -> str | None:
         return "TR must be a multiple of warps/WPR"
     if s.stages < 2:
         return "at least two stages"
+    if op.weight_kind == INT4 and (s.tk % Q4_CODES_PER_VEC or op.k % Q4_CODES_PER_VEC):
+        return "INT4 stages hold whole 32-code vectors: TK and K must be multiples of 32"
     return None
 
 
 def matvec_ring_bytes(op: MatvecOp, s: MatvecSchedule) -> int:
-    return s.stages * op.nmat * s.tr * (s.tk // 8) * 16
+    return s.stages * stage_bytes(op, s.tr, s.tk)
 
 
 def matvec_page_bytes(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, blocks: int) -> int:
@@ -128,7 +172,8 @@ class MegaPlan:
     batch: int
     profile: str
     dtype: str = "bf16"
-    compression: str = "none"  # CompressionPlan.method; bf16/fp16 weights only in this issue
+    compression: str = "none"  # label of the weight formats: "none" (all dense), "w4a16", ...
+    weights: dict[str, str] = field(default_factory=dict)  # op -> weight kind where not dense-{dtype}
     threads: int = 512
     blocks: int = 132
     ops: dict[str, MatvecSchedule] = field(default_factory=dict)
@@ -149,7 +194,8 @@ class MegaPlan:
         m = asdict(self.model)
         return {"model": {k: m[k] for k in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim",
                                              "vocab", "rms_eps", "qkv_bias", "qk_norm")},
-                "batch": self.batch, "dtype": self.dtype, "compression": self.compression, "threads": self.threads,
+                "batch": self.batch, "dtype": self.dtype, "compression": self.compression,
+                "weights": dict(sorted(self.weights.items())), "threads": self.threads,
                 "blocks": self.blocks, "ops": {k: asdict(v) for k, v in sorted(self.ops.items())},
                 "attn": asdict(self.attn)}
 
@@ -164,7 +210,7 @@ class MegaPlan:
 
     # ---- shared memory ------------------------------------------------------------------------------------------
     def matvec_op_table(self) -> dict[str, MatvecOp]:
-        return matvec_ops(self.model, f"dense-{self.dtype}")
+        return matvec_ops(self.model, f"dense-{self.dtype}", self.weights)
 
     def smem_bytes(self, ksplit_override: int | None = None) -> dict:
         ops = self.matvec_op_table()
@@ -215,7 +261,7 @@ class MegaPlan:
     def to_dict(self) -> dict:
         return {"key": self.key(), "plan_hash": self.plan_hash(), "model": asdict(self.model), "batch": self.batch,
                 "profile": self.profile, "dtype": self.dtype, "compression": self.compression,
-                "threads": self.threads, "blocks": self.blocks,
+                "weights": self.weights, "threads": self.threads, "blocks": self.blocks,
                 "ops": {k: asdict(v) for k, v in self.ops.items()}, "attn": asdict(self.attn), "smem": self.smem,
                 "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "notes": self.notes}
 
@@ -224,7 +270,8 @@ class MegaPlan:
         names = {f.name for f in fields(ModelShape)}
         model = ModelShape(**{k: v for k, v in d["model"].items() if k in names})
         return cls(model=model, batch=d["batch"], profile=d["profile"], dtype=d.get("dtype", "bf16"),
-                   compression=d.get("compression", "none"), threads=d["threads"], blocks=d["blocks"],
+                   compression=d.get("compression", "none"), weights=dict(d.get("weights", {})),
+                   threads=d["threads"], blocks=d["blocks"],
                    ops={k: MatvecSchedule(**v) for k, v in d["ops"].items()}, attn=AttnSchedule(**d["attn"]),
                    smem=d.get("smem", {}), predicted_ms=d.get("predicted_ms"), measured_ms=d.get("measured_ms"),
                    notes=d.get("notes", {}))

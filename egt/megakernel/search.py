@@ -23,18 +23,20 @@ from pathlib import Path
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
 from .schedule import (AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
-                       matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes, static_smem_bytes)
+                       compression_label, is_dense, matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes,
+                       stage_bytes, static_smem_bytes, weight_bytes_per_elem)
 
 NOMINAL_CONTEXT = 256  # context the attention term is costed at (short ad prompts + a few dozen generated tokens)
 FMA_PER_SM_PER_US = 128 * 1.6e3  # fp32 lanes x clock (MHz): FMA issue rate of one SM per microsecond
 
 
-def _tk_options(kp: int) -> list[int]:
-    opts = [t for t in range(64, min(kp, 2048) + 1, 8) if kp % t == 0]
-    if kp <= 2048 and kp % 8 == 0:
+def _tk_options(kp: int, step: int = 8) -> list[int]:
+    opts = [t for t in range(64, min(kp, 2048) + 1, step) if kp % t == 0]
+    if kp <= 2048 and kp % step == 0:
         opts.append(kp)
     # keep a handful spread over the range: the powers of two and the whole part
-    keep = sorted({t for t in opts if (t & (t - 1)) == 0 or t == kp or t in (192, 384, 576, 768)})
+    keep = sorted({t for t in opts if (t & (t - 1)) == 0 or t == kp or t in (192, 384, 576, 768)
+                   or (step == 32 and t >= 512)})  # INT4: wide stages give every lane a 32-code vector
     return keep or sorted(set(opts))[-3:]
 
 
@@ -50,7 +52,7 @@ def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_l
             for ks in (1, 2, 4, 8):
                 if op.k % ks:
                     continue
-                for tk in _tk_options(op.k // ks):
+                for tk in _tk_options(op.k // ks, 8 if is_dense(op.weight_kind) else 32):
                     for st in (2, 3, 4, 6, 8):
                         s = MatvecSchedule(tr, tk, st, ks, wpr, 0)
                         if matvec_check(op, s, threads):
@@ -68,17 +70,26 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
     nt = ceil_div(op.n, s.tr)
     tiles = ceil_div(nt, blocks)
     active = min(nt, blocks)
-    stage_bytes = op.nmat * s.tr * s.tk * 2
-    block_bytes = tiles * s.tr * op.k * op.nmat * 2
+    per_elem = weight_bytes_per_elem(op.weight_kind)
+    stage = stage_bytes(op, s.tr, s.tk) if is_dense(op.weight_kind) else op.nmat * s.tr * s.tk * per_elem
+    block_bytes = tiles * s.tr * op.k * op.nmat * per_elem
     fair = prof.bandwidth_gbs * 1e3 / active  # bytes/us
-    pipe = (s.stages - 1) * stage_bytes / prof.mem_latency_us
+    pipe = (s.stages - 1) * stage / prof.mem_latency_us
     bw_sm = min(pipe, fair, 1.6 * prof.bandwidth_gbs * 1e3 / prof.sms)
     t_stream = block_bytes / bw_sm
     # the prefill of the first stages ran during the dependency wait
-    prefetched = min((s.stages - 1) * stage_bytes, block_bytes)
+    prefetched = min((s.stages - 1) * stage, block_bytes)
     t_stream = max(t_stream - min(hidden_us, prefetched / bw_sm), 0.0)
-    elems = block_bytes / 2
-    ops_per_elem = 2 * batch + 1
+    elems = tiles * s.tr * op.k * op.nmat
+    if is_dense(op.weight_kind):
+        ops_per_elem = 2 * batch + 1  # unpack + one FMA per batch row
+    else:
+        # INT4: byte-permute + subtract per code, one FMA per batch row, and the activation unpack + group sum
+        # (2 per batch row) shared by the rows and matrices a warp holds; lanes past the stage's vectors idle
+        rpw = s.tr // (threads // 32 // s.wpr)
+        vpr, tpr = s.tk // 32, 32 * s.wpr
+        util = vpr / (ceil_div(vpr, tpr) * tpr)
+        ops_per_elem = (2.4 + batch + 2 * batch / (rpw * op.nmat)) / util
     t_compute = elems * ops_per_elem / FMA_PER_SM_PER_US / (threads / 512) ** 0.25
     steps = tiles * s.ksplit * ((op.k // s.ksplit) // s.tk)
     t_steps = steps * 0.04 + tiles * (0.25 if s.wpr > 1 else 0.08) * max(1, batch // 4)
@@ -135,13 +146,19 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
 
 
 def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
-           keep_per_op: int = 3, max_plans: int = 8, thread_options=(256, 512)) -> list[MegaPlan]:
-    """Candidate plans, best predicted first; each carries predicted_ms and its smem report."""
+           keep_per_op: int = 3, max_plans: int = 8, thread_options=(256, 512),
+           weights: dict[str, str] | None = None) -> list[MegaPlan]:
+    """Candidate plans, best predicted first; each carries predicted_ms and its smem report.
+    weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops)."""
     prof = get_profile(profile)
     blocks = prof.sms
+    weights = dict(weights or {})
+    if weights:
+        # 512 threads cap registers at 128, and the INT4 loop then spills (ptxas, sm_90): 256 only
+        thread_options = tuple(t for t in thread_options if t <= 256) or (256,)
     plans: list[MegaPlan] = []
     for threads in thread_options:
-        ops = matvec_ops(shape, f"dense-{dtype}")
+        ops = matvec_ops(shape, f"dense-{dtype}", weights)
         best: dict[str, list[tuple[float, MatvecSchedule]]] = {}
         for name, op in ops.items():
             scored = [(cost_matvec(op, s, batch, threads, prof, blocks, prof.sync_us), s)
@@ -177,7 +194,8 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
                 s = best[n][combo[i]][1]
                 # rotate each op's tile assignment so the blocks carrying an extra tile change from op to op
                 sched[n] = MatvecSchedule(s.tr, s.tk, s.stages, s.ksplit, s.wpr, (i * blocks) // len(names))
-            plan = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, threads=threads,
+            plan = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype,
+                            compression=compression_label(weights), weights=weights, threads=threads,
                             blocks=blocks, ops=sched, attn=attn[combo[-1]][1])
             if plan.check(prof.smem_per_block):
                 continue
@@ -281,15 +299,17 @@ class PlanStore:
 
 
 def plan_for(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
-             store: PlanStore | None = None) -> MegaPlan:
+             store: PlanStore | None = None, weights: dict[str, str] | None = None) -> MegaPlan:
     """The stored winner for this key, else the cost model's best (not yet timed on a GPU)."""
     prof = get_profile(profile)
     store = store or PlanStore()
-    probe = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, blocks=prof.sms)
+    weights = dict(weights or {})
+    probe = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, blocks=prof.sms,
+                     compression=compression_label(weights), weights=weights)
     found = store.get(probe.key())
     if found is not None:
         return found
-    cands = search(shape, batch, prof, dtype, max_plans=1)
+    cands = search(shape, batch, prof, dtype, max_plans=1, weights=weights)
     if not cands:
         raise ValueError(f"no schedule of {shape.name} at batch {batch} fits profile {prof.name}")
     return cands[0]

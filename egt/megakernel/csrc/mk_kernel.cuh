@@ -39,8 +39,11 @@ namespace egt {
 
 using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT, ATT_MINC>;
 
-enum { TBL_WQ = 0, TBL_WK, TBL_WV, TBL_BQ, TBL_BK, TBL_BV, TBL_WO, TBL_WG, TBL_WU, TBL_WD, TBL_LN1, TBL_LN2, LT = 12 };
-enum { GL_EMBED = 0, GL_LM, GL_NORM, GL_INVF };
+// Per-layer table (u64 each). Dense ops: row pointers of q/k/v, o, gate/up, down. INT4 ops: TBL_WQ, TBL_WO, TBL_WG
+// and TBL_WD hold the op's chunk buffer instead (q/k/v and gate/up packed together), and TBL_LG the log2 of each
+// INT4 op's scale granularity, one byte each: qkv | o << 8 | gate/up << 16 | down << 24.
+enum { TBL_WQ = 0, TBL_WK, TBL_WV, TBL_BQ, TBL_BK, TBL_BV, TBL_WO, TBL_WG, TBL_WU, TBL_WD, TBL_LN1, TBL_LN2, TBL_LG, LT = 13 };
+enum { GL_EMBED = 0, GL_LM, GL_NORM, GL_INVF, GL_LMLG };
 
 __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
   uint32_t w[4];
@@ -70,6 +73,30 @@ struct RowTwo {
   int rv;
   __device__ const uint4* operator()(int m, int n) const { return (m == 0 ? a : b) + (long long)n * rv; }
 };
+
+// ---- weight sources per op: the codegen picks each op's kind (Q4_* flags), the schedule below stays the same ----
+__device__ __forceinline__ const uint4* u4p(unsigned long long a) { return reinterpret_cast<const uint4*>(a); }
+__device__ __forceinline__ int lg_of(const unsigned long long* lt, int op) { return (int)((lt[TBL_LG] >> (8 * op)) & 0xff); }
+__device__ __forceinline__ auto src_qkv(const unsigned long long* lt) {
+  if constexpr (Q4_QKV) return Q4Src{u4p(lt[TBL_WQ]), lg_of(lt, 0)};
+  else return RowQKV{u4p(lt[TBL_WQ]), u4p(lt[TBL_WK]), u4p(lt[TBL_WV])};
+}
+__device__ __forceinline__ auto src_o(const unsigned long long* lt) {
+  if constexpr (Q4_O) return Q4Src{u4p(lt[TBL_WO]), lg_of(lt, 1)};
+  else return RowOne{u4p(lt[TBL_WO]), NH * HD / 8};
+}
+__device__ __forceinline__ auto src_gu(const unsigned long long* lt) {
+  if constexpr (Q4_GU) return Q4Src{u4p(lt[TBL_WG]), lg_of(lt, 2)};
+  else return RowTwo{u4p(lt[TBL_WG]), u4p(lt[TBL_WU]), H / 8};
+}
+__device__ __forceinline__ auto src_dn(const unsigned long long* lt) {
+  if constexpr (Q4_DN) return Q4Src{u4p(lt[TBL_WD]), lg_of(lt, 3)};
+  else return RowOne{u4p(lt[TBL_WD]), I / 8};
+}
+__device__ __forceinline__ auto src_lm(const unsigned long long* gl) {
+  if constexpr (Q4_LM) return Q4Src{u4p(gl[GL_LM]), (int)gl[GL_LMLG]};
+  else return RowOne{u4p(gl[GL_LM]), H / 8};
+}
 
 // ---- activation stagers --------------------------------------------------------------------------------------
 // RMSNorm fused into the consumer: every block recomputes the row's rms (K elements, from L2) instead of paying a
@@ -269,12 +296,11 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   unsigned* c_lm = p.counters + CNT_LM;
   unsigned* c_arr = p.counters + CNT_ARR;
   const unsigned ALL = E1 * NBLK;
-  auto U4 = [](unsigned long long a) { return reinterpret_cast<const uint4*>(a); };
   auto T = [](unsigned long long a) { return reinterpret_cast<const mk_t*>(a); };
 
   {
     const unsigned long long* lt = tb;
-    Matvec<MvQKV, WQKV>::prefill(ring, RowQKV{U4(lt[TBL_WQ]), U4(lt[TBL_WK]), U4(lt[TBL_WV])});
+    Matvec<MvQKV, WQKV>::prefill(ring, src_qkv(lt));
   }
 #pragma unroll 1
   for (int l = 0; l < L; ++l) {
@@ -287,14 +313,14 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
       NormStage<H, MvQKV::KS> st{l == 0 ? embed : xA, s_tok, T(lt[TBL_LN1]), s_rstd, l == 0};
       st.prepare();
       EpiQKV e{qkv, T(lt[TBL_BQ]), T(lt[TBL_BK]), T(lt[TBL_BV])};
-      Matvec<MvQKV, WQKV>::run(ring, page, RowQKV{U4(lt[TBL_WQ]), U4(lt[TBL_WK]), U4(lt[TBL_WV])}, st, e);
+      Matvec<MvQKV, WQKV>::run(ring, page, src_qkv(lt), st, e);
     }
     MK_STAMP(2);
     block_arrive(c_qkv + l);
     // RoPE + KV append + split attention (+ combine); the o projection's weights start streaming inside
     MK_STAMP(3);
     {
-      auto pre_o = [&]() { Matvec<MvO, WO>::prefill(ring, RowOne{U4(lt[TBL_WO]), NH * HD / 8}); };
+      auto pre_o = [&]() { Matvec<MvO, WO>::prefill(ring, src_o(lt)); };
       Attention<AttnC>::run<Matvec<MvO, WO>::PF>(l, page, p, qkv, att, part_o, part_ml, c_qkv + l,
                                                   c_arr + (long long)l * NB * NKV, c_att + l, E1, inv_freq, p.ctl, pre_o);
     }
@@ -305,11 +331,11 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     {
       PlainStage<NH * HD, MvO::KS> st{att};
       EpiResid e{l == 0 ? embed : xA, l == 0 ? s_tok : nullptr, xM, s_res, 0, 0};
-      Matvec<MvO, WO>::run(ring, page, RowOne{U4(lt[TBL_WO]), NH * HD / 8}, st, e);
+      Matvec<MvO, WO>::run(ring, page, src_o(lt), st, e);
     }
     MK_STAMP(6);
     block_arrive(c_o + l);
-    Matvec<MvGU, WGU>::prefill(ring, RowTwo{U4(lt[TBL_WG]), U4(lt[TBL_WU]), H / 8});
+    Matvec<MvGU, WGU>::prefill(ring, src_gu(lt));
     block_wait(c_o + l, ALL, p.ctl, p.timeout_ns);
     MK_STAMP(7);
     // RMSNorm -> gate/up -> SiLU * up
@@ -317,26 +343,26 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
       NormStage<H, MvGU::KS> st{xM, s_tok, T(lt[TBL_LN2]), s_rstd, false};
       st.prepare();
       EpiGU e{hbuf};
-      Matvec<MvGU, WGU>::run(ring, page, RowTwo{U4(lt[TBL_WG]), U4(lt[TBL_WU]), H / 8}, st, e);
+      Matvec<MvGU, WGU>::run(ring, page, src_gu(lt), st, e);
     }
     MK_STAMP(8);
     block_arrive(c_gu + l);
-    Matvec<MvDN, WDN>::prefill(ring, RowOne{U4(lt[TBL_WD]), I / 8});
+    Matvec<MvDN, WDN>::prefill(ring, src_dn(lt));
     block_wait(c_gu + l, ALL, p.ctl, p.timeout_ns);
     MK_STAMP(9);
     // down projection + residual
     {
       PlainStage<I, MvDN::KS> st{hbuf};
       EpiResid e{xM, nullptr, xA, s_res, 0, 0};
-      Matvec<MvDN, WDN>::run(ring, page, RowOne{U4(lt[TBL_WD]), I / 8}, st, e);
+      Matvec<MvDN, WDN>::run(ring, page, src_dn(lt), st, e);
     }
     MK_STAMP(10);
     block_arrive(c_dn + l);
     if (l + 1 < L) {
       const unsigned long long* nt = lt + LT;
-      Matvec<MvQKV, WQKV>::prefill(ring, RowQKV{U4(nt[TBL_WQ]), U4(nt[TBL_WK]), U4(nt[TBL_WV])});
+      Matvec<MvQKV, WQKV>::prefill(ring, src_qkv(nt));
     } else {
-      Matvec<MvLM, WLM>::prefill(ring, RowOne{U4(gl[GL_LM]), H / 8});
+      Matvec<MvLM, WLM>::prefill(ring, src_lm(gl));
     }
   }
   // final RMSNorm -> LM head -> argmax
@@ -350,7 +376,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   {
     NormStage<H, MvLM::KS> st{xA, s_tok, T(gl[GL_NORM]), s_rstd, false};
     st.prepare();
-    Matvec<MvLM, WLM>::run(ring, page, RowOne{U4(gl[GL_LM]), H / 8}, st, e);
+    Matvec<MvLM, WLM>::run(ring, page, src_lm(gl), st, e);
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll

@@ -4,42 +4,175 @@
 // - The row tiles of one op are split over the grid in contiguous, balanced ranges (rotated by ROT so that the
 //   blocks that carry one extra tile differ from op to op); every block knows its range at compile time.
 // - Weights stream through a ring of ST shared-memory stages (TR rows x TK columns each) filled by cp.async.
-//   `prefill` issues the first ST-1 stages and touches no activation, so the generated schedule calls it for the
+//   `prefill` issues the first stages and touches no activation, so the generated schedule calls it for the
 //   next op *before* waiting on that op's dependency: the weight stream never stops for a grid-wide sync.
 // - The activation x (B x K) is staged in shared memory KS parts at a time ("K-split"): KS>1 cuts the
 //   activation footprint by KS at the cost of keeping per-row partial sums in shared memory.
 // - Reductions run in a fixed order, so the result does not depend on timing (bit-identical reruns).
-// - The weight format is the policy `WF` (an operand kind); dense bf16/fp16 is `DenseW`. A compressed format
-//   (issue 9) is one more policy with its own stage layout and dot product, not a rewrite of the schedule.
+// - The weight format is the policy `WF` (an operand kind): how one stage is fetched (`issue`) and multiplied
+//   (`accumulate`). `DenseW` reads bf16/fp16 rows in place; `Q4W` reads the INT4 chunk layout of
+//   egt/megakernel/operands.py. The schedule, the ring and the epilogues are the same for every kind.
 #pragma once
 #include "mk_common.cuh"
 
 namespace egt {
 
+template <int N_, int K_, int NMAT_, int TR_, int TK_, int ST_, int KS_, int WPR_, int ROT_>
+struct MvCfg {
+  static constexpr int N = N_, K = K_, NMAT = NMAT_, TR = TR_, TK = TK_, ST = ST_, KS = KS_, WPR = WPR_, ROT = ROT_;
+  static constexpr int KP = K / KS;               // columns per K part
+  static constexpr int CP = KP / TK;              // stages per tile per part
+  static constexpr int NW = NTHR / 32;
+  static constexpr int SLOTS = NW / WPR;          // row slots in a block
+  static constexpr int RPW = TR / SLOTS;          // rows per warp
+  static constexpr int TPR = 32 * WPR;            // threads per row
+};
+
+// Dense bf16/fp16 rows, read in place. Source: a row map rp(m, n) -> first 16-byte vector of row n of matrix m.
 template <typename T> struct DenseW {
-  static constexpr int ELEMS_PER_VEC = 8;  // one 16-byte vector holds 8 weights
-  __device__ static __forceinline__ void unpack(const uint4& v, float (&f)[8]) { unpack8<T>(v, f); }
+  template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * (C::TK / 8); }
+  template <class C, class RP>
+  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const RP& rp, int first) {
+    constexpr int VPR = C::TK / 8;
+    const int col0 = (kp * C::KP + ch * C::TK) / 8;
+    for (int v = threadIdx.x - first; v < stage_vec<C>(); v += NTHR - first) {
+      const int m = v / (C::TR * VPR);
+      const int rem = v - m * (C::TR * VPR);
+      const int r = rem / VPR;
+      const int c = rem - r * VPR;
+      const int n = tile * C::TR + r;
+      if (n < C::N) cp_async16(buf + v, rp(m, n) + col0 + c);
+    }
+  }
+  template <class C, class RP>
+  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, const RP&, float (&acc)[C::RPW][C::NMAT][NB]) {
+    constexpr int VPR = C::TK / 8, VPT = (VPR + C::TPR - 1) / C::TPR;
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
+      const int c = wi * 32 + lane + v * C::TPR;
+      if (VPT * C::TPR == VPR || c < VPR) {
+        float xf[NB][8];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) unpack8<T>(xs[b * (C::KP / 8) + ch * VPR + c], xf[b]);
+#pragma unroll
+        for (int j = 0; j < C::RPW; ++j) {
+          const int r = slot * C::RPW + j;
+#pragma unroll
+          for (int m = 0; m < C::NMAT; ++m) {
+            float wf[8];
+            unpack8<T>(buf[(m * C::TR + r) * VPR + c], wf);
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+              float a = acc[j][m][b];
+#pragma unroll
+              for (int e = 0; e < 8; ++e) a = fmaf(wf[e], xf[b][e], a);
+              acc[j][m][b] = a;
+            }
+          }
+        }
+      }
+    }
+  }
+};
+
+// INT4 weights in the MegaKernel chunk layout (egt/megakernel/operands.py). Chunk (tile, kp, ch) is contiguous:
+//   codes  [NMAT][TR][TK/32] x uint4   (32 codes per vector, egt.quant's nibble order: code k at bits 4(k%8) of
+//                                       word k/8)
+//   pairs  [NMAT][TR][TK >> lg] x half2 (scale, offset): w = scale * code + offset over 2^lg columns
+// lg (log2 of the scale granularity, >= 5) is a per-layer run-time value, so adaptive group sizes share one binary;
+// chunks have a fixed stride sized for lg = 5 and a stage copies only the pairs it uses.
+struct Q4Src {
+  const uint4* base;  // chunk 0 of this layer's op
+  int lg;
+};
+template <typename T> struct Q4W {
+  template <class C> __host__ __device__ static constexpr int code_vec() { return C::NMAT * C::TR * (C::TK / 32); }
+  template <class C> __host__ __device__ static constexpr int stage_vec() { return code_vec<C>() + (C::NMAT * C::TR * (C::TK / 32) * 4 + 15) / 16; }
+  template <class C, class SRC>
+  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
+    const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
+    const int n = code_vec<C>() + (C::NMAT * C::TR * (C::TK >> src.lg) * 4 + 15) / 16;
+    for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16(buf + v, chunk + v);
+  }
+  // Code -> float without an int->float conversion: put the nibble in the mantissa of 2^23 (one byte permute from
+  // a word of isolated nibbles), subtract 2^23 (exact). Even codes come from w & 0x0F0F0F0F, odd from w >> 4.
+  __device__ static __forceinline__ void codes8(uint32_t w, float (&q)[8]) {
+    const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      q[2 * i] = __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7440 + i)) - 8388608.f;
+      q[2 * i + 1] = __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7440 + i)) - 8388608.f;
+    }
+  }
+  // sum_k (s q_k + o) x_k = s * sum_k q_k x_k + o * sum_k x_k: one scale FMA per vector, not per weight.
+  template <class C, class SRC>
+  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, const SRC& src, float (&acc)[C::RPW][C::NMAT][NB]) {
+    constexpr int VPR = C::TK / 32, VPT = (VPR + C::TPR - 1) / C::TPR;
+    const int sps = C::TK >> src.lg;
+    const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
+#pragma unroll
+    for (int v = 0; v < VPT; ++v) {
+      const int c = wi * 32 + lane + v * C::TPR;
+      if (VPT * C::TPR == VPR || c < VPR) {
+        const int gi = (c * 32) >> src.lg;
+        uint4 w[C::RPW][C::NMAT];
+#pragma unroll
+        for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+          for (int m = 0; m < C::NMAT; ++m) w[j][m] = buf[(m * C::TR + slot * C::RPW + j) * VPR + c];
+        float dot[C::RPW][C::NMAT][NB], xsum[NB];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          xsum[b] = 0.f;
+#pragma unroll
+          for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+            for (int m = 0; m < C::NMAT; ++m) dot[j][m][b] = 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float xf[NB][8];
+#pragma unroll
+          for (int b = 0; b < NB; ++b) {
+            unpack8<T>(xs[b * (C::KP / 8) + ch * (C::TK / 8) + c * 4 + i], xf[b]);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) xsum[b] += xf[b][e];
+          }
+#pragma unroll
+          for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+            for (int m = 0; m < C::NMAT; ++m) {
+              const uint32_t word = i == 0 ? w[j][m].x : (i == 1 ? w[j][m].y : (i == 2 ? w[j][m].z : w[j][m].w));
+              float q[8];
+              codes8(word, q);
+#pragma unroll
+              for (int b = 0; b < NB; ++b)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) dot[j][m][b] = fmaf(q[e], xf[b][e], dot[j][m][b]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+          for (int m = 0; m < C::NMAT; ++m) {
+            const float2 so = __half22float2(pairs[(m * C::TR + slot * C::RPW + j) * sps + gi]);
+#pragma unroll
+            for (int b = 0; b < NB; ++b) acc[j][m][b] = fmaf(so.x, dot[j][m][b], fmaf(so.y, xsum[b], acc[j][m][b]));
+          }
+      }
+    }
+  }
 };
 
 template <class T, class = void> struct HasBegin { static constexpr bool value = false; };
 template <class T> struct HasBegin<T, decltype(void(&T::begin))> { static constexpr bool value = true; };
 
-template <int N_, int K_, int NMAT_, int TR_, int TK_, int ST_, int KS_, int WPR_, int ROT_>
-struct MvCfg {
-  static constexpr int N = N_, K = K_, NMAT = NMAT_, TR = TR_, TK = TK_, ST = ST_, KS = KS_, WPR = WPR_, ROT = ROT_;
-};
-
 template <class C, class WF> struct Matvec {
-  static constexpr int NW = NTHR / 32;
-  static constexpr int KP = C::K / C::KS;     // columns per K part
-  static constexpr int CP = KP / C::TK;       // stages per tile per part
+  static constexpr int NW = C::NW, KP = C::KP, CP = C::CP, SLOTS = C::SLOTS, RPW = C::RPW;
   static constexpr int NT = (C::N + C::TR - 1) / C::TR;
-  static constexpr int VPR = C::TK / 8;       // 16-byte vectors per row per stage
-  static constexpr int SLOTS = NW / C::WPR;   // row slots in a block
-  static constexpr int RPW = C::TR / SLOTS;   // rows per warp
-  static constexpr int TPR = 32 * C::WPR;     // threads per row
-  static constexpr int VPT = (VPR + TPR - 1) / TPR;
-  static constexpr int STAGE_VEC = C::NMAT * C::TR * VPR;
+  static constexpr int STAGE_VEC = WF::template stage_vec<C>();
   static constexpr int MAXT = (NT + NBLK - 1) / NBLK;
   static constexpr int XVEC = NB * KP / 8;
   static constexpr int RING_BYTES = C::ST * STAGE_VEC * 16;
@@ -67,35 +200,27 @@ template <class C, class WF> struct Matvec {
     kp = r / nt;
   }
   // first: threads below it issue nothing (warp 0 stays free to poll the dependency counter during a prefill)
-  template <class RP>
-  __device__ static __forceinline__ void issue(uint4* ring, int s, int t0, int nt, const RP& rp, int first = 0) {
+  template <class SRC>
+  __device__ static __forceinline__ void issue(uint4* ring, int s, int t0, int nt, const SRC& src, int first = 0) {
     if (s < nt * C::KS * CP && (int)threadIdx.x >= first) {
       int kp, tl, ch;
       decode(s, nt, kp, tl, ch);
-      uint4* buf = ring + (s % C::ST) * STAGE_VEC;
-      const int col0 = (kp * KP + ch * C::TK) / 8;
-      for (int v = threadIdx.x - first; v < STAGE_VEC; v += NTHR - first) {
-        const int m = v / (C::TR * VPR);
-        const int rem = v - m * (C::TR * VPR);
-        const int r = rem / VPR;
-        const int c = rem - r * VPR;
-        const int n = (t0 + tl) * C::TR + r;
-        if (n < C::N) cp_async16(buf + v, rp(m, n) + col0 + c);
-      }
+      WF::template issue<C>(ring + (s % C::ST) * STAGE_VEC, t0 + tl, kp, ch, src, first);
     }
     cp_commit();
   }
-  template <class RP> __device__ static __forceinline__ void prefill(uint4* ring, const RP& rp) {
+  template <class SRC> __device__ static __forceinline__ void prefill(uint4* ring, const SRC& src) {
     int t0, t1;
     tiles(t0, t1);
 #pragma unroll 1
-    for (int s = 0; s < PF; ++s) issue(ring, s, t0, t1 - t0, rp, NTHR > 32 ? 32 : 0);
+    for (int s = 0; s < PF; ++s) issue(ring, s, t0, t1 - t0, src, NTHR > 32 ? 32 : 0);
   }
 
-  // rp(m, n): first 16-byte vector of row n of matrix m. stage(xs, kp): writes activation part kp and syncs.
+  // src: where the weights are (the policy's source: a row map for DenseW, a Q4Src for Q4W).
+  // stage(xs, kp): writes activation part kp and syncs.
   // epi(n, b, v[NMAT]): consumes a finished output element (called by exactly one thread per (n, b)).
-  template <class RP, class XS, class EPI>
-  __device__ static __forceinline__ void run(uint4* ring, unsigned char* region, const RP& rp, const XS& stage, EPI& epi) {
+  template <class SRC, class XS, class EPI>
+  __device__ static __forceinline__ void run(uint4* ring, unsigned char* region, const SRC& src, const XS& stage, EPI& epi) {
     int t0, t1;
     tiles(t0, t1);
     const int nt = t1 - t0;
@@ -117,42 +242,17 @@ template <class C, class WF> struct Matvec {
       epi.begin(n0, min(t1 * C::TR, C::N) > n0 ? min(t1 * C::TR, C::N) : n0);
     }
 #pragma unroll 1
-    for (int s = PF; s < C::ST - 1; ++s) issue(ring, s, t0, nt, rp);  // the stages prefill left out
+    for (int s = PF; s < C::ST - 1; ++s) issue(ring, s, t0, nt, src);  // the stages prefill left out
     if (ns > 0) stage(xs, 0);
 #pragma unroll 1
     for (int s = 0; s < ns; ++s) {
       cp_wait<C::ST - 2>();
       __syncthreads();
-      issue(ring, s + C::ST - 1, t0, nt, rp);  // refills the stage everyone finished last iteration
+      issue(ring, s + C::ST - 1, t0, nt, src);  // refills the stage everyone finished last iteration
       int kp, tl, ch;
       decode(s, nt, kp, tl, ch);
       if (kp > 0 && tl == 0 && ch == 0) stage(xs, kp);
-      const uint4* buf = ring + (s % C::ST) * STAGE_VEC;
-#pragma unroll
-      for (int v = 0; v < VPT; ++v) {
-        const int c = wi * 32 + lane + v * TPR;
-        if (VPT * TPR == VPR || c < VPR) {
-          float xf[NB][8];
-#pragma unroll
-          for (int b = 0; b < NB; ++b) unpack8<mk_t>(xs[b * (KP / 8) + ch * VPR + c], xf[b]);
-#pragma unroll
-          for (int j = 0; j < RPW; ++j) {
-            const int r = slot * RPW + j;
-#pragma unroll
-            for (int m = 0; m < C::NMAT; ++m) {
-              float wf[8];
-              WF::unpack(buf[(m * C::TR + r) * VPR + c], wf);
-#pragma unroll
-              for (int b = 0; b < NB; ++b) {
-                float a = acc[j][m][b];
-#pragma unroll
-                for (int e = 0; e < 8; ++e) a = fmaf(wf[e], xf[b][e], a);
-                acc[j][m][b] = a;
-              }
-            }
-          }
-        }
-      }
+      WF::template accumulate<C>(ring + (s % C::ST) * STAGE_VEC, xs, ch, slot, wi, lane, src, acc);
       if (ch == CP - 1) finish_tile(acc, t0 + tl, tl, kp, red, accs, warp, lane, slot, epi);
     }
     cp_wait<0>();
