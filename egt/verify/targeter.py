@@ -14,7 +14,7 @@ Contract:
   prompt, entries with a leading space, and the EOS token as end marker. `prompt_template` overrides the text.
 - `beam` sets the beam width (default: k, as Hugging Face's `num_beams=k`); a wider beam (max(beam, k)) keeps
   more hypotheses alive before the trigger fires. `graphs` (default: on for CUDA) runs every forward pass as a
-  replayed CUDA graph (`egt.verify.search`).
+  replayed CUDA graph (`egt.verify.search`); `warmup()` captures them up front (else on first use).
 - `search="exact"` replaces the beam search by `ExactSearch` (best-first branch and bound over the trie, `chunk`
   nodes per tree-attention pass): the exact top k by sum of log-probabilities, at a cost that depends on how
   peaked the model is (see eval/results/verify.md). Its timings: prefill, then every pass counts as
@@ -126,6 +126,12 @@ class Targeter:
             cost = CostModel.cached(engine.model, chunk, search=self.search)
         self.trigger = Trigger(trigger, cost)
         self._lock = threading.Lock()
+
+    def warmup(self, max_prompt: int = 256, k: int = 10) -> int:
+        """On a GPU, capture now the CUDA graphs that requests with prompts up to `max_prompt` tokens and k results
+        would capture on first use (a few seconds; call before serving). Returns the number captured (0 on a CPU)."""
+        with self._lock:
+            return self.search.warmup(max_prompt, self._width(k) or k)
 
     def prompt_ids(self, ad_text: str) -> list[int]:
         if not isinstance(ad_text, str) or not ad_text.strip():
