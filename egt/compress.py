@@ -39,6 +39,9 @@ class CompressConfig:
     sparse_method: str | None = None  # wanda | sparsegpt | wanda+obs
     sparse_metric: str | None = None  # layer importance: alone_kl | block_influence | outlier_ratio
     sparse_granularity: str | None = None  # layer | module
+    # oneshot (statistics of the dense model) | sequential (layer by layer on the already-compressed model's
+    # activations) | sequential-module (per group of modules sharing an input); None = the stage's measured default.
+    calibration_mode: str | None = None
 
     def validate(self) -> None:
         if self.bits is not None and self.bits not in (3, 4, 8):
@@ -54,6 +57,9 @@ class CompressConfig:
                 raise ValueError("--density applies to --sparsity mix only")
             if not 0.25 <= self.density <= 1.0:
                 raise ValueError(f"--density must be within [0.25, 1.0], got {self.density}")
+        if self.calibration_mode not in (None, "oneshot", "sequential", "sequential-module"):
+            raise ValueError(f"calibration_mode must be oneshot, sequential or sequential-module, "
+                             f"got {self.calibration_mode!r}")
         if self.dtype not in ("fp16", "bf16", "fp32"):
             raise ValueError(f"--dtype must be fp16, bf16 or fp32, got {self.dtype!r}")
 

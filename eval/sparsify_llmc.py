@@ -24,6 +24,8 @@ def main() -> int:
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--model", required=True, help="HF checkpoint directory of the dense model")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--no-propagate", action="store_true",
+                    help="propagate_error=False: every layer calibrated on the dense model's activations (one-shot)")
     a = ap.parse_args()
 
     import torch
@@ -44,11 +46,13 @@ def main() -> int:
     modifier = SparseGPTModifier(**kw) if a.method == "sparsegpt" else WandaPruningModifier(**kw)
     t0 = time.perf_counter()
     oneshot(model=model, dataset=ds, recipe=[modifier], num_calibration_samples=len(seqs),
-            max_seq_length=max(len(s) for s in seqs), pipeline="sequential")
+            max_seq_length=max(len(s) for s in seqs), pipeline="sequential",
+            propagate_error=not a.no_propagate)
     secs = time.perf_counter() - t0
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(state, a.out, metadata={"llmcompressor": llmcompressor.__version__, "method": a.method,
-                                      "seconds": f"{secs:.1f}"})
+                                      "seconds": f"{secs:.1f}",
+                                      "propagate_error": str(not a.no_propagate)})
     print(json.dumps({"method": a.method, "llmcompressor": llmcompressor.__version__, "seconds": round(secs, 1)}))
     return 0
 

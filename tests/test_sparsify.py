@@ -248,7 +248,8 @@ class _CharTokenizer:
         return {"input_ids": [ord(c) % 97 for c in text][:max_length]}
 
 
-def test_compress_mix_int4_composes_with_egt_quant_and_round_trips(tiny, tmp_path):
+@pytest.mark.parametrize("mode", ["sequential", "oneshot", "sequential-module"])
+def test_compress_mix_int4_composes_with_egt_quant_and_round_trips(tiny, tmp_path, mode):
     """sparsify_model then egt.quant.quantize_model (as egt.compress runs them), then save / load the directory."""
     import copy
     from types import SimpleNamespace
@@ -262,12 +263,14 @@ def test_compress_mix_int4_composes_with_egt_quant_and_round_trips(tiny, tmp_pat
     model = copy.deepcopy(tiny)
     loaded = SimpleNamespace(model=model, tokenizer=_CharTokenizer())
     texts = [f"ad number {i}: running shoes for trail runners, 20% off this week" for i in range(6)]
-    cfg = CompressConfig(bits=4, sparsity="mix", density=0.375, group_size=32)
+    cfg = CompressConfig(bits=4, sparsity="mix", density=0.375, group_size=32, calibration_mode=mode)
     cfg.quant_refine = "rtn"
     cfg.quant_metric = getattr(__import__("egt.quant.sensitivity", fromlist=["METRICS"]), "METRICS")[0]
     plan = sparsify_model(loaded, CompressionPlan(method=cfg.method), cfg, texts, progress=False,
-                          options=SparsifyOptions(importance_texts=3, importance_tokens=32))
+                          options=SparsifyOptions(importance_texts=3, importance_tokens=32,
+                                                  calibration=cfg.calibration_mode))
     assert plan.meta["sparsify"]["density"] == 0.375
+    assert plan.meta["sparsify"]["options"]["calibration"] == mode
     sparse = {n: lp for n, lp in plan.layers.items() if lp.sparsity != "dense"}
     assert sparse and all(lp.bits == 4 and lp.group_size == 32 for lp in sparse.values())
     before = {n: model.get_submodule(n) for n in sparse}
@@ -302,3 +305,117 @@ def test_compress_mix_int4_composes_with_egt_quant_and_round_trips(tiny, tmp_pat
     with torch.inference_mode():
         got = _forward(again, ids)
     assert torch.allclose(got, want, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sequential calibration (egt.calibrate.sequential_stats): streamed per stage, on the model as compressed so far.
+
+_TEXTS = [f"ad number {i}: running shoes for trail runners, 20% off this week" for i in range(6)]
+
+
+def _same_stats(a, b):
+    assert a.tokens == b.tokens
+    assert torch.allclose(a.xtx, b.xtx, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(a.sq_norm, b.sq_norm, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(a.abs_mean, b.abs_mean, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("per", ["layer", "module"])
+def test_sequential_stats_with_nothing_compressed_equal_collect_stats(tiny, per):
+    """Identity plan: streaming layer by layer sees exactly what one forward pass of the model sees."""
+    from egt.calibrate import collect_stats, sequential_stats, tokenize_texts
+
+    tok = _CharTokenizer()
+    want = collect_stats(tiny, tok, _TEXTS, progress=False)
+    got, calls = {}, []
+
+    def on_stage(i, st):
+        calls.append((i, sorted(st)))
+        got.update(st)
+
+    hidden = sequential_stats(tiny, tok, _TEXTS, on_stage, per=per)
+    assert sorted(got) == sorted(want)
+    for n in want:
+        _same_stats(got[n], want[n])
+        assert got[n].sample.shape[1] == want[n].sample.shape[1] and got[n].sample.shape[0] > 0
+    # Stages come in forward order and cover each module once.
+    assert [i for i, _ in calls] == sorted(i for i, _ in calls)
+    assert sum(len(m) for _, m in calls) == len(want)
+    if per == "module":
+        assert calls[1][1] == ["layers.0.self_attn.o_proj"]
+    with torch.inference_mode():
+        for ids, h in zip(tokenize_texts(tok, _TEXTS), hidden):
+            t = len(ids)
+            slots = torch.arange(t)
+            ref = tiny(ids.view(1, -1), slots.view(1, -1), slots, tiny.setup_cache(1, t), kv_len=t, hidden_only=True)
+            assert torch.allclose(tiny.norm(h), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("per", ["layer", "module"])
+def test_sequential_stats_come_from_the_already_compressed_earlier_stages(tiny, per):
+    """Each stage's statistics equal collect_stats on a model whose earlier stages are compressed and later dense."""
+    import copy
+
+    from egt.calibrate import _stages, collect_stats, sequential_stats
+
+    tok = _CharTokenizer()
+    names = tiny_linear_names(tiny)
+
+    def compress(model, mods):  # 2:4 magnitude pruning in place
+        for n in mods:
+            lin = model.get_submodule(n)
+            lin.weight.data = lin.weight.data * P.magnitude_mask(lin.weight.data, 2)
+
+    model = copy.deepcopy(tiny)
+    got = []
+    sequential_stats(model, tok, _TEXTS, lambda i, st: (got.append(st), compress(model, st)), modules=names, per=per)
+    ref = copy.deepcopy(tiny)
+    stages = [s for layer in _stages(ref, names, per)[0] for s in layer]
+    assert [sorted(s) for s in got] == [sorted(s) for s in stages]
+    dense = collect_stats(tiny, tok, _TEXTS, progress=False)
+    for k, (st, stage) in enumerate(zip(got, stages)):
+        want = collect_stats(ref, tok, _TEXTS, modules=stage, progress=False)
+        for n in stage:
+            _same_stats(st[n], want[n])
+        if k > 0:  # the earlier compression really changed what this stage sees
+            assert not torch.allclose(st[stage[0]].xtx, dense[stage[0]].xtx)
+        compress(ref, stage)
+    for n in names:
+        assert torch.equal(model.get_submodule(n).weight, ref.get_submodule(n).weight)
+
+
+def tiny_linear_names(model):
+    from egt.plan import linear_modules
+
+    return [n for n in linear_modules(model) if n != "lm_head"]
+
+
+def test_sequential_pruning_keeps_layer_zero_and_changes_later_layers(tiny):
+    """Layer 0 sees the same inputs in both modes (same packed module); later layers are calibrated differently."""
+    import copy
+
+    from egt.calibrate import collect_stats
+    from egt.sparsify import apply_patterns_sequential
+
+    tok = _CharTokenizer()
+    pats = {n: "2:4" for n in tiny_linear_names(tiny)}
+    one = copy.deepcopy(tiny)
+    apply_patterns(one, pats, collect_stats(one, tok, _TEXTS, progress=False), None, 128, False, "sparsegpt")
+    seq = copy.deepcopy(tiny)
+    lps = apply_patterns_sequential(seq, tok, _TEXTS, pats, None, 128, False, "sparsegpt")
+    assert sorted(lps) == sorted(pats) and all(isinstance(seq.get_submodule(n), SparseLinear) for n in pats)
+    w = lambda m, n: m.get_submodule(n).dense_weight()  # noqa: E731
+    from egt.sparsify.importance import layer_modules
+
+    for n in layer_modules(tiny, 0):
+        assert torch.allclose(w(one, n), w(seq, n), atol=1e-6)
+    assert not torch.allclose(w(one, "layers.3.mlp.down_proj"), w(seq, "layers.3.mlp.down_proj"), atol=1e-4)
+
+
+def test_calibration_mode_is_validated():
+    from egt.compress import CompressConfig
+
+    with pytest.raises(ValueError, match="calibration_mode"):
+        CompressConfig(sparsity="2:4", calibration_mode="twice").validate()
+    with pytest.raises(ValueError, match="calibration"):
+        SparsifyOptions(calibration="twice").validate()

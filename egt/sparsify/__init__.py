@@ -13,8 +13,14 @@ Contract:
 - `SparsifyOptions` holds the choices measured in eval/sparsify_eval.py (defaults = what measured best there):
   mask method (SparseGPT-style compensation beat Wanda), importance metric (KL of pruning a layer alone beat block
   influence and the OWL outlier ratio), assignment granularity (one pattern per layer beat per-module), and the
-  size of the importance set. `egt compress` may set them through optional `CompressConfig` attributes
-  `sparse_method`, `sparse_metric`, `sparse_granularity`.
+  size of the importance set, and the calibration mode. `egt compress` may set them through optional
+  `CompressConfig` attributes `sparse_method`, `sparse_metric`, `sparse_granularity`, `calibration_mode`.
+- Calibration mode (`SparsifyOptions.calibration`): "oneshot" prunes every module with statistics of the dense
+  model (`egt.calibrate.collect_stats`); "sequential" prunes decoder layer by layer, each layer calibrated on the
+  hidden states of the layers before it as already pruned (`egt.calibrate.sequential_stats`, as llm-compressor
+  does); "sequential-module" goes one step finer (o_proj sees the pruned q/k/v, the MLP the pruned attention,
+  down_proj the pruned gate/up). Sequential modes hold one stage's Hessians at a time. The "mix" assignment is
+  planned on dense-model statistics in every mode (without Gram matrices unless granularity="module" needs them).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..calibrate import collect_stats, tokenize_texts
+from ..calibrate import collect_stats, sequential_stats, tokenize_texts
 from ..modules import get_module, set_module
 from ..plan import CompressionPlan, LinearPlan, linear_modules
 from . import assign as A
@@ -35,6 +41,7 @@ from .modules import SparseLinear, SparseQuantLinear, _quantize_values
 
 METHODS = ("wanda", "sparsegpt", "wanda+obs")
 METRICS = ("alone_kl", "block_influence", "outlier_ratio")
+CALIBRATIONS = ("oneshot", "sequential", "sequential-module")
 
 
 @dataclass
@@ -47,6 +54,7 @@ class SparsifyOptions:
     importance_tokens: int = 128
     group_size: int = 128  # INT4 group (kept values) when cfg.group_size is None
     symmetric: bool = False
+    calibration: str = "sequential"  # see CALIBRATIONS and the module docstring
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -55,6 +63,8 @@ class SparsifyOptions:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.granularity not in ("layer", "module"):
             raise ValueError(f"granularity must be 'layer' or 'module', got {self.granularity!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
 
 
 def prunable_modules(model) -> dict[str, tuple[int, int]]:
@@ -181,6 +191,22 @@ def apply_patterns(model, patterns: dict[str, str], stats, bits: int | None, gro
     return out
 
 
+def apply_patterns_sequential(model, tokenizer, texts: list[str], patterns: dict[str, str], bits: int | None,
+                              group_size: int, symmetric: bool, method: str, per: str = "layer",
+                              max_tokens: int = 256, seed: int = 0, progress: bool = False) -> dict[str, LinearPlan]:
+    """`apply_patterns` with sequential calibration: stage by stage (per decoder layer, or per group of modules
+    reading one input with per="module"), each pruned with statistics of the model as pruned so far."""
+    out: dict[str, LinearPlan] = {}
+    todo = [n for n, p in patterns.items() if p != "dense"]
+
+    def on_stage(_layer, stats):
+        out.update(apply_patterns(model, {n: patterns[n] for n in stats}, stats, bits, group_size, symmetric, method))
+
+    sequential_stats(model, tokenizer, texts, on_stage, max_tokens=max_tokens, modules=todo, seed=seed, per=per,
+                     progress=progress)
+    return out
+
+
 def sparsify_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progress: bool = True,
                    options: SparsifyOptions | None = None, stats=None) -> CompressionPlan:
     if options is None:
@@ -189,7 +215,8 @@ def sparsify_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
         d = SparsifyOptions()
         options = SparsifyOptions(method=getattr(cfg, "sparse_method", None) or d.method,
                                   metric=getattr(cfg, "sparse_metric", None) or d.metric,
-                                  granularity=getattr(cfg, "sparse_granularity", None) or d.granularity)
+                                  granularity=getattr(cfg, "sparse_granularity", None) or d.granularity,
+                                  calibration=getattr(cfg, "calibration_mode", None) or d.calibration)
     opts = options
     opts.validate()
     if cfg.sparsity not in ("2:4", "1:4", "mix"):
@@ -201,8 +228,12 @@ def sparsify_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
     for name, (_, in_f) in shapes.items():
         P.check_shape(in_f, 1)
     t0 = time.perf_counter()
-    if stats is None:
-        stats = collect_stats(model, loaded.tokenizer, texts, modules=list(shapes), progress=progress)
+    oneshot = opts.calibration == "oneshot"
+    need_plan = cfg.sparsity == "mix"
+    if stats is None and (oneshot or need_plan):
+        # Sequential modes need dense statistics only to plan a mix, and Gram matrices only for granularity="module".
+        gram = oneshot or opts.granularity == "module"
+        stats = collect_stats(model, loaded.tokenizer, texts, modules=list(shapes), progress=progress, gram=gram)
     report: dict = {"options": asdict(opts)}
     if cfg.sparsity == "mix":
         density = cfg.density if cfg.density is not None else 0.375
@@ -211,7 +242,13 @@ def sparsify_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
     else:
         patterns = {n: cfg.sparsity for n in shapes}
     group = cfg.group_size or opts.group_size
-    lps = apply_patterns(model, patterns, stats, cfg.bits, group, opts.symmetric, opts.method, progress)
+    if oneshot:
+        lps = apply_patterns(model, patterns, stats, cfg.bits, group, opts.symmetric, opts.method, progress)
+    else:
+        stats = None  # free the planning statistics before streaming
+        lps = apply_patterns_sequential(model, loaded.tokenizer, texts, patterns, cfg.bits, group, opts.symmetric,
+                                        opts.method, per="module" if opts.calibration == "sequential-module"
+                                        else "layer", seed=getattr(cfg, "seed", 0), progress=progress)
     layers = dict(plan.layers)
     layers.update(lps)
     sizes = {n: o * i for n, (o, i) in shapes.items()}
