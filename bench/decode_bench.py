@@ -223,7 +223,7 @@ def write_md(rows, path, dev, bw, date):
     lines = [f"# Decode benchmark ({dev}, {date})", "",
              f"Copy bandwidth {bw / 1e9:.0f} GB/s; floor = the row's weight bytes as stored (bf16, or INT4 codes + "
              f"fp16 scales/offsets) / that bandwidth. Random weights, prompt "
-             f"{PROMPT}. Command: `python bench/decode_bench.py`.", "",
+             f"{PROMPT}. Command: `python bench/decode_bench.py {' '.join(sys.argv[1:])}`.", "",
              "| model | backend | weights | batch | ms/token | floor ms | % of floor | vs torch-graph |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     graph = {(r["model"], r["weights"], r["batch"]): r["ms_per_token"] for r in rows if r["backend"] == "torch-graph"}
