@@ -52,22 +52,20 @@ INT4_GROUPS = (128, 64, 256, 128)
 
 @torch.no_grad()
 def compress_int4(model):
-    """Replace every projection and the LM head by egt's packed INT4 `QuantLinear` (round-to-nearest with egt's
-    group quantizer: random weights have no calibration signal for GPTQ to use)."""
-    from egt.modules import set_module
+    """Quantize every projection and the LM head with egt.quant (round-to-nearest: random weights have no
+    calibration signal for GPTQ to use) into packed INT4 `QuantLinear` modules."""
     from egt.plan import LinearPlan
-    from egt.quant.linear import QuantLinear
-    for name, mod in list(model.named_modules()):
+    from egt.quant import quantize_layers
+    plans = {}
+    for name, mod in model.named_modules():
         if not isinstance(mod, torch.nn.Linear):
             continue
         if name == "lm_head":
-            lp = LinearPlan(bits=4, group_size=128, symmetric=False)
+            plans[name] = LinearPlan(bits=4, group_size=128, symmetric=False)
         else:
-            layer = int(name.split(".")[1])
-            lp = LinearPlan(bits=4, group_size=INT4_GROUPS[layer % len(INT4_GROUPS)], symmetric="self_attn" in name)
-        q = QuantLinear.from_linear(mod, lp)
-        set_module(model, name, q)
-        del mod
+            g = INT4_GROUPS[int(name.split(".")[1]) % len(INT4_GROUPS)]
+            plans[name] = LinearPlan(bits=4, group_size=g, symmetric="self_attn" in name)
+    quantize_layers(model, None, plans, "rtn")
     torch.cuda.empty_cache()
     return model
 

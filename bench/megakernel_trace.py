@@ -24,9 +24,13 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--layer", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=140)
+    ap.add_argument("--weights", default="bf16", help="bf16 or w4a16 (see megakernel_check.compress_int4)")
     a = ap.parse_args()
     for name in a.shapes.split(","):
         model = random_model(name, device="cuda")
+        if a.weights == "w4a16":
+            from megakernel_check import compress_int4
+            compress_int4(model)
         dec = MegaKernelDecoder(model, batch=1, trace_layer=a.layer)
         cache = model.setup_cache(1, a.ctx + 64)
         dec.set_inputs([1], [a.ctx], [0], a.ctx)
@@ -36,7 +40,7 @@ def main():
         t = dec.trace.cpu().double()
         t0 = t[:, 0].min()
         rel = (t[:, :len(POINTS)] - t0) / 1e3
-        print(f"== {name} layer {a.layer} (us from earliest qkv-wait start) ==")
+        print(f"== {name} {a.weights} layer {a.layer} (us from earliest qkv-wait start) ==")
         for i, p in enumerate(POINTS):
             col = rel[:, i].sort().values
             print(f"  {p:16s} min {col[0]:7.2f}  med {col[len(col) // 2]:7.2f}  max {col[-1]:7.2f}")

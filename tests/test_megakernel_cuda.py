@@ -1,5 +1,6 @@
 """MegaKernel on a GPU (skipped without CUDA): logits and KV rows against the torch reference, determinism, greedy
-agreement, the co-residency refusal, the torch custom op and Engine(backend="megakernel")."""
+agreement, the co-residency refusal, the torch custom op and Engine(backend="megakernel"); each with bf16 weights
+and with egt INT4 weights (issue 9)."""
 import pytest
 import torch
 
@@ -9,10 +10,19 @@ pytestmark = [pytest.mark.cuda,
 REL_TOL = 3e-2  # see bench/megakernel_check.py: the bf16 torch reference itself is ~1.7e-2 from float32
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["bf16", "w4a16"])
+def model(request):
+    """bf16 weights, and egt INT4 of every projection and the LM head (issue 9: the MegaKernel reads the packed
+    codes itself; the reference is the torch engine running the same QuantLinear modules)."""
     from egt.models import random_model
-    return random_model("smollm2-135m", device="cuda", seed=3)
+    m = random_model("smollm2-135m", device="cuda", seed=3)
+    if request.param == "w4a16":
+        from egt.plan import LinearPlan
+        from egt.quant import quantize_layers
+        plans = {n: LinearPlan(bits=4, group_size=64 if "self_attn" in n else 128, symmetric="self_attn" in n)
+                 for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}
+        quantize_layers(m, None, plans, "rtn")
+    return m
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +83,10 @@ def test_greedy_agrees_except_near_ties(model, decoder):
 
 
 def test_refuses_a_grid_that_is_not_co_resident(model):
-    from egt.megakernel.runtime import MegaKernelDecoder, MegaKernelError
+    from egt.megakernel.runtime import MegaKernelDecoder, MegaKernelError, weight_kinds
     from egt.megakernel.search import search
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    p = search(model.shape, 1, "h100", max_plans=1)[0]
+    p = search(model.shape, 1, "h100", max_plans=1, weights=weight_kinds(model, model.dtype))[0]
     p.blocks = 2 * sms  # one ~100+ KB block per SM fits: twice the SMs cannot all be resident
     with pytest.raises(MegaKernelError, match="co-resident|shared memory"):
         MegaKernelDecoder(model, batch=1, plan=p)
