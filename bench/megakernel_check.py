@@ -116,23 +116,33 @@ def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
     out["build_load_s"] = round(time.time() - t0, 1)
     out["plan"] = dec.plan.to_dict()
     out["kernel_info"] = dec.info
+    # The reference: the torch engine running the same model. For INT4 it runs the same QuantLinear modules in
+    # float32 (dequantize + matmul: the exact compressed model), so the check does not lean on the standalone
+    # INT4 kernels (issue 3's, checked by their own tests).
+    import copy
+    ref_model = copy.deepcopy(model).float() if weights == "w4a16" else model
+    out["reference"] = "torch float32 (QuantLinear dequantize + matmul)" if weights == "w4a16" else "torch bf16"
     V = model.shape.vocab
     maxlen = max(ctxs) + 8
     rows = []
     for ctx in ctxs:
         cache = model.setup_cache(1, maxlen)
+        rcache = cache if ref_model is model else ref_model.setup_cache(1, maxlen)
         if ctx > 1:
-            prefill(model, cache, torch.randint(0, V, (1, ctx - 1), device="cuda", generator=gen))
+            toks = torch.randint(0, V, (1, ctx - 1), device="cuda", generator=gen)
+            prefill(model, cache, toks)
+            if rcache is not cache:
+                prefill(ref_model, rcache, toks)
         tok = torch.randint(0, V, (1,), device="cuda", generator=gen)
         slot = ctx - 1
         mk_cache = clone(cache)
-        ref = ref_step(model, cache, tok, slot)
+        ref = ref_step(ref_model, rcache, tok, slot)
         nxt, lg = dec.step(tok, [slot], [0], slot, mk_cache)
         lg = lg.clone()
         r = {"ctx": ctx, "rel_err": rel(lg, ref), "max_abs_err": float((lg - ref).abs().max()),
              "argmax_equal": bool(int(nxt[0]) == int(ref.argmax(-1)[0])),
-             "k_row_rel_err": rel(mk_cache.k[:, :, :, slot], cache.k[:, :, :, slot]),
-             "v_row_rel_err": rel(mk_cache.v[:, :, :, slot], cache.v[:, :, :, slot]),
+             "k_row_rel_err": rel(mk_cache.k[:, :, :, slot], rcache.k[:, :, :, slot]),
+             "v_row_rel_err": rel(mk_cache.v[:, :, :, slot], rcache.v[:, :, :, slot]),
              "other_rows_untouched": bool(torch.equal(mk_cache.k[:, :, :, :slot], cache.k[:, :, :, :slot]))}
         reps = []
         for _ in range(3):
@@ -146,20 +156,22 @@ def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
         rows.append(r)
         print(f"  {name} ctx={ctx:5d} rel={r['rel_err']:.2e} maxabs={r['max_abs_err']:.3f} argmax_eq={r['argmax_equal']} "
               f"k_rel={r['k_row_rel_err']:.1e} bitid={r['bit_identical_reruns']} pass={r['pass']}", flush=True)
-        del cache, mk_cache
+        del cache, mk_cache, rcache
     out["contexts"] = rows
     # greedy: 64 steps; at a divergence both paths continue with the reference's token (teacher forcing), so
     # every step is compared; a divergence counts as a near-tie only if the reference's logit gap between its
     # token and ours is within 2x the measured max logit error at that step
     cache = model.setup_cache(1, 16 + steps + 8)
     prompt = torch.randint(0, V, (1, 16), device="cuda", generator=gen)
-    logits = prefill(model, cache, prompt)
+    prefill(model, cache, prompt)
     mk_cache = clone(cache)
+    rcache = cache if ref_model is model else ref_model.setup_cache(1, 16 + steps + 8)
+    logits = prefill(ref_model, rcache, prompt)
     tok = logits.argmax(-1)
     same, ties, bad, first = 0, 0, 0, None
     for i in range(steps):
         slot = 16 + i
-        ref = ref_step(model, cache, tok, slot)
+        ref = ref_step(ref_model, rcache, tok, slot)
         nmk, lg = dec.step(tok, [slot], [0], slot, mk_cache)
         a, b = int(ref.argmax(-1)[0]), int(nmk[0])
         if a == b:
@@ -178,8 +190,8 @@ def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
                      "matched": same, "pass": bad == 0}
     print(f"  {name} greedy: {same}/{steps} identical, {ties} near-ties, {bad} mismatches ({first})", flush=True)
     # accuracy against float32: the bf16 MegaKernel should be about as far from fp32 as the bf16 reference is
-    import copy
-    m32 = copy.deepcopy(model).float()
+    del rcache
+    m32 = ref_model if ref_model is not model else copy.deepcopy(model).float()
     cache32 = m32.setup_cache(1, 72)
     cache16 = model.setup_cache(1, 72)
     toks = torch.randint(0, V, (1, 63), device="cuda", generator=gen)
@@ -188,10 +200,13 @@ def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
     mk_cache = clone(cache16)
     tok = torch.randint(0, V, (1,), device="cuda", generator=gen)
     r32 = ref_step(m32, cache32, tok, 63)
-    r16 = ref_step(model, cache16, tok, 63)
     _, lg = dec.step(tok, [63], [0], 63, mk_cache)
-    out["vs_fp32"] = {"ref_bf16_rel": rel(r16, r32), "mk_bf16_rel": rel(lg, r32)}
-    print(f"  {name} vs fp32 at ctx 64: torch-bf16 rel {rel(r16, r32):.2e}, megakernel rel {rel(lg, r32):.2e}", flush=True)
+    out["vs_fp32"] = {"mk_bf16_rel": rel(lg, r32)}
+    try:  # the bf16 torch path (for INT4: the standalone kernels) for comparison; its failure is not the MegaKernel's
+        out["vs_fp32"]["ref_bf16_rel"] = rel(ref_step(model, cache16, tok, 63), r32)
+    except Exception as e:
+        out["vs_fp32"]["ref_bf16_error"] = repr(e)[:300]
+    print(f"  {name} vs fp32 at ctx 64: {out['vs_fp32']}", flush=True)
     del m32, cache32, cache16
     # timing at context ~160, device-fed tokens (advance=1), one launch per step
     cache = model.setup_cache(1, 512)
@@ -304,7 +319,8 @@ def main():
         ok = all(c["pass"] for c in r["contexts"])
         print(f"{r['model']:14s} ctx-pass={ok} maxrel={max(c['rel_err'] for c in r['contexts']):.2e} "
               f"greedy={r['greedy']['identical']}/{r['greedy']['steps']} ties={r['greedy']['near_ties']} bad={r['greedy']['mismatches']} "
-              f"fp32rel mk={r['vs_fp32']['mk_bf16_rel']:.1e} ref={r['vs_fp32']['ref_bf16_rel']:.1e} ms={r['ms_per_token']:.4f} floor={r['floor_ms']:.4f}")
+              f"fp32rel mk={r['vs_fp32']['mk_bf16_rel']:.1e} ref={r['vs_fp32'].get('ref_bf16_rel', float('nan')):.1e} "
+              f"ms={r['ms_per_token']:.4f} floor={r['floor_ms']:.4f}")
 
 
 if __name__ == "__main__":

@@ -219,3 +219,41 @@ def test_weight_kinds_of_a_compressed_model():
         torch.nn.Linear(first.in_features, first.out_features), LinearPlan(bits=8, group_size=32, symmetric=False)))
     with pytest.raises(MegaKernelError, match="down"):
         weight_kinds(m, torch.bfloat16)
+
+
+def test_int4_tensor_core_layout_matches_the_fragment_spec():
+    """Independent of q4_dequant: every nibble of the "tc" chunks sits where csrc Q4TC's mma A fragment reads it."""
+    import random
+
+    from egt.megakernel.operands import q4_chunks, q4_dequant
+    m = _ql(48, 256, 64, False, 7)
+    codes = m.codes()
+    tr, tk = 16, 128
+    chunks, lg = q4_chunks([[m]], tr, tk, 1, "tc")
+    quads, cp = tk // 64, 256 // tk
+    rnd = random.Random(0)
+    for _ in range(500):
+        tile, c, q, lane, i = rnd.randrange(3), rnd.randrange(cp), rnd.randrange(quads), rnd.randrange(32), rnd.randrange(4)
+        g, t = lane >> 2, lane & 3
+        word = int(chunks[tile * cp + c, (q * 32 + lane) * 4 + i]) & 0xFFFFFFFF
+        for e in range(2):
+            for half in range(2):
+                for h in range(2):
+                    row, col = tile * 16 + h * 8 + g, c * tk + (q * 4 + i) * 16 + half * 8 + 2 * t + e
+                    assert (word >> (4 * (e * 4 + half * 2 + h))) & 0xF == int(codes[row, col])
+    import torch
+    assert torch.equal(q4_dequant(chunks, lg, 48, 256, 1, tr, tk, 1, "tc")[0], m.dequantize())
+
+
+def test_int4_path_choice():
+    from egt.megakernel.search import int4_variants
+    p = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="tensor-core")[0]
+    assert set(p.weights.values()) == {"int4-tc"} and all(s.tk % 64 == 0 for s in p.ops.values())
+    assert "using WQKV = Q4TC<mk_t>;" in generate_source(p)
+    base = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="cuda-core")[0]
+    assert p.key() == base.key() and p.plan_hash() != base.plan_hash()  # one key: the variant is the search's choice
+    # tensor cores need bf16 and batch <= 2: elsewhere the CUDA-core kernel runs whatever was asked
+    assert int4_variants(W4, 4, "bf16", "tensor-core") == W4
+    assert int4_variants(W4, 1, "fp16", "tensor-core") == W4
+    with pytest.raises(ValueError):
+        int4_variants(W4, 1, "bf16", "fastest")

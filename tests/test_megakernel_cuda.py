@@ -10,13 +10,14 @@ pytestmark = [pytest.mark.cuda,
 REL_TOL = 3e-2  # see bench/megakernel_check.py: the bf16 torch reference itself is ~1.7e-2 from float32
 
 
-@pytest.fixture(scope="module", params=["bf16", "w4a16"])
+@pytest.fixture(scope="module", params=["bf16", "w4a16", "w4a16-tc"])
 def model(request):
     """bf16 weights, and egt INT4 of every projection and the LM head (issue 9: the MegaKernel reads the packed
     codes itself; the reference is the torch engine running the same QuantLinear modules)."""
     from egt.models import random_model
     m = random_model("smollm2-135m", device="cuda", seed=3)
-    if request.param == "w4a16":
+    m.egt_test_variant = request.param
+    if request.param.startswith("w4a16"):
         from egt.plan import LinearPlan
         from egt.quant import quantize_layers
         plans = {n: LinearPlan(bits=4, group_size=64 if "self_attn" in n else 128, symmetric="self_attn" in n)
@@ -27,8 +28,28 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def decoder(model):
-    from egt.megakernel.runtime import MegaKernelDecoder
-    return MegaKernelDecoder(model, batch=1)
+    """w4a16-tc: the same INT4 weights, every op on the tensor-core kernel variant."""
+    from egt.megakernel.runtime import MegaKernelDecoder, weight_kinds
+    from egt.megakernel.search import search
+    plan = None
+    if model.egt_test_variant == "w4a16-tc":
+        plan = search(model.shape, 1, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
+                      int4_path="tensor-core")[0]
+        assert set(plan.weights.values()) == {"int4-tc"}
+    return MegaKernelDecoder(model, batch=1, plan=plan)
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    """The torch engine's model: the same one (bf16), or for INT4 the same QuantLinear modules in float32
+    (dequantize + matmul: the exact compressed model, independent of the standalone INT4 kernels)."""
+    import copy
+    return model if model.egt_test_variant == "bf16" else copy.deepcopy(model).float()
+
+
+def _caches(model, reference, max_len):
+    cache = model.setup_cache(1, max_len)
+    return cache, (cache if reference is model else reference.setup_cache(1, max_len))
 
 
 def _ref_step(model, cache, tok, slot):
@@ -41,40 +62,46 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("ctx", [1, 64, 300])
 @torch.inference_mode()
-def test_step_matches_reference(model, decoder, ctx):
+def test_step_matches_reference(model, reference, decoder, ctx):
     from egt.transformer import KVCache
     g = torch.Generator(device="cuda").manual_seed(ctx)
     V = model.shape.vocab
-    cache = model.setup_cache(1, 512)
+    cache, rcache = _caches(model, reference, 512)
     if ctx > 1:
         s = torch.arange(ctx - 1, device="cuda")
-        model(torch.randint(0, V, (1, ctx - 1), device="cuda", generator=g), s.view(1, -1), s, cache)
+        toks = torch.randint(0, V, (1, ctx - 1), device="cuda", generator=g)
+        model(toks, s.view(1, -1), s, cache)
+        if rcache is not cache:
+            reference(toks, s.view(1, -1), s, rcache)
     mk = KVCache(cache.k.clone(), cache.v.clone())
     tok = torch.randint(0, V, (1,), device="cuda", generator=g)
     mk.k[:, :, :, ctx - 1:] = float("nan")  # poison: the kernel must write the new row and read no later one
     mk.v[:, :, :, ctx - 1:] = float("nan")
-    ref = _ref_step(model, cache, tok, ctx - 1)
+    ref = _ref_step(reference, rcache, tok, ctx - 1)
     nxt, logits = decoder.step(tok, [ctx - 1], [0], ctx - 1, mk)
     assert torch.isfinite(logits).all()
     assert _rel(logits, ref) < REL_TOL
-    assert _rel(mk.k[:, :, :, ctx - 1].float(), cache.k[:, :, :, ctx - 1].float()) < REL_TOL
-    assert _rel(mk.v[:, :, :, ctx - 1].float(), cache.v[:, :, :, ctx - 1].float()) < REL_TOL
+    assert _rel(mk.k[:, :, :, ctx - 1].float(), rcache.k[:, :, :, ctx - 1].float()) < REL_TOL
+    assert _rel(mk.v[:, :, :, ctx - 1].float(), rcache.v[:, :, :, ctx - 1].float()) < REL_TOL
     assert int(nxt[0]) == int(logits[0].argmax())
     again = [decoder.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone() for _ in range(2)]
     assert torch.equal(again[0], logits) and torch.equal(again[1], logits)  # a changing result is a race
 
 
 @torch.inference_mode()
-def test_greedy_agrees_except_near_ties(model, decoder):
+def test_greedy_agrees_except_near_ties(model, reference, decoder):
     from egt.transformer import KVCache
     V = model.shape.vocab
-    cache = model.setup_cache(1, 128)
+    cache, rcache = _caches(model, reference, 128)
     s = torch.arange(16, device="cuda")
-    logits = model(torch.randint(0, V, (1, 16), device="cuda"), s.view(1, -1), s, cache)[:, -1]
+    prompt = torch.randint(0, V, (1, 16), device="cuda")
+    logits = model(prompt, s.view(1, -1), s, cache)[:, -1]
     mk = KVCache(cache.k.clone(), cache.v.clone())
+    if rcache is not cache:
+        logits = reference(prompt, s.view(1, -1), s, rcache)[:, -1]
     tok = logits.argmax(-1)
     for i in range(24):
-        ref = _ref_step(model, cache, tok, 16 + i)
+        ref = _ref_step(reference, rcache, tok, 16 + i)
         nxt, lg = decoder.step(tok, [16 + i], [0], 16 + i, mk)
         a, b = int(ref.argmax()), int(nxt[0])
         if a != b:  # only a near-tie may differ: the reference's own gap is within the measured logit error
@@ -93,7 +120,7 @@ def test_refuses_a_grid_that_is_not_co_resident(model):
 
 
 @torch.inference_mode()
-def test_custom_op_and_engine_backend(model, decoder):
+def test_custom_op_and_engine_backend(model, reference, decoder):
     from egt.engine import Engine
     from egt.megakernel.runtime import register
     h = register(decoder)
@@ -103,7 +130,7 @@ def test_custom_op_and_engine_backend(model, decoder):
     z = torch.zeros(1, dtype=torch.int32, device="cuda")
     nxt, logits = torch.ops.egt.megakernel_decode(h, tok, z, z, 0, cache.k, cache.v)
     assert logits.shape == (1, V) and nxt.shape == (1,) and int(nxt[0]) == int(logits[0].argmax())
-    ref = Engine(model, None, torch.device("cuda"), max_len=64, backend="torch")
+    ref = Engine(reference, None, torch.device("cuda"), max_len=64, backend="torch")
     mk = Engine(model, None, torch.device("cuda"), max_len=64, backend="megakernel")
     prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9]]
     c1, c2 = ref.new_cache(2), mk.new_cache(2)

@@ -18,12 +18,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .schedule import MegaPlan
+from .schedule import INT4_KINDS, INT4_TC, MegaPlan
 
 CSRC = Path(__file__).parent / "csrc"
 HEADERS = ("mk_common.cuh", "mk_matvec.cuh", "mk_attention.cuh", "mk_kernel.cuh")
 DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
-WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "int4": "Q4W<mk_t>"}
+WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "int4": "Q4W<mk_t>",
+                   "int4-tc": "Q4TC<mk_t>"}
 OP_FLAGS = {"qkv": "Q4_QKV", "o": "Q4_O", "gateup": "Q4_GU", "down": "Q4_DN", "lm_head": "Q4_LM"}
 
 
@@ -85,6 +86,8 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
     for name, op in ops.items():
         if op.weight_kind not in WEIGHT_POLICIES or (op.weight_kind.startswith("dense-") and op.weight_kind != f"dense-{plan.dtype}"):
             raise NotImplementedError(f"{name}: weight kind {op.weight_kind!r} is not in the MegaKernel")
+        if op.weight_kind == INT4_TC and plan.dtype != "bf16":
+            raise NotImplementedError(f"{name}: tensor-core INT4 runs bf16 activations only")
     if plan.model.qk_norm:
         raise NotImplementedError("qk_norm (Qwen3) is not in the MegaKernel yet")
     m = plan.model
@@ -109,7 +112,7 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         f"constexpr int RING_BYTES = {smem['ring']}, PAGE_BYTES = {smem['page']}, SMEM_DYN = {smem['dynamic']};",
         f"constexpr int RES_ROWS = {plan.residual_rows()};",
         f"constexpr int PREFETCH_BYTES = {PREFETCH_BYTES};",
-        *[f"constexpr bool {flag} = {'true' if ops[name].weight_kind == 'int4' else 'false'};"
+        *[f"constexpr bool {flag} = {'true' if ops[name].weight_kind in INT4_KINDS else 'false'};"
           for name, flag in OP_FLAGS.items()],
     ]
     lines += [f"constexpr long long SCR_{k} = {v};" for k, v in scr.items() if k != "TOTAL"]

@@ -25,7 +25,7 @@ import torch
 from .codegen import BuildError, build, counter_layout, scratch_layout
 from .operands import q4_chunks
 from .profiles import get_profile
-from .schedule import INT4, MegaPlan
+from .schedule import INT4, INT4_KINDS, INT4_TC, MegaPlan, model_kind
 from .search import PlanStore, plan_for
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -96,7 +96,7 @@ class MegaKernelDecoder:
         self.plan = plan or plan_for(shape, batch, prof, DTYPE_NAMES[w.dtype], store, weights=kinds)
         if self.plan.batch != batch or self.plan.dtype != DTYPE_NAMES[w.dtype]:
             raise MegaKernelError(f"plan is for batch {self.plan.batch}/{self.plan.dtype}, not {batch}/{DTYPE_NAMES[w.dtype]}")
-        if self.plan.weights != kinds:
+        if {k: model_kind(v) for k, v in self.plan.weights.items()} != kinds:
             raise MegaKernelError(f"plan is for weight kinds {self.plan.weights or 'dense'}, the model has {kinds or 'dense'}")
         errs = self.plan.check(prof.smem_per_block)
         if errs:
@@ -144,7 +144,7 @@ class MegaKernelDecoder:
         """Chunk buffer and log2 scale granularity of an INT4 op (kept alive by the decoder)."""
         s = self.plan.ops[op]
         try:
-            buf, lg = q4_chunks(mats, s.tr, s.tk, s.ksplit)
+            buf, lg = q4_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if self.plan.weights[op] == INT4_TC else "rows")
         except ValueError as e:
             raise MegaKernelError(f"{op}: {e}") from e
         self._chunks.append(buf)
@@ -170,20 +170,20 @@ class MegaKernelDecoder:
             a, mlp = layer.self_attn, layer.mlp
             row = [0] * 13
             lg = [0, 0, 0, 0]
-            if k.get("qkv") == INT4:
+            if k.get("qkv") in INT4_KINDS:
                 row[0], lg[0] = self._q4("qkv", [[a.q_proj, a.k_proj, a.v_proj]])
             else:
                 row[0:3] = [self._dense(a.q_proj.weight), self._dense(a.k_proj.weight), self._dense(a.v_proj.weight)]
             row[3:6] = [bias(a.q_proj), bias(a.k_proj), bias(a.v_proj)]
-            if k.get("o") == INT4:
+            if k.get("o") in INT4_KINDS:
                 row[6], lg[1] = self._q4("o", [[a.o_proj]])
             else:
                 row[6] = self._dense(a.o_proj.weight)
-            if k.get("gateup") == INT4:
+            if k.get("gateup") in INT4_KINDS:
                 row[7], lg[2] = self._q4("gateup", [[mlp.gate_proj], [mlp.up_proj]])
             else:
                 row[7:9] = [self._dense(mlp.gate_proj.weight), self._dense(mlp.up_proj.weight)]
-            if k.get("down") == INT4:
+            if k.get("down") in INT4_KINDS:
                 row[9], lg[3] = self._q4("down", [[mlp.down_proj]])
             else:
                 row[9] = self._dense(mlp.down_proj.weight)
@@ -191,7 +191,7 @@ class MegaKernelDecoder:
             row[12] = lg[0] | lg[1] << 8 | lg[2] << 16 | lg[3] << 24
             ptrs += row
         self.inv_freq = m.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
-        if k.get("lm_head") == INT4:
+        if k.get("lm_head") in INT4_KINDS:
             lm, lm_lg = self._q4("lm_head", [[m.lm_head]])
         else:
             lm, lm_lg = self._dense(m.lm_head.weight), 0

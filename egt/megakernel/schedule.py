@@ -70,12 +70,19 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-INT4 = "int4"
+INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
+INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16 rows a warp, batch <= 2
+INT4_KINDS = (INT4, INT4_TC)
 Q4_CODES_PER_VEC = 32  # one 16-byte vector of packed codes: 32 INT4 weights, 4 int32 words
 
 
 def is_dense(kind: str) -> bool:
     return kind.startswith("dense-")
+
+
+def model_kind(kind: str) -> str:
+    """The weight format a plan kind reads (a kernel variant of INT4 reads the same QuantLinear weights)."""
+    return INT4 if kind in INT4_KINDS else kind
 
 
 def q4_chunk_vecs(nmat: int, tr: int, tk: int) -> tuple[int, int]:
@@ -103,13 +110,13 @@ def weight_bytes_per_elem(kind: str, group: int = 128) -> float:
 def stage_bytes(op: "MatvecOp", tr: int, tk: int) -> int:
     if is_dense(op.weight_kind):
         return op.nmat * tr * (tk // 8) * 16
-    if op.weight_kind == INT4:
+    if op.weight_kind in INT4_KINDS:
         return 16 * sum(q4_chunk_vecs(op.nmat, tr, tk))
     raise ValueError(f"unknown weight kind {op.weight_kind!r}")
 
 
 # ---- the shared-memory constraint model (mirrors csrc/mk_matvec.cuh and csrc/mk_attention.cuh) -----------------
-def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int) -> str | None:
+def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int, batch: int = 1) -> str | None:
     """Why this schedule cannot run, or None."""
     nw = threads // 32
     if op.k % s.ksplit or (op.k // s.ksplit) % s.tk or s.tk % 8:
@@ -121,8 +128,10 @@ def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int) -> str | None:
         return "TR must be a multiple of warps/WPR"
     if s.stages < 2:
         return "at least two stages"
-    if op.weight_kind == INT4 and (s.tk % Q4_CODES_PER_VEC or op.k % Q4_CODES_PER_VEC):
+    if op.weight_kind in INT4_KINDS and (s.tk % Q4_CODES_PER_VEC or op.k % Q4_CODES_PER_VEC):
         return "INT4 stages hold whole 32-code vectors: TK and K must be multiples of 32"
+    if op.weight_kind == INT4_TC and (s.tr // slots != 16 or s.tk % 64 or batch > 2):
+        return "tensor-core INT4 needs 16 rows a warp, 64-column quads and batch <= 2"
     return None
 
 
@@ -185,9 +194,12 @@ class MegaPlan:
 
     # ---- identity ----------------------------------------------------------------------------------------------
     def key(self) -> str:
+        """What the plan is for (model shape, weight formats, dtype, GPU, batch), not how it runs them: a kernel
+        variant of a format (INT4 on tensor cores) is the search's choice inside one key."""
         m = self.model
+        formats = compression_label({k: model_kind(v) for k, v in self.weights.items()})
         return (f"{m.name}|h{m.hidden}i{m.intermediate}l{m.layers}q{m.heads}kv{m.kv_heads}d{m.head_dim}v{m.vocab}"
-                f"|{self.compression}|{self.dtype}|{self.profile}|b{self.batch}")
+                f"|{formats}|{self.dtype}|{self.profile}|b{self.batch}")
 
     def codegen_dict(self) -> dict:
         """Exactly the fields that change the generated code."""
@@ -245,7 +257,7 @@ class MegaPlan:
             if name not in self.ops:
                 errs.append(f"{name}: no schedule")
                 continue
-            e = matvec_check(op, self.ops[name], self.threads)
+            e = matvec_check(op, self.ops[name], self.threads, self.batch)
             if e:
                 errs.append(f"{name}: {e}")
         e = attn_check(self.model, self.attn, self.threads)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
+from .schedule import (INT4, INT4_TC, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
                        compression_label, is_dense, matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes,
                        stage_bytes, static_smem_bytes, weight_bytes_per_elem)
 
@@ -45,7 +45,7 @@ def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_l
     for wpr in (1, 2, 4, 8, 16):
         if wpr > nw or nw % wpr:
             continue
-        for rpw in (1, 2, 4):
+        for rpw in ((16,) if op.weight_kind == INT4_TC else (1, 2, 4)):
             tr = (nw // wpr) * rpw
             if tr > 64 or rpw * op.nmat * batch > 64:  # accumulators live in registers
                 continue
@@ -55,7 +55,7 @@ def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_l
                 for tk in _tk_options(op.k // ks, 8 if is_dense(op.weight_kind) else 32):
                     for st in (2, 3, 4, 6, 8):
                         s = MatvecSchedule(tr, tk, st, ks, wpr, 0)
-                        if matvec_check(op, s, threads):
+                        if matvec_check(op, s, threads, batch):
                             continue
                         need = (matvec_ring_bytes(op, s) + matvec_page_bytes(op, s, batch, threads, blocks)
                                 + static_smem_bytes(batch, threads))
@@ -83,6 +83,12 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
     elems = tiles * s.tr * op.k * op.nmat
     if is_dense(op.weight_kind):
         ops_per_elem = 2 * batch + 1  # unpack + one FMA per batch row
+    elif op.weight_kind == INT4_TC:
+        # per weight pair: shift, mask|OR, exact bf16 subtract, bf16 FMA; scales per 32 columns; the MMA does the
+        # products on the tensor cores. Warps past the stage's 64-column quads idle.
+        quads = s.tk // 64
+        util = quads / (ceil_div(quads, s.wpr) * s.wpr)
+        ops_per_elem = 2.3 / util
     else:
         # INT4: byte-permute + subtract per code, one FMA per batch row, and the activation unpack + group sum
         # (2 per batch row) shared by the rows and matrices a warp holds; lanes past the stage's vectors idle
@@ -145,14 +151,33 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
             yield a
 
 
+INT4_PATHS = ("cuda-core", "tensor-core", "auto")
+
+
+def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
+    """Kernel variant of each INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run: bf16, batch <= 2),
+    or `auto` (the search chooses per op). Default: $EGT_MK_INT4 or cuda-core."""
+    path = int4_path or os.environ.get("EGT_MK_INT4", "cuda-core")
+    if path not in INT4_PATHS:
+        raise ValueError(f"INT4 path must be one of {INT4_PATHS}, got {path!r}")
+    tc_ok = dtype == "bf16" and batch <= 2
+    out = dict(weights)
+    for k, v in weights.items():
+        if v == INT4 and tc_ok and path != "cuda-core":
+            out[k] = "auto" if path == "auto" else INT4_TC
+    return out
+
+
 def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
            keep_per_op: int = 3, max_plans: int = 8, thread_options=(256, 512),
-           weights: dict[str, str] | None = None) -> list[MegaPlan]:
+           weights: dict[str, str] | None = None, int4_path: str | None = None) -> list[MegaPlan]:
     """Candidate plans, best predicted first; each carries predicted_ms and its smem report.
-    weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops)."""
+    weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops).
+    int4_path: how INT4 ops run (see `int4_variants`)."""
     prof = get_profile(profile)
     blocks = prof.sms
-    weights = dict(weights or {})
+    wanted = int4_variants(dict(weights or {}), batch, dtype, int4_path)
+    weights = {k: (INT4 if v == "auto" else v) for k, v in wanted.items()}
     if weights:
         # 512 threads cap registers at 128, and the INT4 loop then spills (ptxas, sm_90): 256 only
         thread_options = tuple(t for t in thread_options if t <= 256) or (256,)
@@ -160,9 +185,16 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     for threads in thread_options:
         ops = matvec_ops(shape, f"dense-{dtype}", weights)
         best: dict[str, list[tuple[float, MatvecSchedule]]] = {}
+        kind_of: dict[tuple[str, MatvecSchedule], str] = {}
         for name, op in ops.items():
-            scored = [(cost_matvec(op, s, batch, threads, prof, blocks, prof.sync_us), s)
-                      for s in enumerate_matvec(op, batch, threads, blocks, prof.smem_per_block)]
+            variants = [op]
+            if wanted.get(name) == "auto":
+                variants = [op, MatvecOp(op.name, op.n, op.k, op.nmat, INT4_TC)]
+            scored = []
+            for var in variants:
+                for s in enumerate_matvec(var, batch, threads, blocks, prof.smem_per_block):
+                    scored.append((cost_matvec(var, s, batch, threads, prof, blocks, prof.sync_us), s))
+                    kind_of[(name, s)] = var.weight_kind
             scored.sort(key=lambda x: (x[0], -x[1].stages, x[1].tk))
             # ops only share the peak (max ring + max page), so keep the best schedule of several smem tiers:
             # the cheapest combination that fits is then among the products
@@ -189,13 +221,15 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
             continue
         names = list(ops)
         for combo in itertools.product(*(range(len(best[n])) for n in names), range(len(attn))):
-            sched = {}
+            sched, kinds = {}, dict(weights)
             for i, n in enumerate(names):
                 s = best[n][combo[i]][1]
+                if not is_dense(kind_of[(n, s)]):
+                    kinds[n] = kind_of[(n, s)]
                 # rotate each op's tile assignment so the blocks carrying an extra tile change from op to op
                 sched[n] = MatvecSchedule(s.tr, s.tk, s.stages, s.ksplit, s.wpr, (i * blocks) // len(names))
             plan = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype,
-                            compression=compression_label(weights), weights=weights, threads=threads,
+                            compression=compression_label(kinds), weights=kinds, threads=threads,
                             blocks=blocks, ops=sched, attn=attn[combo[-1]][1])
             if plan.check(prof.smem_per_block):
                 continue
@@ -299,17 +333,19 @@ class PlanStore:
 
 
 def plan_for(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
-             store: PlanStore | None = None, weights: dict[str, str] | None = None) -> MegaPlan:
-    """The stored winner for this key, else the cost model's best (not yet timed on a GPU)."""
+             store: PlanStore | None = None, weights: dict[str, str] | None = None,
+             int4_path: str | None = None) -> MegaPlan:
+    """The stored winner for this key, else the cost model's best (not yet timed on a GPU). An explicit or
+    $EGT_MK_INT4 INT4 path skips the store (it asks for a variant, not the winner)."""
     prof = get_profile(profile)
     store = store or PlanStore()
     weights = dict(weights or {})
     probe = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, blocks=prof.sms,
                      compression=compression_label(weights), weights=weights)
-    found = store.get(probe.key())
+    found = None if (int4_path or os.environ.get("EGT_MK_INT4")) else store.get(probe.key())
     if found is not None:
         return found
-    cands = search(shape, batch, prof, dtype, max_plans=1, weights=weights)
+    cands = search(shape, batch, prof, dtype, max_plans=1, weights=weights, int4_path=int4_path)
     if not cands:
         raise ValueError(f"no schedule of {shape.name} at batch {batch} fits profile {prof.name}")
     return cands[0]

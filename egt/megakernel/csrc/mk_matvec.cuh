@@ -28,8 +28,31 @@ struct MvCfg {
   static constexpr int TPR = 32 * WPR;            // threads per row
 };
 
+// Accumulator of the CUDA-core policies: each lane holds partial sums of the rows its warp owns; `rows` hands
+// them to the tile epilogue (which sums the lanes and the warps of a row).
+template <class C> struct LaneAcc {
+  float v[C::RPW][C::NMAT][NB];
+  __device__ __forceinline__ void clear() {
+#pragma unroll
+    for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+        for (int b = 0; b < NB; ++b) v[j][m][b] = 0.f;
+  }
+  __device__ __forceinline__ void rows(float (&acc)[C::RPW][C::NMAT][NB], int) const {
+#pragma unroll
+    for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+        for (int b = 0; b < NB; ++b) acc[j][m][b] = v[j][m][b];
+  }
+};
+
 // Dense bf16/fp16 rows, read in place. Source: a row map rp(m, n) -> first 16-byte vector of row n of matrix m.
 template <typename T> struct DenseW {
+  template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * (C::TK / 8); }
   template <class C, class RP>
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const RP& rp, int first) {
@@ -46,7 +69,8 @@ template <typename T> struct DenseW {
   }
   template <class C, class RP>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
-                                                    int lane, const RP&, float (&acc)[C::RPW][C::NMAT][NB]) {
+                                                    int lane, const RP&, LaneAcc<C>& st) {
+    auto& acc = st.v;
     constexpr int VPR = C::TK / 8, VPT = (VPR + C::TPR - 1) / C::TPR;
 #pragma unroll
     for (int v = 0; v < VPT; ++v) {
@@ -87,6 +111,7 @@ struct Q4Src {
   int lg;
 };
 template <typename T> struct Q4W {
+  template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int code_vec() { return C::NMAT * C::TR * (C::TK / 32); }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return code_vec<C>() + (C::NMAT * C::TR * (C::TK / 32) * 4 + 15) / 16; }
   template <class C, class SRC>
@@ -108,7 +133,8 @@ template <typename T> struct Q4W {
   // sum_k (s q_k + o) x_k = s * sum_k q_k x_k + o * sum_k x_k: one scale FMA per vector, not per weight.
   template <class C, class SRC>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
-                                                    int lane, const SRC& src, float (&acc)[C::RPW][C::NMAT][NB]) {
+                                                    int lane, const SRC& src, LaneAcc<C>& st) {
+    auto& acc = st.v;
     constexpr int VPR = C::TK / 32, VPT = (VPR + C::TPR - 1) / C::TPR;
     const int sps = C::TK >> src.lg;
     const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
@@ -161,6 +187,101 @@ template <typename T> struct Q4W {
 #pragma unroll
             for (int b = 0; b < NB; ++b) acc[j][m][b] = fmaf(so.x, dot[j][m][b], fmaf(so.y, xsum[b], acc[j][m][b]));
           }
+      }
+    }
+  }
+};
+
+// INT4 on tensor cores (bf16 activations, batch <= 2): each warp owns 16 rows (RPW == 16) and its share of the
+// stage's 64-column quads; mma.m16n8k16 multiplies bf16 weights by the activations with float32 accumulation.
+// Chunk codes (operands.py, layout "tc"): [NMAT][TR/16][TK/64 quads][32 lanes] x uint4; word i of a lane holds the
+// 8 codes of its A-fragment registers for k-step 4q+i, nibble p = low and p+4 = high half of register p, so one
+// shift + mask + OR of 0x4300 (bf16 128) yields bf16x2 (128+lo, 128+hi). (128+q) - 136 = q - 8 is exact in bf16;
+// one bf16x2 FMA applies the scale and the offset (+8 scale folded in: w = s(q-8) + (o + 8s)), rounding each
+// weight to bf16 once. Pairs region as in Q4W.
+template <typename T> struct Q4TC {
+  template <class C> struct Acc {
+    float c[C::NMAT][4];
+    __device__ __forceinline__ void clear() {
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[m][i] = 0.f;
+    }
+    // C fragment: c0, c1 = (row g, batch 2t, 2t+1), c2, c3 = (row g+8, ...): the lane-partial form finish_tile sums
+    __device__ __forceinline__ void rows(float (&acc)[C::RPW][C::NMAT][NB], int lane) const {
+      const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int b = 0; b < NB; ++b) acc[j][m][b] = (g == (j & 7) && t == (b >> 1)) ? c[m][(j >> 3) * 2 + (b & 1)] : 0.f;
+    }
+  };
+  template <class C> __host__ __device__ static constexpr int code_vec() { return Q4W<T>::template code_vec<C>(); }
+  template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
+  template <class C, class SRC>
+  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
+    Q4W<T>::template issue<C>(buf, tile, kp, ch, src, first);
+  }
+  __device__ static __forceinline__ uint32_t bf2(float x) {
+    const __nv_bfloat162 h = __float2bfloat162_rn(x);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static __forceinline__ uint32_t deq(uint32_t word, int p, uint32_t s, uint32_t o) {
+    const uint32_t v = ((word >> (4 * p)) & 0x000F000Fu) | 0x43004300u;
+    const __nv_bfloat162 q = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&v), __nv_bfloat162(__float2bfloat16(136.f), __float2bfloat16(136.f)));
+    const __nv_bfloat162 w = __hfma2(q, *reinterpret_cast<const __nv_bfloat162*>(&s), *reinterpret_cast<const __nv_bfloat162*>(&o));
+    return *reinterpret_cast<const uint32_t*>(&w);
+  }
+  template <class C, class SRC>
+  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, const SRC& src, Acc<C>& st) {
+    static_assert(C::RPW == 16 && C::TK % 64 == 0 && NB <= 2, "tensor-core INT4: 16 rows a warp, 64-column quads");
+    constexpr int QUADS = C::TK / 64, RG = C::TR / 16;
+    const int g = lane >> 2, t = lane & 3;
+    const int sps = C::TK >> src.lg;
+    const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
+    const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
+#pragma unroll 1
+    for (int q = wi; q < QUADS; q += C::WPR) {
+      uint4 wv[C::NMAT];
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m) wv[m] = buf[((m * RG + slot) * QUADS + q) * 32 + lane];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // two 32-column halves: one scale block each at least (2^lg >= 32)
+        const int blk = (q * 64 + h * 32) >> src.lg;
+        uint32_t sc[C::NMAT][2], of[C::NMAT][2];
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const float2 so = __half22float2(pairs[(m * C::TR + slot * 16 + g + 8 * r) * sps + blk]);
+            sc[m][r] = bf2(so.x);
+            of[m][r] = bf2(fmaf(8.f, so.x, so.y));
+          }
+#pragma unroll
+        for (int i2 = 0; i2 < 2; ++i2) {
+          const int i = h * 2 + i2;
+          const int k = ch * C::TK + q * 64 + i * 16;  // column of this k-step within the K part
+          uint32_t b0 = 0u, b1 = 0u;
+          if (g < NB) {
+            b0 = xw[(g * C::KP + k) / 2 + t];
+            b1 = xw[(g * C::KP + k) / 2 + t + 4];
+          }
+#pragma unroll
+          for (int m = 0; m < C::NMAT; ++m) {
+            const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
+            const uint32_t a0 = deq(word, 0, sc[m][0], of[m][0]), a1 = deq(word, 1, sc[m][1], of[m][1]);
+            const uint32_t a2 = deq(word, 2, sc[m][0], of[m][0]), a3 = deq(word, 3, sc[m][1], of[m][1]);
+            asm volatile(
+                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                "{%0,%1,%2,%3};\n"
+                : "+f"(st.c[m][0]), "+f"(st.c[m][1]), "+f"(st.c[m][2]), "+f"(st.c[m][3])
+                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+          }
+        }
       }
     }
   }
@@ -230,13 +351,8 @@ template <class C, class WF> struct Matvec {
     float* accs = red + RED_FLOATS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int slot = warp / C::WPR, wi = warp % C::WPR;
-    float acc[RPW][C::NMAT][NB];
-#pragma unroll
-    for (int j = 0; j < RPW; ++j)
-#pragma unroll
-      for (int m = 0; m < C::NMAT; ++m)
-#pragma unroll
-        for (int b = 0; b < NB; ++b) acc[j][m][b] = 0.f;
+    typename WF::template Acc<C> st;
+    st.clear();
     if constexpr (HasBegin<EPI>::value) {
       const int n0 = t0 * C::TR;
       epi.begin(n0, min(t1 * C::TR, C::N) > n0 ? min(t1 * C::TR, C::N) : n0);
@@ -252,8 +368,13 @@ template <class C, class WF> struct Matvec {
       int kp, tl, ch;
       decode(s, nt, kp, tl, ch);
       if (kp > 0 && tl == 0 && ch == 0) stage(xs, kp);
-      WF::template accumulate<C>(ring + (s % C::ST) * STAGE_VEC, xs, ch, slot, wi, lane, src, acc);
-      if (ch == CP - 1) finish_tile(acc, t0 + tl, tl, kp, red, accs, warp, lane, slot, epi);
+      WF::template accumulate<C>(ring + (s % C::ST) * STAGE_VEC, xs, ch, slot, wi, lane, src, st);
+      if (ch == CP - 1) {
+        float acc[RPW][C::NMAT][NB];
+        st.rows(acc, lane);
+        finish_tile(acc, t0 + tl, tl, kp, red, accs, warp, lane, slot, epi);
+        st.clear();
+      }
     }
     cp_wait<0>();
     __syncthreads();
@@ -324,12 +445,6 @@ template <class C, class WF> struct Matvec {
         if (kp == C::KS - 1 && n < C::N) epi(n, b, v);
       }
     }
-#pragma unroll
-    for (int j = 0; j < RPW; ++j)
-#pragma unroll
-      for (int m = 0; m < C::NMAT; ++m)
-#pragma unroll
-        for (int b = 0; b < NB; ++b) acc[j][m][b] = 0.f;
   }
 };
 
