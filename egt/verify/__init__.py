@@ -5,6 +5,8 @@ Public API: `Catalog`, `Entry`, `CatalogError`, `TokenTrie`, `TreeSearch`, `Exac
 `TargetResult`, `Hit`, `PROMPT_TEMPLATE`; DSI-style semantic-id tries in `egt.verify.semantic` (scikit-learn, imported
 on use).
 
+On CUDA every forward pass of the search is a replayed CUDA graph (`TreeSearch(graphs=...)`, `Targeter.warmup()`).
+
 Results: eval/results/verify.md (reproduce with eval/verify_targeting.py); trie sizes: bench/results/verify_trie.json.
 """
 from .catalog import Catalog, CatalogError, Entry
