@@ -41,6 +41,7 @@ template <class C> struct Attention {
   static constexpr int REGION_BYTES = OFF_V + 2 * C::SUB * KROW;
   static_assert(NTHR % HP == 0 && C::NH % C::NKV == 0 && HD % 8 == 0 && G <= NTHR / 32, "attention layout");
   static_assert(C::SUB <= NTHR, "one thread per position in a sub-block");
+  static_assert(4 * TG * G * HD >= 2 * (G + 2) * HD, "the reduction area holds the raw q/k/v rows");
 
   __device__ static __forceinline__ void issue_kv(unsigned char* pg, const mk_t* kc, const mk_t* vc, int t0, int cnt,
                                                   int slot) {
@@ -58,13 +59,13 @@ template <class C> struct Attention {
     cp_commit();
   }
 
-  // Rotate element d of a head whose raw values start at `src` (HF rotate-half convention).
+  // Rotate element d of a head whose raw values (in shared memory) start at `src` (HF rotate-half convention).
   __device__ static __forceinline__ float rope(const mk_t* src, int d, float pos, const float* inv_freq, float scale) {
     const int i = d % HP;
     const float theta = pos * __ldg(inv_freq + i);
     const float c = rnd<mk_t>(cosf(theta) * scale), s = rnd<mk_t>(sinf(theta) * scale);
-    const float x = to_f(__ldcg(src + d));
-    const float y = (d < HP) ? -to_f(__ldcg(src + d + HP)) : to_f(__ldcg(src + d - HP));
+    const float x = to_f(src[d]);
+    const float y = (d < HP) ? -to_f(src[d + HP]) : to_f(src[d - HP]);
     return rnd<mk_t>(rnd<mk_t>(x * c) + rnd<mk_t>(y * s));
   }
 
@@ -156,24 +157,33 @@ template <class C> struct Attention {
         pre();
         pre_done = true;
       }
+      const float pos = (float)__ldcg(p.rope_pos + b);
       if (!waited) {
         block_wait(qkv_done, E1 * NBLK, ctl, p.timeout_ns);
         waited = true;
       }
-      const float pos = (float)__ldcg(p.rope_pos + b);
       const mk_t* qrow = qkv + (long long)b * NQKV;
       const bool has_new = (slot >= t0 && slot < t1);
-      // q heads of the group, and (for the item holding the new row) k and v, in one pass over L2
-      for (int i = tid; i < (has_new ? G + 2 : G) * HD; i += NTHR) {
+      // The q heads of the group (and, for the item holding the new row, k and v) come to shared memory with one
+      // 16-byte load per thread, so the rotation below costs one L2 round trip, not one per element it reads.
+      const int rows = has_new ? G + 2 : G;
+      mk_t* raw = reinterpret_cast<mk_t*>(pg + OFF_RED);  // free until the P.V reduction
+      for (int v = tid; v < rows * (HD / 8); v += NTHR) {
+        const int r = v / (HD / 8), c = v - r * (HD / 8);
+        const mk_t* src = r < G ? qrow + (g * G + r) * HD : qrow + (C::NH + (r - G) * C::NKV + g) * HD;
+        reinterpret_cast<uint4*>(raw)[v] = __ldcg(reinterpret_cast<const uint4*>(src) + c);
+      }
+      __syncthreads();
+      for (int i = tid; i < rows * HD; i += NTHR) {
         const int gh = i / HD, d = i - gh * HD;
         if (gh < G) {
-          qs[i] = rope(qrow + (g * G + gh) * HD, d, pos, inv_freq, (float)p.rope_scale) * qscale;
+          qs[i] = rope(raw + gh * HD, d, pos, inv_freq, (float)p.rope_scale) * qscale;
         } else if (gh == G) {
-          const float k = rope(qrow + C::NH * HD + g * HD, d, pos, inv_freq, (float)p.rope_scale);
+          const float k = rope(raw + gh * HD, d, pos, inv_freq, (float)p.rope_scale);
           kn[d] = k;
           kc[(long long)slot * HD + d] = from_f<mk_t>(k);
         } else {
-          const mk_t vv = __ldcg(qrow + (C::NH + C::NKV) * HD + g * HD + d);
+          const mk_t vv = raw[gh * HD + d];
           vn[d] = to_f(vv);
           vc[(long long)slot * HD + d] = vv;
         }
