@@ -257,3 +257,16 @@ def test_int4_path_choice():
     assert int4_variants(W4, 1, "fp16", "tensor-core") == W4
     with pytest.raises(ValueError):
         int4_variants(W4, 1, "bf16", "fastest")
+
+
+def test_int4_rings_deepen_within_shared_memory(monkeypatch):
+    deep = search(SHAPES["smollm2-135m"], 1, "h100", weights=W4, max_plans=1)[0]
+    monkeypatch.setenv("EGT_MK_INT4_RING", "shallow")
+    shallow = search(SHAPES["smollm2-135m"], 1, "h100", weights=W4, max_plans=1)[0]
+    assert shallow.prefetch_kb == 48 and deep.prefetch_kb > 48
+    assert all(deep.ops[k].stages >= shallow.ops[k].stages for k in deep.ops)
+    assert any(deep.ops[k].stages > shallow.ops[k].stages for k in deep.ops)
+    assert not deep.check(PROFILES["h100"].smem_per_block)
+    assert f"PREFETCH_BYTES = {deep.prefetch_kb * 1024}" in generate_source(deep)
+    dense = search(SHAPES["smollm2-135m"], 1, "h100", max_plans=1)[0]
+    assert dense.prefetch_kb == 48  # bf16 plans keep the traced default

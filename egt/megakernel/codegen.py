@@ -28,9 +28,6 @@ WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "
 OP_FLAGS = {"qkv": "Q4_QKV", "o": "Q4_O", "gateup": "Q4_GU", "down": "Q4_DN", "lm_head": "Q4_LM"}
 
 
-PREFETCH_BYTES = 48 * 1024  # weights a block issues ahead of a dependency wait (covers ~2 us of its DRAM share)
-
-
 class BuildError(RuntimeError):
     """nvcc failed; the message carries the compiler's output."""
 
@@ -111,7 +108,7 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         f"constexpr int ATT_MINC = {plan.attn.min_chunk};",
         f"constexpr int RING_BYTES = {smem['ring']}, PAGE_BYTES = {smem['page']}, SMEM_DYN = {smem['dynamic']};",
         f"constexpr int RES_ROWS = {plan.residual_rows()};",
-        f"constexpr int PREFETCH_BYTES = {PREFETCH_BYTES};",
+        f"constexpr int PREFETCH_BYTES = {plan.prefetch_kb * 1024};",
         *[f"constexpr bool {flag} = {'true' if ops[name].weight_kind in INT4_KINDS else 'false'};"
           for name, flag in OP_FLAGS.items()],
     ]

@@ -183,6 +183,7 @@ class MegaPlan:
     dtype: str = "bf16"
     compression: str = "none"  # label of the weight formats: "none" (all dense), "w4a16", ...
     weights: dict[str, str] = field(default_factory=dict)  # op -> weight kind where not dense-{dtype}
+    prefetch_kb: int = 48  # weight bytes a block issues for the next op before waiting on its dependency
     threads: int = 512
     blocks: int = 132
     ops: dict[str, MatvecSchedule] = field(default_factory=dict)
@@ -207,7 +208,8 @@ class MegaPlan:
         return {"model": {k: m[k] for k in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim",
                                              "vocab", "rms_eps", "qkv_bias", "qk_norm")},
                 "batch": self.batch, "dtype": self.dtype, "compression": self.compression,
-                "weights": dict(sorted(self.weights.items())), "threads": self.threads,
+                "weights": dict(sorted(self.weights.items())), "prefetch_kb": self.prefetch_kb,
+                "threads": self.threads,
                 "blocks": self.blocks, "ops": {k: asdict(v) for k, v in sorted(self.ops.items())},
                 "attn": asdict(self.attn)}
 
@@ -273,7 +275,7 @@ class MegaPlan:
     def to_dict(self) -> dict:
         return {"key": self.key(), "plan_hash": self.plan_hash(), "model": asdict(self.model), "batch": self.batch,
                 "profile": self.profile, "dtype": self.dtype, "compression": self.compression,
-                "weights": self.weights, "threads": self.threads, "blocks": self.blocks,
+                "weights": self.weights, "prefetch_kb": self.prefetch_kb, "threads": self.threads, "blocks": self.blocks,
                 "ops": {k: asdict(v) for k, v in self.ops.items()}, "attn": asdict(self.attn), "smem": self.smem,
                 "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "notes": self.notes}
 
@@ -283,6 +285,7 @@ class MegaPlan:
         model = ModelShape(**{k: v for k, v in d["model"].items() if k in names})
         return cls(model=model, batch=d["batch"], profile=d["profile"], dtype=d.get("dtype", "bf16"),
                    compression=d.get("compression", "none"), weights=dict(d.get("weights", {})),
+                   prefetch_kb=d.get("prefetch_kb", 48),
                    threads=d["threads"], blocks=d["blocks"],
                    ops={k: MatvecSchedule(**v) for k, v in d["ops"].items()}, attn=AttnSchedule(**d["attn"]),
                    smem=d.get("smem", {}), predicted_ms=d.get("predicted_ms"), measured_ms=d.get("measured_ms"),

@@ -152,6 +152,37 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
 
 
 INT4_PATHS = ("cuda-core", "tensor-core", "auto")
+MAX_STAGES = 8
+
+
+def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
+    """Give every INT4 op a ring deep enough to hold the block's whole share of the op (up to MAX_STAGES), and
+    prefetch all of it before the dependency wait, as far as shared memory allows.
+
+    Why: an INT4 block share is only 9-125 KB, 4-5 stages of ~25 KB; with the cost model's 3-4 stages, too few
+    bytes are in flight to cover the DRAM latency (traced on an H200: gate/up at ~1.1 TB/s). With the whole share
+    in flight during the grid-wide wake-up, the op starts on weights already in shared memory. $EGT_MK_INT4_RING
+    = shallow keeps the cost model's rings (the A/B in bench/results/megakernel/).
+    """
+    if os.environ.get("EGT_MK_INT4_RING", "deep") == "shallow" or not any(
+            not is_dense(k) for k in plan.weights.values()):
+        return plan
+    ops = plan.matvec_op_table()
+    deep = dict(plan.ops)
+    prefetch = plan.prefetch_kb * 1024
+    for name, op in ops.items():
+        if is_dense(op.weight_kind):
+            continue
+        s = deep[name]
+        share = ceil_div(ceil_div(op.n, s.tr), plan.blocks) * s.ksplit * (op.k // s.ksplit // s.tk)
+        for st in range(min(MAX_STAGES, share + 1), s.stages, -1):
+            trial = MegaPlan(**{**plan.__dict__, "ops": {**deep, name: MatvecSchedule(s.tr, s.tk, st, s.ksplit,
+                                                                                      s.wpr, s.rot)}})
+            if not trial.check(smem_limit):
+                deep[name] = trial.ops[name]
+                break
+        prefetch = max(prefetch, (deep[name].stages - 1) * stage_bytes(op, s.tr, s.tk))
+    return MegaPlan(**{**plan.__dict__, "ops": deep, "prefetch_kb": ceil_div(prefetch, 1024)})
 
 
 def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
@@ -233,6 +264,7 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
                             blocks=blocks, ops=sched, attn=attn[combo[-1]][1])
             if plan.check(prof.smem_per_block):
                 continue
+            plan = deepen_int4_rings(plan, prof.smem_per_block)
             plan.predicted_ms = predict_ms(plan, prof)
             plans.append(plan)
     plans.sort(key=lambda p: p.predicted_ms)
