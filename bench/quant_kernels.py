@@ -1,163 +1,228 @@
-"""Bandwidth of the W4A16 Triton kernel (egt.quant.kernels) beside a copy-bandwidth measurement, same run, same card.
+"""W4A16 GEMV kernels (dense INT4, 2:4 and 1:4 sparse INT4) beside copy bandwidth and fp16 cuBLAS, one run, one card.
 
-Run on the GPU machine:  python bench/quant_kernels.py --out bench/results/quant_kernels.json
-For each weight shape (out N, in K) and batch M it reports, per call:
-    us            median time of one kernel call (CUDA graph of R calls, each on a different copy of the weights, so
-                  nothing is served from the 50 MB L2; median of 7 graph replays)
-    bytes         bytes the call must move: packed int4 weights + fp16 scales (+ offsets) + x + y
-    GBps          bytes / time
-    of_copy       GBps / the copy bandwidth measured in the same run (large device-to-device copy, read + write)
-    of_copy_same  GBps / copy bandwidth of buffers of the same size, timed the same way (graph of R copies)
-    fp16_us       cuBLAS fp16 x @ W^T of the same shape, timed the same way (the dense baseline)
-The floor of a call is bytes / copy bandwidth; the goal (issue 3) is >= 75% of copy bandwidth at M = 1.
+Run on the GPU machine:  python bench/quant_kernels.py --out-dir bench/results
+Per weight shape [N out x K in] and batch M it times, in the same process on the same card:
+    copy          a copy moving the same bytes as the call (graph of rotated copies) -> "% of same-size copy"
+    fp16 cuBLAS   torch.matmul(x, W16.T)
+    dense INT4    egt.quant.w4a16_matmul (g128 asymmetric; at M=1 also g128 sym, g32 asym, per-channel sym)
+    2:4, 1:4      egt.sparsify.sparse_w4_gemv (INT4 g128 asymmetric kept values + 2-bit indices), M=1
+Every call is one node of a CUDA graph that rotates over > 4x L2 of distinct weight copies (weights stream from
+HBM); median of 9 replays, per call. floor = bytes / copy bandwidth (1 GiB device copy, read + write, measured at
+start and end). A config sweep (row tiles x split-K) at M=1 shows how far the shipped heuristic is from the best.
+Writes quant_kernels.{json,md} and sparse_kernels.{json,md} into --out-dir; the "before" column is read from the
+previous files there (Triton kernels, an earlier run: not a same-run ratio).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from egt.quant import kernels  # noqa: E402
+from common import copies_for, copy_bandwidth, copy_same_size, device_info, time_graph  # noqa: E402
+from egt import kernels as K  # noqa: E402
 from egt.quant.packing import pack  # noqa: E402
 from egt.quant.quantizer import quantize_groups  # noqa: E402
+from egt.sparsify import pattern as P  # noqa: E402
 
-L2_FLUSH_BYTES = 256 << 20  # rotate over >= 5x the H100's 50 MB L2
-
-
-def time_graph(fns, reps=7) -> float:
-    """Median microseconds per function call of a CUDA graph that calls every fn once."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1000 / len(fns))
-    return statistics.median(times)
+MAIN = [(1536, 8960), (8960, 1536), (1536, 1536)]
+SMALL = [(576, 1536), (1536, 576)]
 
 
-def copy_bandwidth(nbytes=1 << 30) -> float:
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(10):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dst.copy_(src)
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1000)
-    del src, dst
-    return 2 * nbytes / statistics.median(times) / 1e9
+def nbytes(*ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
-def copy_bandwidth_same_size(nbytes: int) -> float:
-    copies = max(4, -(-L2_FLUSH_BYTES // max(nbytes, 1)))
-    half = max(nbytes // 2, 1)  # a copy of n/2 bytes reads n/2 and writes n/2: n bytes moved, like the kernel
-    srcs = [torch.empty(half, dtype=torch.uint8, device="cuda") for _ in range(copies)]
-    dsts = [torch.empty(half, dtype=torch.uint8, device="cuda") for _ in range(copies)]
-    us = time_graph([lambda s=s, d=d: d.copy_(s) for s, d in zip(srcs, dsts)])
-    return 2 * half / (us * 1e-6) / 1e9
-
-
-def bench_shape(n, k, m, group, sym, bw):
-    w = torch.randn(n, k, device="cuda") * 0.05
+def make(n_out, k_in, n, group, sym, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn(n_out, k_in, device="cuda", generator=g) * 0.02
+    idx = None
+    if n != 4:
+        wc = w.cpu()  # pattern.compact builds its position table on the CPU
+        w, i = P.compact(wc, P.magnitude_mask(wc, n), n)
+        w, idx = w.cuda(), P.pack_indices(i).cuda()
     qg = quantize_groups(w, 4, group, sym)
-    qw = pack(qg.q, 4)
-    wbytes = qw.numel() * 4 + qg.scale.numel() * 2 + (0 if sym else qg.offset.numel() * 2)
-    copies = max(4, -(-L2_FLUSH_BYTES // wbytes))
-    qws = [qw.clone() for _ in range(copies)]
-    scs = [qg.scale.clone() for _ in range(copies)]
-    ofs = [None if sym else qg.offset.clone() for _ in range(copies)]
-    x = torch.randn(m, k, device="cuda").half()
-    cfg, _ = kernels.best_config(x, qw, qg.scale, qg.offset, group, k)
-    us = time_graph([lambda i=i: kernels.w4a16_matmul(x, qws[i], scs[i], ofs[i], group, k, config=cfg)
-                     for i in range(copies)])
-    del qws, scs, ofs
-    w16 = w.half()
-    c16 = max(4, -(-L2_FLUSH_BYTES // (w16.numel() * 2)))
-    ws16 = [w16.clone() for _ in range(c16)]
-    us16 = time_graph([lambda i=i: torch.matmul(x, ws16[i].T) for i in range(c16)])
-    del ws16
-    nbytes = wbytes + x.numel() * 2 + m * n * 2
-    gbps = nbytes / (us * 1e-6) / 1e9
-    same = copy_bandwidth_same_size(nbytes)
-    return {"N": n, "K": k, "M": m, "group": group, "sym": sym, "config": list(cfg), "us": round(us, 2),
-            "bytes": nbytes, "GBps": round(gbps, 1), "of_copy": round(gbps / bw, 3),
-            "copy_same_size_GBps": round(same, 1), "of_copy_same": round(gbps / same, 3),
-            "floor_us": round(nbytes / (bw * 1e9) * 1e6, 2), "fp16_us": round(us16, 2),
-            "speedup_vs_fp16": round(us16 / us, 2)}
+    return pack(qg.q, 4), idx, qg.scale, qg.offset
+
+
+def time_kernel(x, weights, n, group, config=None):
+    """us per call, rotating over copies of the packed weight."""
+    per = nbytes(*weights)
+    copies = [weights] + [tuple(None if t is None else t.clone() for t in weights) for _ in range(copies_for(per) - 1)]
+    fns = [lambda c=c: K.w4_gemv(x, c[0], c[1], c[2], c[3], n, group, config) for c in copies]
+    us = time_graph(fns)
+    del copies, fns
+    return us
+
+
+def time_fp16(x, n_out, k_in):
+    w = torch.randn(n_out, k_in, device="cuda", dtype=torch.float16)
+    ws = [w] + [torch.randn_like(w) for _ in range(copies_for(nbytes(w)) - 1)]
+    us = time_graph([lambda w=w: torch.matmul(x, w.T) for w in ws])
+    del ws
+    return us
+
+
+def row(kind, n_out, k_in, m, group, sym, us, nb, bw, same, fp16_us, config):
+    gbps = nb / (us * 1e-6) / 1e9
+    return {"kernel": kind, "N": n_out, "K": k_in, "M": m, "group": group, "sym": sym, "config": list(config),
+            "us": round(us, 2), "bytes": nb, "floor_us": round(nb / (bw * 1e9) * 1e6, 2), "GBps": round(gbps, 1),
+            "of_copy": round(gbps / bw, 3), "copy_same_size_GBps": round(same, 1), "of_copy_same": round(gbps / same, 3),
+            "fp16_us": round(fp16_us, 2), "speedup_vs_fp16": round(fp16_us / us, 2)}
+
+
+def bench(quick: bool):
+    torch.manual_seed(0)
+    bw = copy_bandwidth()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows, sweep = [], []
+    for (n_out, k_in) in MAIN + ([] if quick else SMALL):
+        for m in ((1,) if quick else (1, 4, 16)):
+            x = torch.randn(m, k_in, device="cuda", dtype=torch.float16)
+            fp16_us = time_fp16(x, n_out, k_in)
+            variants = [(4, 128, False)]
+            if m == 1:
+                variants += [(2, 128, False), (1, 128, False)]
+                if not quick:
+                    variants += [(4, 128, True), (4, 32, False), (4, -1, True)]
+            for n, group, sym in variants:
+                if not K.supports(k_in, n, m):
+                    continue
+                wts = make(n_out, k_in, n, group, sym, seed=n_out + k_in + n)
+                kept = k_in * n // 4
+                cfg = K.heuristic_config(n_out, kept, m, n, sms)
+                us = time_kernel(x, wts, n, group)
+                nb = nbytes(*wts) + nbytes(x) + m * n_out * 2
+                kind = {4: "dense int4", 2: "2:4 int4", 1: "1:4 int4"}[n]
+                r = row(kind, n_out, k_in, m, group, sym, us, nb, bw, copy_same_size(nb), fp16_us, cfg)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+                if m == 1 and group == 128 and not sym and (n_out, k_in) in MAIN:
+                    nch = -(-kept // 128)
+                    cands = sorted({(1, s, w) for s in (1, 2, 3, 4, 6) for w in K.WARPS if s <= nch})
+                    for c in cands:
+                        t = time_kernel(x, wts, n, group, c)
+                        sweep.append({"kernel": kind, "N": n_out, "K": k_in, "config": list(c), "us": round(t, 2),
+                                      "heuristic": list(c) == list(cfg)})
+                del wts
+    bw_end = copy_bandwidth()
+    return bw, bw_end, rows, sweep
+
+
+def previous(out_dir: Path):
+    """Earlier Triton figures (other run) keyed by (kernel, N, K, M, group, sym), if the old files are there."""
+    before = {}
+    try:
+        old = json.loads((out_dir / "quant_kernels.json").read_text())
+        for r in old["rows"]:
+            if "kernel" not in r:  # the Triton-era layout (dense rows only)
+                before[("dense int4", r["N"], r["K"], r["M"], r["group"], r["sym"])] = r["us"]
+            elif r.get("before_triton_us") is not None:  # carried over by an earlier run of this script
+                before[(r["kernel"], r["N"], r["K"], r["M"], r["group"], r["sym"])] = r["before_triton_us"]
+    except Exception:
+        pass
+    try:
+        old = json.loads((out_dir / "sparse_kernels.json").read_text())
+        for key, res in old.get("results", {}).items():
+            b, shape = key.split(" ")
+            n_out, k_in = map(int, shape[2:-1].split("x"))
+            for kind in ("2:4 int4", "1:4 int4"):
+                if kind in res and b == "B=1":
+                    before[(kind, n_out, k_in, 1, 128, False)] = round(res[kind]["us"], 2)
+    except Exception:
+        pass
+    return before
+
+
+def write(out_dir: Path, info, bw, bw_end, rows, sweep, before, command):
+    for r in rows:
+        r["before_triton_us"] = before.get((r["kernel"], r["N"], r["K"], r["M"], r["group"], r["sym"]),
+                                           r.get("before_triton_us"))
+    res = dict(info, command=command, copy_GBps_start=round(bw, 1), copy_GBps_end=round(bw_end, 1), rows=rows,
+               sweep=sweep)
+    (out_dir / "quant_kernels.json").write_text(json.dumps(res, indent=1))
+    head = [f"Card: **{info['card']}** ({info['nvidia_smi']}), {info['date']}, torch {info['torch']}. "
+            f"Command: `{command}`. Copy bandwidth (1 GiB device copy, read+write): {bw:.0f} GB/s at start, "
+            f"{bw_end:.0f} GB/s at end. Each call is a node of one CUDA graph rotating over > 4x L2 of weight copies; "
+            "median of 9 replays. floor = bytes / copy bandwidth; 'same-size copy' = a copy moving the same bytes, "
+            "timed the same way. 'before (Triton)' = the previous Triton kernels, measured 2026-11-27 09:35-10:14 UTC on an "
+            "NVIDIA H100 80GB HBM3 (another card and run: context only, not a ratio).", ""]
+    lines = ["# W4A16 GEMV (CUDA C++, egt/kernels/w4_gemv.cu): bandwidth", ""] + head + [
+        "| N (out) | K (in) | M | kernel | group | sym | us | floor us | % of copy | % of same-size copy | fp16 cuBLAS us | vs fp16 | before (Triton) us |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = "ch" if r["group"] == -1 else r["group"]
+        lines.append(f"| {r['N']} | {r['K']} | {r['M']} | {r['kernel']} | {g} | {r['sym']} | {r['us']} | {r['floor_us']} | "
+                     f"{r['of_copy']:.0%} | {r['of_copy_same']:.0%} | {r['fp16_us']} | {r['speedup_vs_fp16']}x | "
+                     f"{r['before_triton_us'] if r['before_triton_us'] is not None else ''} |")
+    if sweep:
+        lines += ["", "## Config sweep at M=1 (row tiles per warp, split-K, warps per block); * = the heuristic's pick", "",
+                  "| kernel | N x K | " + " | ".join(["configs (us)"]) + " |", "|---|---|---|"]
+        keyset = sorted({(s["kernel"], s["N"], s["K"]) for s in sweep}, key=str)
+        for kind, n_out, k_in in keyset:
+            items = [s for s in sweep if (s["kernel"], s["N"], s["K"]) == (kind, n_out, k_in)]
+            best = min(items, key=lambda s: s["us"])
+            cells = ", ".join(f"{tuple(s['config'])}{'*' if s['heuristic'] else ''} {s['us']}" for s in items)
+            lines.append(f"| {kind} | {n_out}x{k_in} | best {tuple(best['config'])} {best['us']} us; {cells} |")
+    (out_dir / "quant_kernels.md").write_text("\n".join(lines) + "\n")
+    # Sparse view: speed-ups over dense INT4 measured in this run.
+    sp = []
+    for n_out, k_in in MAIN + SMALL:
+        d = next((r for r in rows if r["kernel"] == "dense int4" and (r["N"], r["K"], r["M"], r["group"], r["sym"]) ==
+                  (n_out, k_in, 1, 128, False)), None)
+        if d is None:
+            continue
+        ent = {"N": n_out, "K": k_in, "dense_us": d["us"], "dense_floor_us": d["floor_us"], "fp16_us": d["fp16_us"]}
+        for kind, key in (("2:4 int4", "2:4"), ("1:4 int4", "1:4")):
+            s = next((r for r in rows if r["kernel"] == kind and (r["N"], r["K"], r["M"]) == (n_out, k_in, 1)), None)
+            if s:
+                copy_us = lambda r: r["bytes"] / r["copy_same_size_GBps"] / 1e3  # noqa: E731
+                ent[key] = {"us": s["us"], "floor_us": s["floor_us"], "of_copy": s["of_copy"],
+                            "of_copy_same": s["of_copy_same"], "speedup_vs_dense": round(d["us"] / s["us"], 2),
+                            "copy_bound": round(copy_us(d) / copy_us(s), 2),
+                            "byte_ratio": round(d["bytes"] / s["bytes"], 2), "before_triton_us": s["before_triton_us"]}
+        sp.append(ent)
+    (out_dir / "sparse_kernels.json").write_text(json.dumps(dict(info, command=command, copy_GBps_start=round(bw, 1),
+                                                                 rows=sp), indent=1))
+    lines = ["# Sparse W4A16 GEMV: 2:4 and 1:4 INT4 against dense INT4 (same run, batch 1)", ""] + head + [
+        "Goals (issue 4): 2:4 >= 1.25x and 1:4 >= 1.8x dense INT4. 'bytes' = dense bytes / sparse bytes (the ideal "
+        "speed-up of a bandwidth-bound kernel with no fixed cost); 'copy' = time of a same-size copy of the dense bytes / "
+        "of the sparse bytes (what a standalone launch of that size can gain at best on this card).", "",
+        "| weight [out x in] | dense INT4 us (floor) | 2:4 us (floor) | 2:4 vs dense | 2:4 bound: bytes / copy | 1:4 us (floor) | "
+        "1:4 vs dense | 1:4 bound: bytes / copy | fp16 cuBLAS us | before (Triton) 2:4 / 1:4 us |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in sp:
+        a, b = e.get("2:4", {}), e.get("1:4", {})
+        lines.append(f"| {e['N']}x{e['K']} | {e['dense_us']} ({e['dense_floor_us']}) | {a.get('us', '-')} ({a.get('floor_us', '-')}) | "
+                     f"{a.get('speedup_vs_dense', '-')}x | {a.get('byte_ratio', '-')}x / {a.get('copy_bound', '-')}x | "
+                     f"{b.get('us', '-')} ({b.get('floor_us', '-')}) | {b.get('speedup_vs_dense', '-')}x | "
+                     f"{b.get('byte_ratio', '-')}x / {b.get('copy_bound', '-')}x | {e['fp16_us']} | "
+                     f"{a.get('before_triton_us') or '-'} / {b.get('before_triton_us') or '-'} |")
+    (out_dir / "sparse_kernels.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="bench/results/quant_kernels.json")
-    p.add_argument("--quick", action="store_true", help="M=1 only, g128 asym only")
-    a = p.parse_args(argv)
-    if not kernels.available():
-        print("needs CUDA and Triton", file=sys.stderr)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--before-dir", default=str(ROOT / "bench" / "results"), help="where the previous results are")
+    ap.add_argument("--quick", action="store_true", help="M=1, the three 1.5B-class shapes, g128 asym only")
+    a = ap.parse_args(argv)
+    if not K.available():
+        print("needs CUDA and nvcc (or a built kernel library)", file=sys.stderr)
         return 2
-    torch.manual_seed(0)
-    bw = copy_bandwidth()
-    shapes = [(1536, 8960), (8960, 1536), (1536, 1536), (576, 1536), (1536, 576)]
-    rows = []
-    for n, k in shapes:
-        for m in ((1,) if a.quick else (1, 4, 16)):
-            variants = [(128, False)] if (a.quick or m > 1) else [(128, False), (128, True), (32, False), (-1, True)]
-            for group, sym in variants:
-                r = bench_shape(n, k, m, group, sym, bw)
-                rows.append(r)
-                print(json.dumps(r), flush=True)
-    bw_end = copy_bandwidth()
-    gpu = torch.cuda.get_device_name()
-    try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.max.mem,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip()
-    except Exception:
-        smi = ""
-    res = {"card": gpu, "nvidia_smi": smi, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "command": "python bench/quant_kernels.py" + (" --quick" if a.quick else ""),
-           "torch": torch.__version__, "triton": __import__("triton").__version__,
-           "copy_GBps_start": round(bw, 1), "copy_GBps_end": round(bw_end, 1), "rows": rows}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    lines = [f"# W4A16 kernel bandwidth ({gpu}, {res['date']})", "",
-             f"Command: `{res['command']}`. Copy bandwidth (1 GiB device-to-device, read+write): "
-             f"{bw:.0f} GB/s at start, {bw_end:.0f} GB/s at end. Weights rotate over >= 256 MB of copies "
-             "(no L2 reuse); times are per call inside a CUDA graph.", "",
-             "| N (out) | K (in) | M | group | sym | us | floor us | GB/s | of copy | of same-size copy | fp16 cuBLAS us | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        g = "ch" if r["group"] == -1 else r["group"]
-        lines.append(f"| {r['N']} | {r['K']} | {r['M']} | {g} | {r['sym']} | {r['us']} | {r['floor_us']} | "
-                     f"{r['GBps']} | {r['of_copy']:.0%} | {r['of_copy_same']:.0%} | {r['fp16_us']} | "
-                     f"{r['speedup_vs_fp16']}x |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    before = previous(Path(a.before_dir))
+    info = device_info()
+    bw, bw_end, rows, sweep = bench(a.quick)
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = write(out, info, bw, bw_end, rows, sweep, before, "python bench/quant_kernels.py" + (" --quick" if a.quick else ""))
+    print((out / "quant_kernels.md").read_text())
     print("\n".join(lines))
     return 0
 

@@ -11,8 +11,9 @@ Group j of row n covers input columns [j*group, min((j+1)*group, in)).
 Contract:
 - Constructible empty from `(LinearPlan, out_features, in_features, bias)` (what `egt.format.load_compressed` needs);
   `QuantLinear.from_linear(linear, plan, codes=None)` packs a float linear (or precomputed `QuantizedGroups`).
-- `forward(x)`: on CUDA with 4-bit weights and at most 16 rows of x, the Triton W4A16 kernel (`egt.quant.kernels`);
-  otherwise (CPU, other bit widths, large batches) the reference path: dequantize to x's dtype, then `F.linear`.
+- `forward(x)`: on CUDA with 4-bit weights, fp16/bf16 x and at most 16 rows, the CUDA W4A16 kernel
+  (`egt.quant.kernels`, when `kernels.supports` the width); otherwise (CPU, other bit widths, large batches) the
+  reference path: dequantize to x's dtype, then `F.linear`.
 - `scales`/`offsets` stay float16 whatever `model.to(dtype)` asks (only their device follows), so bytes on disk and
   in memory are what `LinearPlan.storage_bits` counts.
 """
@@ -72,8 +73,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         rows = x.numel() // self.in_features
-        if (x.is_cuda and self.bits == 4 and rows <= kernels.MAX_M and kernels.available()
-                and x.dtype in (torch.float16, torch.bfloat16)):
+        if (x.is_cuda and self.bits == 4 and x.dtype in (torch.float16, torch.bfloat16)
+                and kernels.supports(self.in_features, rows) and kernels.available()):
             y = kernels.w4a16_matmul(x.reshape(rows, self.in_features), self.qweight, self.scales, self.offsets,
                                      self.group_size, self.in_features)
             if self.bias is not None:

@@ -137,10 +137,10 @@ class SparseQuantLinear(_SparseBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if x.is_cuda and self.bits == 4 and 1 <= rows <= 8 and x.dtype in (torch.float16, torch.bfloat16):
-            from .kernels import sparse_w4_gemv, triton_available
+        if x.is_cuda and self.bits == 4 and x.dtype in (torch.float16, torch.bfloat16):
+            from .kernels import available, sparse_w4_gemv, supports
 
-            if triton_available():
+            if supports(self.in_features, self.n, rows) and available():
                 y = sparse_w4_gemv(x.reshape(rows, -1), self.qweight, self.indices, self.scales, self.offsets,
                                    self.n, self.group_size).reshape(*x.shape[:-1], self.out_features)
                 return y if self.bias is None else y + self.bias.to(y.dtype)
