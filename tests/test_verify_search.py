@@ -179,6 +179,8 @@ def test_trigger_cost_model(tmp_path, model):
     cm = CostModel([1, 4, 16, 64], [10.0, 11.0, 15.0, 40.0], chunk=64)
     assert cm.forward_ms(2) == pytest.approx(10 + 1 / 3) and cm.verify_ms(130) == pytest.approx(2 * 40 + 10 + 1 / 3)
     assert cm.forward_ms(128) > 40
+    noisy = CostModel([1, 4, 16, 64], [10.0, 90.0, 15.0, 40.0], chunk=64)  # a load spike at T=4
+    assert noisy.ms.tolist() == [10.0, 15.0, 15.0, 40.0]
     seqs = random_seqs(np.random.default_rng(3), 30)
     trie = TokenTrie.from_sequences(seqs, END)
     trig = Trigger("auto", cm)

@@ -3,7 +3,7 @@
 Contract:
 - `CostModel` holds measured forward latencies `f(T)` (T tokens fed at once over a short cached prompt, lm_head
   on every row) for the model on this device, through the search's own forward path (CUDA graphs on a GPU, eager
-  on a CPU); `calibrate(model, chunk, search=...)` measures them, `CostModel.cached(...)` measures once per
+  on a CPU), best of the repetitions and made non-decreasing in T (load spikes on a shared CPU only inflate); `calibrate(model, chunk, search=...)` measures them, `CostModel.cached(...)` measures once per
   (device, model shape, dtype, threads, chunk, graphs) and stores the table in `~/.cache/egt/verify_costs.json`,
   so later processes reuse it.
 - `Trigger(mode)`: `always` fires at step 0 (exact top k over the whole catalog), `never` never fires (plain
@@ -36,7 +36,9 @@ MODES = ("auto", "always", "never")
 class CostModel:
     def __init__(self, sizes, ms, chunk: int, key: str = ""):
         self.sizes = np.asarray(sizes, dtype=np.float64)
-        self.ms = np.asarray(ms, dtype=np.float64)
+        # A pass of more tokens never costs less: a measurement that a load spike inflated above a larger size's
+        # is clipped to it (reverse running minimum), so one noisy point cannot steer the trigger.
+        self.ms = np.minimum.accumulate(np.asarray(ms, dtype=np.float64)[::-1])[::-1]
         self.chunk, self.key = int(chunk), key
 
     def forward_ms(self, t: int | float) -> float:
