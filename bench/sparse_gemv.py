@@ -2,6 +2,8 @@
 
     python bench/sparse_gemv.py [--batches 1,2,4,8]     (prints a table; the committed batch-1 figures come from
                                                          bench/quant_kernels.py, which times every kernel in one run)
+    ncu ... python bench/sparse_gemv.py --profile       (one launch of each kernel at batch 1, plus fp16 cuBLAS and a
+                                                         same-size copy, for Nsight Compute; no timing)
 Timing and floors as in bench/quant_kernels.py (bench/common.py helpers).
 """
 from __future__ import annotations
@@ -23,7 +25,10 @@ SHAPES = [(8960, 1536), (1536, 8960), (1536, 1536)]
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
+    if a.profile:
+        return profile()
     info = device_info()
     bw = copy_bandwidth()
     print(f"{info['card']} {info['date']}: copy bandwidth {bw:.0f} GB/s")
@@ -40,6 +45,23 @@ def main() -> int:
                     del w
             print(f"| {b} | {n_out}x{k_in} | {us[4]:.2f} | {us[2]:.2f} | {us[4] / us[2]:.2f}x | {us[1]:.2f} | "
                   f"{us[4] / us[1]:.2f}x |", flush=True)
+    return 0
+
+
+def profile() -> int:
+    """One launch per kernel (weights fresh, so nothing is in L2 beyond what ncu's cache control leaves)."""
+    for n_out, k_in in SHAPES[:2]:
+        x = torch.randn(1, k_in, device="cuda", dtype=torch.float16)
+        for n in (4, 2, 1):
+            w = make(n_out, k_in, n, 128, False, n_out + n)
+            K.w4_gemv(x, w[0], w[1], w[2], w[3], n, 128)
+            if n == 4:
+                nb = nbytes(*w)
+                src = torch.empty(nb // 2, dtype=torch.uint8, device="cuda")
+                torch.empty_like(src).copy_(src)  # a same-size copy kernel
+        w16 = torch.randn(n_out, k_in, device="cuda", dtype=torch.float16)
+        torch.matmul(x, w16.T)
+    torch.cuda.synchronize()
     return 0
 
 

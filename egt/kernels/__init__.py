@@ -148,7 +148,7 @@ def heuristic_config(out_f: int, kept: int, m: int, n: int, sms: int) -> tuple[i
     if row_blocks >= 2 * sms:
         splits, warps = 1, 4
     else:
-        warps = 8 if nchunks <= 8 * CHUNKS_PER_WARP * 2 else 16
+        warps = 8 if nchunks <= 16 else 16
         splits = 1
     units = 16 * (1 if n == 4 else 4 // n)
     while m * -(-nchunks // splits) * units * 16 > 96 * 1024:

@@ -251,6 +251,30 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
       for (int e = 0; e < 4; ++e) acc[r][n][e] = 0.f;
 
   const T2 base = Tr<T>::base(SYM);
+  // Per-lane activation addressing, hoisted out of the loop. A lane of n-tile n reads row b = 8n + g (clamped to a
+  // real row: columns of y past M are computed from finite data and never stored). swz() only flips the three low
+  // bits, with a per-lane constant (t, b), so unit ^ xk splits into a lane part and a compile-time part.
+  const uint4* xrow[NT];
+  int xa[NT], xl[NT];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const int b = min(n * 8 + g, p.M - 1);
+    const int xk = (t << 1) ^ (b & 1);
+    constexpr int LO = 4 * MD::DPS - 1;
+    xrow[n] = xs + b * units;
+    xa[n] = ((4 * t * MD::DPS) ^ (xk & ~LO));
+    xl[n] = xk & LO;
+  }
+  // Two partial accumulators, alternated between consecutive mmas, so the mma chain is two independent chains.
+  float part[2][RT][NT][4];
+#pragma unroll
+  for (int k = 0; k < 2; ++k)
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[k][r][n][e] = 0.f;
 
   for (int cb = c0 + warp; cb < c1; cb += nw * U) {
     // Double buffering: the next stage's loads are in flight while this stage is dequantized and multiplied.
@@ -265,14 +289,8 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
       const int c = cb + u * nw;
       if (c >= c1) break;
       const int lc = c - c0;  // chunk index within the block's activation slice
-      float tmp[RT][NT][4];
-#pragma unroll
-      for (int r = 0; r < RT; ++r)
-#pragma unroll
-        for (int n = 0; n < NT; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) tmp[r][n][e] = 0.f;
-      float (&D)[RT][NT][4] = *(LATE ? &tmp : &acc);
+      auto& D0 = part[0];
+      auto& D1 = part[1];
       T2 s2[RT][2], o2[RT][2];
 #pragma unroll
       for (int r = 0; r < RT; ++r)
@@ -287,12 +305,8 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
         uint4 xv[NT][MD::DPS];
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
-          const int b = n * 8 + g;
 #pragma unroll
-          for (int d = 0; d < MD::DPS; ++d) {
-            const int unit = lc * MD::UPC + (4 * t + j) * MD::DPS + d;
-            xv[n][d] = b < p.M ? xs[b * units + swz<MODE>(unit, b)] : make_uint4(0, 0, 0, 0);
-          }
+          for (int d = 0; d < MD::DPS; ++d) xv[n][d] = xrow[n][lc * MD::UPC + xa[n] + ((j * MD::DPS + d) ^ xl[n])];
         }
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
@@ -311,8 +325,8 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
                                : dq<T>(lop_magic(w[h] >> (4 * i), Tr<T>::MAGIC), base, s2[r][h], o2[r][h], SYM);
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
-              mma<T>(D[r][n], a[0][0], a[1][0], a[0][1], a[1][1], xv[n][0].x, xv[n][0].y);
-              mma<T>(D[r][n], a[0][2], a[1][2], a[0][3], a[1][3], xv[n][0].z, xv[n][0].w);
+              mma<T>(D0[r][n], a[0][0], a[1][0], a[0][1], a[1][1], xv[n][0].x, xv[n][0].y);
+              mma<T>(D1[r][n], a[0][2], a[1][2], a[0][3], a[1][3], xv[n][0].z, xv[n][0].w);
             }
           } else if (MODE == 2) {
             uint32_t w4[2] = {w[0] >> 4, w[1] >> 4};
@@ -333,7 +347,7 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
               for (int n = 0; n < NT; ++n) {
                 const uint32_t b0 = (grp & 1) ? xv[n][d].z : xv[n][d].x;
                 const uint32_t b1 = (grp & 1) ? xv[n][d].w : xv[n][d].y;
-                mma<T>(D[r][n], d01[0], d01[1], d23[0], d23[1], b0, b1);
+                mma<T>(part[grp & 1][r][n], d01[0], d01[1], d23[0], d23[1], b0, b1);
               }
             }
           } else {  // MODE == 1
@@ -354,8 +368,8 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
               for (int n = 0; n < NT; ++n) {
                 // group m of the word: activation unit m/2, half m&1
                 const uint4 xl = xv[n][i >> 1], xh = xv[n][(i + 4) >> 1];
-                mma<T>(D[r][n], dl01[0], dl01[1], dl23[0], dl23[1], (i & 1) ? xl.z : xl.x, (i & 1) ? xl.w : xl.y);
-                mma<T>(D[r][n], dh01[0], dh01[1], dh23[0], dh23[1], (i & 1) ? xh.z : xh.x, (i & 1) ? xh.w : xh.y);
+                mma<T>(D0[r][n], dl01[0], dl01[1], dl23[0], dl23[1], (i & 1) ? xl.z : xl.x, (i & 1) ? xl.w : xl.y);
+                mma<T>(D1[r][n], dh01[0], dh01[1], dh23[0], dh23[1], (i & 1) ? xh.z : xh.x, (i & 1) ? xh.w : xh.y);
               }
             }
           }
@@ -376,7 +390,8 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
             for (int e = 0; e < 4; ++e) {
               const float sf = __half2float(s16[u][r][e >> 1]);
               const float of = SYM ? -8.f * sf : __half2float(o16[u][r][e >> 1]);
-              acc[r][n][e] = fmaf(sf, tmp[r][n][e], fmaf(of - Tr<T>::BASE * sf, xsm[e & 1], acc[r][n][e]));
+              acc[r][n][e] = fmaf(sf, part[0][r][n][e] + part[1][r][n][e], fmaf(of - Tr<T>::BASE * sf, xsm[e & 1], acc[r][n][e]));
+              part[0][r][n][e] = part[1][r][n][e] = 0.f;
             }
         }
       }
@@ -384,6 +399,14 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
     cur = nxt;
   }
 
+  if (!LATE) {
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[r][n][e] = part[0][r][n][e] + part[1][r][n][e];
+  }
   // Cross-warp reduction through shared memory (the activation slice is no longer needed).
   constexpr int NV = RT * NT * 4;
   __syncthreads();
