@@ -1,8 +1,9 @@
 """CUDA C++ W4A16 GEMV kernels (dense INT4 and 2:4 / 1:4 sparse INT4), built with nvcc at first use.
 
 Contract:
-- `available()`: a CUDA device and an nvcc to build with (or an already built library) are present. CPU machines
-  never build or load anything: importing this module does no CUDA work.
+- `available()`: a CUDA device is present and the library is built and loaded (built on first call; a failed build
+  warns once and makes it return False). CPU machines never build or load anything: importing this module does no
+  CUDA work, and available() returns False before looking for nvcc.
 - `w4_gemv(x, qweight, indices, scales, offsets, n, group, config=None)` -> y [M, out] in x's dtype:
   x [M, in] fp16/bf16 contiguous on CUDA, 1 <= M <= 16 (dense, n=4) or <= 8 (sparse, n=1/2); qweight int32
   [out, ceil(kept/8)] in egt.quant.packing's 4-bit layout over the kept values (kept = in * n / 4); indices uint8
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -119,10 +121,26 @@ def _load():
     return _lib
 
 
+_unavailable: str | None = None  # why the library could not be built or loaded (then callers use their fallback)
+
+
 def available() -> bool:
-    if not torch.cuda.is_available():
+    """CUDA is present and the kernel library is loaded (building it on first call: about a minute with nvcc).
+    A failed build is reported once as a warning and remembered, so callers fall back instead of failing."""
+    global _unavailable
+    if not torch.cuda.is_available() or _unavailable is not None:
         return False
-    return library_path().exists() or nvcc_path() is not None
+    if _lib is None:
+        if not library_path().exists() and nvcc_path() is None:
+            _unavailable = "nvcc not found and no prebuilt library"
+            return False
+        try:
+            _load()
+        except (BuildError, OSError) as e:
+            _unavailable = str(e)
+            warnings.warn(f"egt.kernels: W4A16 kernels unavailable, using the reference path: {e}", stacklevel=2)
+            return False
+    return True
 
 
 def supports(in_features: int, n: int, rows: int) -> bool:

@@ -11,8 +11,11 @@ Contract:
 - config: (row_tiles, splits, warps) to override the heuristic (tests and bench/ use it).
 Why CUDA C++ and not Triton: three Triton versions reached 14-29% of copy bandwidth at batch 1 (notes in
 bench/results/quant_kernels.notes.md); the time went to nibble unpacking and int->float conversion per weight.
-The CUDA kernel dequantizes two weights per LOP3 + HSUB2 + HFMA2 (magic-number trick) and feeds mma.sync,
-which Triton cannot express (no register-level byte permutes or mixed fp16x2 arithmetic).
+The CUDA kernel dequantizes two weights per LOP3 (magic-number trick; the group scale is applied once per 128
+columns in fp32 for groups >= 128, per weight pair with HSUB2 + HFMA2 for groups 32/64) and feeds mma.sync, which
+Triton cannot express (register-level byte permutes, fragment layouts).
+Measured (bench/results/quant_kernels.md, H200, 2026-11-27): M=1 60-66% of a same-size copy, 24-26% of the large
+copy bandwidth (goal 75%: missed; profile in the notes), 1.5-2.0x faster than fp16 cuBLAS; M=16 slower than cuBLAS.
 """
 from __future__ import annotations
 
