@@ -7,7 +7,10 @@ from egt.quant.packing import pack
 from egt.quant.quantizer import dequantize_groups, quantize_groups
 from egt.sparsify import pattern as P
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+from egt import kernels as _kernels  # noqa: E402
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not _kernels.available(), reason="needs CUDA and nvcc (or a built kernel library)")]
 
 
 def _packed(out_f, in_f, n, group, sym, seed):
