@@ -41,17 +41,16 @@ def cached_dense_weight(module: nn.Module, dtype: torch.dtype, build: Callable[[
 
     Decoding dequantizes every weight at every step otherwise, which made compressed models several times slower
     than fp32 ones on CPU. The key holds each buffer's in-place version counter, so `load_state_dict` or a
-    re-pack invalidates it. GPU runs use the packed kernels and never call this; the cost is one dense copy of
-    each packed weight in host memory (the fp32 model's size).
+    re-pack invalidates it. The cost is one dense copy of each packed weight in host memory (the fp32 model's
+    size). On a GPU nothing is cached: decode uses the packed kernels, and a dense copy per layer would undo the
+    compression in GPU memory for the few reference calls left (prefill of long prompts).
     """
+    if torch.is_grad_enabled() or any(b.is_cuda for b in module.buffers(recurse=False)):
+        return build()
     key = (dtype, tuple((n, b.device, b._version) for n, b in module.named_buffers(recurse=False) if b is not None))
     hit = module.__dict__.get("_egt_dense_cache")
-    if hit is None or hit[0] != key or torch.is_grad_enabled():
-        w = build()
-        if torch.is_grad_enabled():
-            return w
-        module.__dict__["_egt_dense_cache"] = (key, w)
-        return w
+    if hit is None or hit[0] != key:
+        hit = module.__dict__["_egt_dense_cache"] = (key, build())
     return hit[1]
 
 
