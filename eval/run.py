@@ -6,6 +6,10 @@ Contract:
   - cell: evaluates one task x configuration and writes `OUT/cells/<task>__<config>.json`;
   - report: runs every missing (or stale) cell of the table, then writes `OUT/table1.json`, `OUT/report.md` and
     `OUT/pareto_<task>.png` (see `eval.report`).
+- The model of a task: in prompting mode "lora" (`eval.tasks.prompting`) the LoRA adapter of `data/eval_lora/` is
+  merged into the embedded default first (`eval.finetune.merged_source`), and FP16 and every compressed
+  configuration of the task start from those merged weights; in mode "few-shot" from the model itself. The cell
+  records `prompting` and the adapter's sha256; a report reruns cells whose mode or adapter changed.
 - User errors (unknown task/config, missing files) raise ValueError / OSError, which the CLI prints as one line.
 - A configuration whose compression stage is not in this checkout is written as status "not available" with the
   reason; a cell that crashes is written as status "error" with the message. Neither has numbers.
@@ -29,7 +33,7 @@ from pathlib import Path
 
 from . import metrics as M
 from .configs import NotAvailable, all_names, availability, prepare, slug, split_name
-from .tasks import TASKS
+from .tasks import TASKS, prompting
 
 DEFAULT_REPORT_LIMITS = {"targeting": 12, "csl-kg": 6, "csl-ts": 6, "slogans": 20}  # sized for a shared 2-core CPU
 
@@ -75,6 +79,20 @@ def _plan_summary(engine) -> dict:
     return {"method": plan.method, "layers": dict(Counter(lp.describe() for lp in plan.layers.values()))}
 
 
+def model_for(task: str, source: str) -> tuple[str, str]:
+    """(prompting mode, model source) of a task: in mode "lora" the adapter merged into the embedded default (the
+    adapter was trained on it), which every configuration of the task, FP16 included, then starts from."""
+    mode = prompting(task)
+    if mode != "lora":
+        return mode, source
+    if source not in ("default", "", None):
+        raise ValueError(f"task {task} uses the LoRA adapter of the embedded default; for --source {source} set "
+                         f"EGT_EVAL_PROMPTING=few-shot")
+    from .finetune import merged_source
+
+    return mode, merged_source("default")
+
+
 def run_cell(task: str, config: str, data: str | None = None, limit: int | None = None, device: str = "auto",
              source: str = "default", progress: bool = True, state=None) -> dict:
     """Evaluate one cell; returns the cell dict (identical on every process)."""
@@ -100,6 +118,12 @@ def run_cell(task: str, config: str, data: str | None = None, limit: int | None 
     if not examples:
         raise ValueError(f"task {task}: no examples (check --data)")
     cell["n"] = len(examples)
+    mode, model_source = model_for(task, source)
+    cell["prompting"] = mode
+    if mode == "lora":
+        from .finetune import adapter_sha
+
+        cell["adapter"] = {"dir": "data/eval_lora", "sha256": adapter_sha(), "merged_into": model_source}
     dev = state.device if state.num_processes > 1 else device
     if os.environ.get("EGT_EVAL_THREADS"):
         torch.set_num_threads(int(os.environ["EGT_EVAL_THREADS"]))
@@ -107,19 +131,19 @@ def run_cell(task: str, config: str, data: str | None = None, limit: int | None 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
     try:
         with state.main_process_first():  # the main process compresses (once); the others then load from disk
-            engine = prepare(config, source=source, device=dev)
+            engine = prepare(config, source=model_source, device=dev)
     except NotAvailable as e:
         return {**cell, "status": "not available", "reason": str(e)}
     cell.update(device=str(engine.device), card=device_label(engine.device), dtype=str(engine.dtype).replace("torch.", ""),
-                plan=_plan_summary(engine), settings=t.settings())
+                plan=_plan_summary(engine), settings=t.settings(mode))
     if split_name(config)[0] != "fp16":
         from .configs import compress_settings, is_stale
 
-        cell["compress_settings"] = compress_settings(config, source)
+        cell["compress_settings"] = compress_settings(config, model_source)
         cell["model_dir"] = str(getattr(engine, "source", ""))
-        cell["stale_code"] = is_stale(cell["model_dir"], config, source)
+        cell["stale_code"] = is_stale(cell["model_dir"], config, model_source)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    run = t.runner(engine, config, data)
+    run = t.runner(engine, config, data, mode)
     engine.generate([[1, 2, 3, 4, 5, 6, 7, 8]], max_new_tokens=2, chat=False)  # warm-up, not timed
     from accelerate.utils import gather_object
 
@@ -166,6 +190,13 @@ def _fresh(p: Path, limit, data) -> bool:
         return False
     if c.get("limit") != limit or c.get("data") != data:
         return False
+    if c.get("prompting", "few-shot") != prompting(c["task"]):
+        return False
+    if c.get("prompting") == "lora":
+        from .finetune import adapter_sha
+
+        if (c.get("adapter") or {}).get("sha256") != adapter_sha():
+            return False
     if c.get("status") == "not available":
         return not availability(c["config"])[0]
     return c.get("status") == "ok"

@@ -7,9 +7,18 @@ Contract:
 - `task.runner(engine, config)` returns a callable `Example -> record` (a JSON-able dict with the output and its
   timings); `task.score(records, examples)` turns the records into metrics. Scoring happens once, on all records,
   in the original order, so a data-parallel run scores exactly what a single process scores.
-- Prompts give the model its best fair chance without training: few-shot demonstrations as earlier chat turns
-  (generation tasks) or inside the targeting prompt. Long inputs are truncated to fixed character budgets (see
-  `MAX_*`) to bound CPU prefill time; the budgets are recorded in every cell.
+- Two prompting modes give the model its best fair chance (`PROMPTING` holds each task's choice, made by
+  measurement on a validation slice, see `eval/finetune.py`):
+  - "few-shot": the base model, with demonstrations as earlier chat turns (generation tasks) or inside the
+    targeting prompt;
+  - "lora": the model with the task LoRA adapter of `data/eval_lora/` merged into its weights, prompted zero-shot
+    with the same instruction it was fine-tuned on (`train_pairs` builds those pairs from the same prompt code).
+  `EGT_EVAL_PROMPTING` (few-shot | lora) overrides the choice for every task (recorded in each cell).
+- Splits: test = the slice `examples` returns; fine-tuning uses `split("train")`, selection `split("val")`,
+  both disjoint from the test slice (IRA / slogans: hash buckets 2-4 and 1; CSL: the dev file, hash bucket 1 is
+  val) and the validation slice disjoint from the demonstrations.
+- Long inputs are truncated to fixed character budgets (see `MAX_*`) to bound CPU prefill time; the budgets are
+  recorded in every cell.
 """
 from __future__ import annotations
 
@@ -27,6 +36,20 @@ MAX_SHOT_SOURCE_CHARS = {"csl-kg": 120, "csl-ts": 120, "slogans": 300}
 MAX_SOURCE_CHARS = {"csl-kg": 240, "csl-ts": 240, "slogans": 400}
 MAX_NEW_TOKENS = {"csl-kg": 40, "csl-ts": 40, "slogans": 20}
 TARGET_K = 10  # interests returned per ad (= beam width of the constrained search)
+MODES = ("few-shot", "lora")
+# Chosen per task on the validation slice (numbers in data/eval_lora/recipe.json, "selection").
+PROMPTING = {"targeting": "few-shot", "csl-kg": "few-shot", "csl-ts": "few-shot", "slogans": "few-shot"}
+
+
+def prompting(task: str) -> str:
+    """The prompting mode of a task: `EGT_EVAL_PROMPTING` if set, else the measured choice in `PROMPTING`."""
+    return _check_mode(os.environ.get("EGT_EVAL_PROMPTING") or PROMPTING[task])
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"prompting mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
 
 
 def max_new_tokens(task: str) -> int:
@@ -74,8 +97,25 @@ class Task:
     def examples(self, data: str | None, limit: int | None) -> list[Example]:
         raise NotImplementedError
 
-    def settings(self) -> dict:
-        return {}
+    def split(self, which: str) -> list[Example]:
+        """Fine-tuning ("train") or selection ("val") examples, disjoint from the test slice, fixed order."""
+        raise NotImplementedError
+
+    def train_pairs(self, ex: Example) -> list[tuple[str, str]]:
+        """(user turn, assistant answer) pairs of one training example, in the zero-shot prompt of mode "lora"."""
+        raise NotImplementedError
+
+    def settings(self, mode: str = "few-shot") -> dict:
+        return {"prompting": mode}
+
+
+def _bucket_split(xs: list[Example], which: str, shots: list[Example]) -> list[Example]:
+    """Non-test examples: bucket 1 = val (minus the demonstrations), buckets 2-4 = train."""
+    if which not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {which!r}")
+    shot_src = {s.source for s in shots}
+    want = (1,) if which == "val" else (2, 3, 4)
+    return _order([e for e in xs if bucket(e.source) in want and not (which == "val" and e.source in shot_src)])
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -114,18 +154,21 @@ class GenerationTask(Task):
         n = (MAX_SHOT_SOURCE_CHARS if shot else MAX_SOURCE_CHARS)[self.name]
         return self.instruction.format(source=_cut(source, n))
 
-    def messages(self, ex: Example) -> list[dict]:
+    def messages(self, ex: Example, mode: str = "few-shot") -> list[dict]:
         msgs = []
-        for s in self.shots:
+        for s in (self.shots if _check_mode(mode) == "few-shot" else []):
             msgs += [{"role": "user", "content": self.user_turn(s.source, True)},
                      {"role": "assistant", "content": self.format_reference(s.reference)}]
         return msgs + [{"role": "user", "content": self.user_turn(ex.source, False)}]
 
+    def train_pairs(self, ex: Example) -> list[tuple[str, str]]:
+        return [(self.user_turn(ex.source, False), self.format_reference(ex.reference))]
+
     def format_reference(self, ref) -> str:
         return str(ref)
 
-    def prompt_ids(self, tokenizer, ex: Example) -> list[int]:
-        msgs = self.messages(ex)
+    def prompt_ids(self, tokenizer, ex: Example, mode: str = "few-shot") -> list[int]:
+        msgs = self.messages(ex, mode)
         if getattr(tokenizer, "chat_template", None):
             ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
             return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -135,11 +178,12 @@ class GenerationTask(Task):
     def postprocess(self, text: str) -> str:
         return _first_line(text)
 
-    def runner(self, engine, config: str, data=None) -> Callable[[Example], dict]:
+    def runner(self, engine, config: str, data=None, mode: str = "few-shot") -> Callable[[Example], dict]:
         max_new = max_new_tokens(self.name)
+        _check_mode(mode)
 
         def run(ex: Example) -> dict:
-            ids = self.prompt_ids(engine.tokenizer, ex)
+            ids = self.prompt_ids(engine.tokenizer, ex, mode)
             t0 = time.perf_counter()
             g = engine.generate([ids], max_new_tokens=max_new)
             total = (time.perf_counter() - t0) * 1e3
@@ -158,8 +202,9 @@ class GenerationTask(Task):
     def normalize(self, text: str) -> str:
         return text
 
-    def settings(self) -> dict:
-        return {"shots": len(self.shots), "max_new_tokens": max_new_tokens(self.name),
+    def settings(self, mode: str = "few-shot") -> dict:
+        return {"prompting": mode, "shots": len(self.shots) if mode == "few-shot" else 0,
+                "max_new_tokens": max_new_tokens(self.name),
                 "max_source_chars": MAX_SOURCE_CHARS[self.name],
                 "max_shot_source_chars": MAX_SHOT_SOURCE_CHARS[self.name], "decoding": "greedy, batch 1",
                 "instruction": self.instruction}
@@ -193,6 +238,13 @@ class CSLTask(GenerationTask):
     def load_shot_pool(self):
         return self._load("dev")
 
+    def split(self, which):
+        if which not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {which!r}")
+        shot_src = {s.source for s in self.shots}
+        dev = [e for e in self._load("dev") if e.source not in shot_src]
+        return _order([e for e in dev if (bucket(e.source) == 1) == (which == "val")])
+
     def normalize(self, text: str) -> str:
         # keywords: compare the keyword sequence, not the separator style the model chose
         if self.kind == "kg":
@@ -218,6 +270,9 @@ class SloganTask(GenerationTask):
 
     def load_shot_pool(self):
         return [e for e in self._rows() if bucket(e.source) != 0]
+
+    def split(self, which):
+        return _bucket_split(self._rows(), which, self.shots)
 
 
 # ------------------------------------------------------------------------------------------------- targeting
@@ -282,23 +337,40 @@ class TargetingTask(Task):
         cnt = Counter(i for r in self._ads() if bucket(r["text"]) != 0 for i in r["interests"])
         return [name for name, _ in cnt.most_common(k)]
 
-    def prompt_template(self) -> str:
+    def _all(self) -> list[Example]:
+        """Every ad with interests, one per distinct text (the first occurrence), data-set order."""
+        seen, xs = set(), []
+        for r in self._ads():
+            if r["text"] not in seen:
+                seen.add(r["text"])
+                xs.append(Example(r["ad_id"] or str(len(xs)), r["text"], list(r["interests"])))
+        return xs
+
+    def split(self, which):
+        return _bucket_split(self._all(), which, self.shots)
+
+    def prompt_template(self, mode: str = "few-shot") -> str:
         lines = ["Which audience does this ad target? Answer with one audience interest.", ""]
-        for s in self.shots:
+        for s in (self.shots if _check_mode(mode) == "few-shot" else []):
             lines += [f"Ad: {_cut(s.source, MAX_AD_CHARS)}", f"Audience interest: {s.reference[0]}", ""]
         lines += ["Ad: {ad}", "Audience interest:"]
         body = "\n".join(lines)
         # examples are literal text in a str.format template
         return body.replace("{", "{{").replace("}", "}}").replace("{{ad}}", "{ad}")
 
-    def runner(self, engine, config: str, data=None) -> Callable[[Example], dict]:
+    def train_pairs(self, ex: Example) -> list[tuple[str, str]]:
+        """One pair per gold interest: the answer the Targeter scores is a single interest after the prompt."""
+        user = self.prompt_template("lora").format(ad=_cut(ex.source, MAX_AD_CHARS))
+        return [(user, interest) for interest in ex.reference]
+
+    def runner(self, engine, config: str, data=None, mode: str = "few-shot") -> Callable[[Example], dict]:
         from egt.verify import Targeter
 
         from .configs import split_name
 
         _, ptpv = split_name(config)
         targeter = Targeter(engine, self.catalog(data), trigger="auto" if ptpv else "never",
-                            prompt_template=self.prompt_template())
+                            prompt_template=self.prompt_template(mode))
 
         def run(ex: Example) -> dict:
             res = targeter.target(_cut(ex.source, MAX_AD_CHARS), k=TARGET_K)
@@ -325,9 +397,10 @@ class TargetingTask(Task):
         out["verify_ms"] = M.median(r.get("verify_ms") for r in records)
         return out
 
-    def settings(self) -> dict:
-        return {"shots": len(self.shots), "k": TARGET_K, "max_ad_chars": MAX_AD_CHARS,
-                "search": "trie-constrained beam search, beam = k", "prompt": self.prompt_template()}
+    def settings(self, mode: str = "few-shot") -> dict:
+        return {"prompting": mode, "shots": len(self.shots) if mode == "few-shot" else 0, "k": TARGET_K,
+                "max_ad_chars": MAX_AD_CHARS, "search": "trie-constrained beam search, beam = k",
+                "prompt": self.prompt_template(mode)}
 
 
 TASKS: dict[str, Task] = {"targeting": TargetingTask(), "csl-kg": CSLTask("kg"), "csl-ts": CSLTask("ts"),

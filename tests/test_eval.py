@@ -165,6 +165,11 @@ def test_cli_small_slice_end_to_end(tmp_path, monkeypatch):
     assert main(["eval", "--task", "slogans", "--config", "fp16", "--limit", "2", "--out", str(tmp_path)]) == 0
     cell = json.loads((tmp_path / "cells" / "slogans__fp16.json").read_text())
     assert cell["status"] == "ok" and cell["n"] == 2 and cell["settings"]["max_new_tokens"] == 4
+    assert cell["prompting"] == tasks.prompting("slogans") == cell["settings"]["prompting"]
+    if cell["prompting"] == "lora":  # the merged model was evaluated, and the cell says which adapter
+        from eval import finetune
+
+        assert cell["adapter"]["sha256"] == finetune.adapter_sha() and "merged-" in cell["adapter"]["merged_into"]
     assert 0.0 <= cell["metrics"]["meteor"] <= 1.0 and 0.0 <= cell["metrics"]["bleu"] <= 1.0
     assert cell["latency"]["ms_per_token"] > 0 and all(r["output"] for r in cell["records"])
     assert main(["eval", "--out", str(tmp_path)]) == 2  # no --task: one clear line, exit 2
@@ -192,3 +197,139 @@ def test_accelerate_matches_single_process(tmp_path):
     assert a["processes"] == 1 and b["processes"] == 2
     assert [r["output"] for r in a["records"]] == [r["output"] for r in b["records"]]
     assert a["metrics"] == b["metrics"] and not any(math.isnan(v) for v in a["metrics"].values())
+
+
+# ------------------------------------------------------------------------------------- prompting modes, LoRA
+
+def test_prompting_modes_and_splits():
+    _shared_or_skip()
+    for name, t in tasks.TASKS.items():
+        test_src = {e.source for e in t.examples(None, None)}
+        train, val = t.split("train"), t.split("val")
+        assert train and val, name
+        tr, va = {e.source for e in train}, {e.source for e in val}
+        assert not tr & va and not (tr | va) & test_src, name  # fine-tuning never sees the test slice
+        assert not va & {s.source for s in t.shots}, name  # selection never scores a demonstration
+        assert [e.id for e in t.split("val")[:5]] == [e.id for e in val[:5]]
+        with pytest.raises(ValueError, match="split"):
+            t.split("test")
+    t = tasks.TASKS["slogans"]
+    ex = t.examples(None, 1)[0]
+    assert [m["role"] for m in t.messages(ex, "lora")] == ["user"]
+    assert t.messages(ex, "lora")[0]["content"] == t.train_pairs(ex)[0][0]  # trained on the prompt it is tested on
+    with pytest.raises(ValueError, match="prompting mode"):
+        t.messages(ex, "zero")
+    tg = tasks.TASKS["targeting"]
+    assert "Audience interest: " + tg.shots[0].reference[0] not in tg.prompt_template("lora")
+    pairs = tg.train_pairs(tg.split("train")[0])
+    assert [a for _, a in pairs] == tg.split("train")[0].reference and len({u for u, _ in pairs}) == 1
+
+
+def test_prompting_env_override(monkeypatch):
+    monkeypatch.setenv("EGT_EVAL_PROMPTING", "lora")
+    assert tasks.prompting("slogans") == "lora"
+    monkeypatch.setenv("EGT_EVAL_PROMPTING", "bogus")
+    with pytest.raises(ValueError, match="prompting mode"):
+        tasks.prompting("slogans")
+    monkeypatch.delenv("EGT_EVAL_PROMPTING")
+    assert tasks.prompting("slogans") == tasks.PROMPTING["slogans"]
+
+
+def test_training_pairs_tokenize_as_eval_prompts():
+    """A fine-tuning pair is the exact token sequence `egt eval` scores: the Targeter's prompt, then the trie's
+    tokens of the interest and the end-of-turn token; labels only on the answer."""
+    _shared_or_skip()
+    from egt.engine import Engine
+    from egt.verify.targeter import Targeter, answer_context
+    from eval import finetune
+
+    eng = Engine.from_pretrained("default", device="cpu", dtype="fp32")
+    tok = eng.tokenizer
+    _, end = answer_context(tok)
+    tg = tasks.TASKS["targeting"]
+    ex = tg.split("train")[0]
+    user, answer = tg.train_pairs(ex)[0]
+    ids, lab = finetune.encode_pair(tok, user, answer, end, 4096)
+    targeter = Targeter.__new__(Targeter)  # only its prompt code: no trie needed
+    targeter.engine, targeter.chat, targeter.prompt_template = eng, True, tg.prompt_template("lora")
+    prompt = targeter.prompt_ids(tasks._cut(ex.source, tasks.MAX_AD_CHARS))
+    entry = tok([answer], add_special_tokens=False)["input_ids"][0] + [end]
+    assert ids == prompt + entry and lab == [-100] * len(prompt) + entry
+    sl = tasks.TASKS["slogans"]
+    e2 = sl.split("train")[0]
+    ids, lab = finetune.encode_pair(tok, *sl.train_pairs(e2), end, 4096)
+    p2 = sl.prompt_ids(tok, e2, "lora")
+    assert ids[: len(p2)] == p2 and all(x == -100 for x in lab[: len(p2)]) and lab[-1] == end
+    ids, lab = finetune.encode_pair(tok, *sl.train_pairs(e2), end, 20)  # too long: the prompt loses its start
+    assert len(ids) == 20 and ids[-1] == end
+
+
+def _tiny_hf(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg).eval()
+    m.save_pretrained(tmp_path / "base", safe_serialization=True)
+    return cfg, m
+
+
+def test_adapter_save_load_merge_matches_peft(tmp_path):
+    """Our merge of the stored (fp16) adapter equals peft's merge_and_unload of the same files, and the merged
+    checkpoint directory holds exactly those weights."""
+    pytest.importorskip("peft")
+    import torch
+    from peft import PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from eval import finetune
+
+    cfg, base = _tiny_hf(tmp_path)
+    recipe = {**finetune.RECIPE, "layers": [1, 2]}
+    pm = get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "base"), finetune.lora_config(recipe))
+    with torch.no_grad():  # peft starts B at zero: make the delta non-trivial
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.2)
+    finetune.save_adapter(pm, tmp_path / "ad", {"recipe": recipe})
+    assert (tmp_path / "ad" / "adapter_model.safetensors").stat().st_size < 5 << 20
+    conf, adapter = finetune.load_adapter(tmp_path / "ad")
+    assert conf["r"] == recipe["r"] and len(adapter) == 2 * 7  # 2 layers x 7 projections
+    assert all(".layers.0." not in k for k in adapter)
+    ours = finetune.merge_state(load_file(str(tmp_path / "base" / "model.safetensors")), adapter)
+    ref = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "ad")
+    ref = ref.merge_and_unload().state_dict()
+    changed = 0
+    for k, v in ours.items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=1e-6)
+        changed += not torch.equal(v, base.state_dict()[k])
+    assert changed == 14
+    d = finetune.merged_source(str(tmp_path / "base"), tmp_path / "ad", cache_root=tmp_path / "cache")
+    assert finetune.merged_source(str(tmp_path / "base"), tmp_path / "ad", cache_root=tmp_path / "cache") == d
+    on_disk = load_file(str(Path(d) / "model.safetensors"))
+    assert all(torch.equal(on_disk[k], ours[k]) for k in ours) and (Path(d) / "config.json").is_file()
+    # bad adapters: a clear error
+    bad = {"model.layers.9.mlp.up_proj.weight": next(iter(adapter.values()))}
+    with pytest.raises(ValueError, match="does not have"):
+        finetune.merge_state(load_file(str(tmp_path / "base" / "model.safetensors")), bad)
+    with pytest.raises(FileNotFoundError, match="no LoRA adapter"):
+        finetune.load_adapter(tmp_path / "nothing")
+
+
+def test_shipped_adapter_is_small_and_selection_matches_prompting():
+    from eval import finetune
+
+    d = finetune.ADAPTER_DIR
+    if not (d / finetune.ADAPTER_FILE).is_file():
+        pytest.skip("no adapter in data/eval_lora")
+    assert (d / finetune.ADAPTER_FILE).stat().st_size < 5 << 20
+    rec = json.loads((d / "recipe.json").read_text())
+    sel = rec.get("selection", {})
+    assert rec.get("selection_adapter_sha256") == finetune.adapter_sha()  # selected with this very adapter
+    for name in tasks.TASKS:
+        s = sel[name]
+        assert s["chosen"] == ("lora" if s["lora"] > s["few-shot"] else "few-shot")
+        assert tasks.PROMPTING[name] == s["chosen"], name
