@@ -151,8 +151,9 @@ def cmd_target(a) -> int:
         for rank, hit in enumerate(res.entities, 1):
             print(f"  {rank:2d}. {hit.text:<40s} id={hit.id:<12s} score={hit.score:.3f}")
         t = res.timings
-        print(f"  timings: prefill {t.prefill_ms:.1f} ms, {t.steps} decode steps at {t.ms_per_token:.2f} ms/token, "
-              f"verification {t.verify_ms:.1f} ms, total {t.total_ms:.1f} ms ({engine.device.type})")
+        steps = f"{t.steps} decode steps at {t.ms_per_token:.2f} ms/token" if t.steps else "no decode steps"
+        print(f"  timings: prefill {t.prefill_ms:.1f} ms, {steps}, verification {t.verify_ms:.1f} ms, "
+              f"total {t.total_ms:.1f} ms ({engine.device.type})")
     return 0
 
 
