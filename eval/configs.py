@@ -110,10 +110,20 @@ def model_dir(name: str, source: str, cache_root: Path | None = None) -> Path:
     return Path(cache_root or default_cache_root()) / f"{slug(split_name(name)[0])}-{h}"
 
 
+def _source_note(d: Path) -> Path:
+    """Side file naming the source a cached directory was compressed from (the manifest does not say)."""
+    return d.parent / f"{d.name}.source"
+
+
 def _made_with(d: Path, name: str, source: str) -> bool:
-    """Whether directory `d` holds a model compressed from `source` with the settings of `name`."""
+    """Whether directory `d` holds a model compressed from `source` with the settings of `name`. Directories
+    without a source note predate it and were all made from the embedded default."""
     from egt.format import MANIFEST
 
+    note = _source_note(d)
+    made_from = note.read_text().strip() if note.is_file() else "default"
+    if made_from != str(source):
+        return False
     try:
         m = json.loads((d / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
@@ -155,6 +165,7 @@ def ensure_compressed(name: str, source: str, cache_root: Path | None = None, pr
         path, _plan, _secs = compress(source, d, cfg, progress=progress)
     except (NotImplementedError, ImportError, AttributeError) as e:
         raise NotAvailable(f"compression failed: {type(e).__name__}: {e}") from e
+    _source_note(Path(path)).write_text(str(source))
     return Path(path)
 
 

@@ -38,7 +38,7 @@ MAX_NEW_TOKENS = {"csl-kg": 40, "csl-ts": 40, "slogans": 20}
 TARGET_K = 10  # interests returned per ad (= beam width of the constrained search)
 MODES = ("few-shot", "lora")
 # Chosen per task on the validation slice (numbers in data/eval_lora/recipe.json, "selection").
-PROMPTING = {"targeting": "few-shot", "csl-kg": "few-shot", "csl-ts": "few-shot", "slogans": "few-shot"}
+PROMPTING = {"targeting": "lora", "csl-kg": "lora", "csl-ts": "few-shot", "slogans": "lora"}
 
 
 def prompting(task: str) -> str:
