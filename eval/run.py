@@ -35,7 +35,7 @@ from . import metrics as M
 from .configs import NotAvailable, all_names, availability, prepare, slug, split_name
 from .tasks import TASKS, prompting
 
-DEFAULT_REPORT_LIMITS = {"targeting": 12, "csl-kg": 6, "csl-ts": 6, "slogans": 20}  # sized for a shared 2-core CPU
+DEFAULT_REPORT_LIMITS = {"targeting": 12, "csl-kg": 6, "csl-ts": 6, "slogans": 12}  # sized for a shared 2-core CPU
 
 
 def cell_path(out: str | Path, task: str, config: str) -> Path:

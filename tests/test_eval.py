@@ -333,3 +333,19 @@ def test_shipped_adapter_is_small_and_selection_matches_prompting():
         s = sel[name]
         assert s["chosen"] == ("lora" if s["lora"] > s["few-shot"] else "few-shot")
         assert tasks.PROMPTING[name] == s["chosen"], name
+
+
+def test_cached_model_reuse_respects_the_source(tmp_path):
+    """A model compressed from the base is never reused for the LoRA-merged source (or the other way round)."""
+    from egt.format import MANIFEST
+
+    want = configs.compress_settings("int4", "x")
+    want.pop("source")
+    d = tmp_path / "int4-aaaa"
+    d.mkdir()
+    (d / MANIFEST).write_text(json.dumps({"plan": {"meta": {"config": want}}}))
+    assert configs._made_with(d, "int4", "default")  # no note: made from the embedded default
+    assert not configs._made_with(d, "int4", "/cache/merged-1")
+    configs._source_note(d).write_text("/cache/merged-1")
+    assert configs._made_with(d, "int4", "/cache/merged-1") and not configs._made_with(d, "int4", "default")
+    assert not configs._made_with(d, "2:4", "/cache/merged-1")
