@@ -419,3 +419,26 @@ def test_calibration_mode_is_validated():
         CompressConfig(sparsity="2:4", calibration_mode="twice").validate()
     with pytest.raises(ValueError, match="calibration"):
         SparsifyOptions(calibration="twice").validate()
+
+
+@pytest.mark.parametrize("mode", ["sequential", "sequential-module"])
+def test_quant_sequential_gptq_differs_from_oneshot_only_after_layer_zero(tiny, mode):
+    """egt.quant with sequential calibration: layer 0 sees the dense inputs either way, later layers do not."""
+    import copy
+    from types import SimpleNamespace
+
+    from egt.compress import CompressConfig
+    from egt.plan import CompressionPlan
+    from egt.quant import quantize_model
+
+    out = {}
+    for m in ("oneshot", mode):
+        model = copy.deepcopy(tiny)
+        cfg = CompressConfig(bits=4, group_size=32, calibration_mode=m)
+        plan = quantize_model(SimpleNamespace(model=model, tokenizer=_CharTokenizer()), CompressionPlan("int4"), cfg,
+                              _TEXTS, progress=False)
+        assert plan.meta["quant"]["calibration"] == m
+        out[m] = model
+    q = lambda m, n: out[m].get_submodule(n).qweight  # noqa: E731
+    assert torch.equal(q("oneshot", "layers.0.self_attn.q_proj"), q(mode, "layers.0.self_attn.q_proj"))
+    assert not torch.equal(q("oneshot", "layers.3.mlp.down_proj"), q(mode, "layers.3.mlp.down_proj"))

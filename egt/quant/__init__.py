@@ -20,6 +20,10 @@ default bits + 0.25), group_size (fix the group; with no budget: uniform quantiz
 Optional attributes, if present: `quant_refine` ("gptq" | "clip" | "rtn" | "awq" | "awq+gptq";
 "clip" = round-to-nearest with a per-group range search, "awq" = activation-aware scaling then "clip"), `quant_metric` (a
 `sensitivity.METRICS` name), `quant_symmetric` (uniform mode).
+Calibration (`cfg.calibration_mode`, default `DEFAULT_CALIBRATION`): the plans are chosen on statistics of the model
+as it enters this stage; "sequential"/"sequential-module" then run GPTQ (and RTN+clip) stage by stage on the
+statistics of the model with its earlier layers already quantized (`egt.calibrate.sequential_stats`); "oneshot"
+quantizes every layer with the first statistics. AWQ always runs one-shot (it rescales with those statistics).
 Sparse layers (already swapped by `egt.sparsify`) keep their pattern; they are given `bits`/`group_size`
 (default 128, asymmetric), their storage counts against the budget, and their module's
 `quantize_kept(plan: LinearPlan) -> nn.Module` is called to quantize the kept values.
@@ -31,7 +35,7 @@ import time
 
 import torch
 
-from ..calibrate import collect_stats
+from ..calibrate import collect_stats, sequential_stats
 from ..modules import get_module, register_kind, set_module
 from ..plan import CompressionPlan, LinearPlan, linear_modules
 from .allocate import InfeasibleBudget, Option, allocate
@@ -50,6 +54,10 @@ REFINES = ("gptq", "clip", "rtn", "awq", "awq+gptq")
 # (Spearman 0.67 vs <= 0.43 for weight, output, Hessian and relative output error).
 DEFAULT_REFINE = "gptq"
 DEFAULT_METRIC = "fisher"
+# Sequential calibration per group of modules sharing an input lowered held-out KL vs one-shot in every GPTQ row
+# measured (eval/results/sparsify.md, "Sequential calibration of egt.quant").
+CALIBRATIONS = ("oneshot", "sequential", "sequential-module")
+DEFAULT_CALIBRATION = "sequential-module"
 
 __all__ = ["quantize_model", "quantize_groups", "dequantize_groups", "fake_quantize", "pack", "unpack",
            "gptq_quantize", "QuantLinear", "w4a16_matmul", "InfeasibleBudget", "QuantizedGroups", "REFINES"]
@@ -145,6 +153,9 @@ def quantize_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
         raise ValueError(f"quant_refine must be one of {REFINES}, got {refine!r}")
     if metric not in METRICS:
         raise ValueError(f"quant_metric must be one of {METRICS}, got {metric!r}")
+    calibration = getattr(cfg, "calibration_mode", None) or DEFAULT_CALIBRATION
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration_mode must be one of {CALIBRATIONS}, got {calibration!r}")
     shapes = quantized_names(model)
     weights = sum(o * i for o, i in shapes.values())
     sparse = {n: plan.for_module(n) for n in shapes if plan.for_module(n).sparsity != "dense"}
@@ -180,8 +191,19 @@ def quantize_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
             meta["budget_bpw"] = budget
             plans = {n: p for n, p in plans.items() if n in dense}
         t1 = time.perf_counter()
-        quantize_layers(model, stats, plans, {"awq": "clip", "awq+gptq": "gptq"}.get(refine, refine))
-        _log(progress, f"{refine} quantization of {len(plans)} layers in {time.perf_counter() - t1:.1f}s")
+        how = {"awq": "clip", "awq+gptq": "gptq"}.get(refine, refine)
+        if calibration == "oneshot" or refine.startswith("awq") or not plans:
+            quantize_layers(model, stats, plans, how)
+        else:
+            stats = None  # the stream holds one stage's statistics at a time
+
+            def on_stage(_layer, st):
+                quantize_layers(model, st, {n: plans[n] for n in st}, how)
+
+            sequential_stats(model, tok, texts, on_stage, modules=list(plans), seed=cfg.seed,
+                             per="module" if calibration == "sequential-module" else "layer")
+        _log(progress, f"{refine} quantization ({calibration}) of {len(plans)} layers in "
+                       f"{time.perf_counter() - t1:.1f}s")
     for n, lp in fixed.items():
         mod = get_module(model, n)
         if not hasattr(mod, "quantize_kept"):
@@ -192,8 +214,8 @@ def quantize_model(loaded, plan: CompressionPlan, cfg, texts: list[str], progres
     layers.update(fixed)
     new = CompressionPlan(plan.method, layers, dict(plan.meta))
     stored = sum(new.for_module(n).storage_bits(o, i) for n, (o, i) in shapes.items())
-    new.meta["quant"] = {**meta, "refine": refine, "bits": bits, "bpw": stored / weights, "weights": weights,
-                         "covers": "all linears except an LM head tied to the embedding",
+    new.meta["quant"] = {**meta, "refine": refine, "calibration": calibration, "bits": bits, "bpw": stored / weights,
+                         "weights": weights, "covers": "all linears except an LM head tied to the embedding",
                          "calibration_texts": len(texts), "seconds": round(time.perf_counter() - t0, 1)}
     _log(progress, f"{stored / weights:.4f} bits per weight over {len(shapes)} layers")
     return new
