@@ -155,10 +155,19 @@ def goals(cells: dict[str, dict[str, dict]]) -> list[str]:
         if not (a and b and a.get("status") == "ok" and b.get("status") == "ok"):
             continue
         ra, rb = a["metrics"]["recall@10"], b["metrics"]["recall@10"]
-        same_lists = sum(x["output"] == y["output"] for x, y in zip(a["records"], b["records"]))
+        pairs = list(zip(a["records"], b["records"]))
+        same_lists = sum(x["output"] == y["output"] for x, y in pairs)
+        # where the lists differ, which search found the better-scored top 10 (sum of entity log-probabilities)?
+        diff = [(sum(x["scores"]), sum(y["scores"])) for x, y in pairs
+                if x["output"] != y["output"] and "scores" in x and "scores" in y]
+        better = sum(sy > sx + 1e-6 for sx, sy in diff)
+        worse = sum(sy < sx - 1e-6 for sx, sy in diff)
+        score_note = (f"; where they differ, verification's top 10 scores higher on {better}, lower on {worse} "
+                      f"of {len(diff)} ads" if diff else "")
         lines.append(f"- targeting {config}: recall@10 without verification {ra:.4f}, with {rb:.4f}: "
                      f"**{'equal' if abs(ra - rb) < 1e-12 else 'DIFFERENT'}**; identical top-10 lists on "
-                     f"{same_lists}/{a['n']} ads; verification fired on {b['metrics'].get('triggered', 0)} ads.")
+                     f"{same_lists}/{a['n']} ads{score_note}; verification fired on "
+                     f"{b['metrics'].get('triggered', 0)} ads.")
     return lines
 
 

@@ -133,6 +133,18 @@ def test_report_tables_goals_and_plots(tmp_path):
            "**MISSED**" in md
     assert "csl-kg: Mix+INT4 vs FP16 on meteor: **not measured**" in md
     assert "targeting fp16: recall@10 without verification 0.4000, with 0.4000: **equal**" in md
+    # where verification changes a list, the report says which search found the better-scored top 10
+    a, b = _cell("targeting", "mix+int4", 0.3, 4.0), _cell("targeting", "mix+int4+ptpv", 0.3, 3.0)
+    for r in a["records"]:
+        r["scores"] = [-1.0, -2.0]
+    for i, r in enumerate(b["records"]):
+        r["output"], r["scores"] = (["z"], [-1.0, -1.5]) if i < 2 else (r["output"], [-1.0, -2.0])
+    run.write_cell(a, tmp_path)
+    run.write_cell(b, tmp_path)
+    report.write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "identical top-10 lists on 2/4 ads; where they differ, verification's top 10 scores higher on 2, " \
+           "lower on 0 of 2 ads" in md
     # a shorter slice is compared with FP16 on the common examples, rescored from the stored records
     base = _cell("slogans", "fp16", 0.0, 10.0)
     base["records"] = [{"id": i, "output": o, "reference": "big red shoes"}
