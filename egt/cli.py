@@ -38,6 +38,9 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparse-method", help="mask choice: sparsegpt (default) | wanda | wanda+obs")
     p.add_argument("--sparse-metric", help="layer importance: alone_kl (default) | block_influence | outlier_ratio")
     p.add_argument("--sparse-granularity", help="layer (default) | module")
+    p.add_argument("--calibration-mode", choices=("oneshot", "sequential", "sequential-module"),
+                   help="statistics from the dense model (oneshot) or from the model as already compressed, per layer "
+                        "or per module group (default: sequential-module)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +126,7 @@ def cmd_compress(a) -> int:
                          density=a.density, calibration=a.calibration, calibration_samples=a.calibration_samples,
                          dtype=a.dtype, quant_refine=a.quant_refine, quant_metric=a.quant_metric,
                          sparse_method=a.sparse_method, sparse_metric=a.sparse_metric,
-                         sparse_granularity=a.sparse_granularity)
+                         sparse_granularity=a.sparse_granularity, calibration_mode=a.calibration_mode)
     cfg.validate()
     path, plan, secs = compress(a.model, a.out, cfg)
     from .format import read_manifest
