@@ -43,8 +43,15 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
                         "or per module group (default: sequential-module)")
 
 
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr and exit code 2 (argparse would print the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="egt", description="Compress an advertising LLM and serve it for real-time targeting.")
+    ap = OneLineErrors(prog="egt", description="Compress an advertising LLM and serve it for real-time targeting.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compress", help="compress a model into an egt directory",

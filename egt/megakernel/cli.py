@@ -17,7 +17,8 @@ from .search import PlanStore, plan_for
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="egt megakernel", description=__doc__.splitlines()[0])
+    from ..cli import OneLineErrors
+    ap = OneLineErrors(prog="egt megakernel", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("plan", help="the stored (GPU-timed) or cost-model plan for a shape, batch and profile")
     p.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
