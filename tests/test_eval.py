@@ -269,10 +269,10 @@ def test_training_pairs_tokenize_as_eval_prompts():
     assert ids == prompt + entry and lab == [-100] * len(prompt) + entry
     sl = tasks.TASKS["slogans"]
     e2 = sl.split("train")[0]
-    ids, lab = finetune.encode_pair(tok, *sl.train_pairs(e2), end, 4096)
+    ids, lab = finetune.encode_pair(tok, *sl.train_pairs(e2)[0], end, 4096)
     p2 = sl.prompt_ids(tok, e2, "lora")
     assert ids[: len(p2)] == p2 and all(x == -100 for x in lab[: len(p2)]) and lab[-1] == end
-    ids, lab = finetune.encode_pair(tok, *sl.train_pairs(e2), end, 20)  # too long: the prompt loses its start
+    ids, lab = finetune.encode_pair(tok, *sl.train_pairs(e2)[0], end, 20)  # too long: the prompt loses its start
     assert len(ids) == 20 and ids[-1] == end
 
 
