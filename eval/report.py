@@ -196,10 +196,15 @@ def pareto_plot(task: str, cells: dict[str, dict], path: Path) -> Path | None:
             front.append((x, y))
             best = y
     ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", lw=1, label="Pareto front")
+    floor = (cells.get("fp16") or {}).get("metrics", {}).get(f"popularity_{main}")
+    if floor is not None:  # targeting: the recall of always answering the most frequent interests
+        ax.axhline(floor, color="tab:orange", ls=":", lw=1, label="popularity floor")
     cards = sorted({p[3] for p in pts})
     ax.set_xlabel(("total ms per ad" if task == "targeting" else "ms per generated token") + " (lower is better)")
     ax.set_ylabel(f"{main} (higher is better)")
-    ax.set_title(f"{task}: quality vs latency\n{'; '.join(cards)}", fontsize=9)
+    loads = [x for n, c in cells.items() if c.get("status") == "ok" for x in (c.get("load_avg_1min") or [])]
+    load = f" (1-min load {min(loads):.1f}-{max(loads):.1f})" if loads else ""
+    ax.set_title(f"{task}: quality vs latency\n{'; '.join(cards)}{load}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
