@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .schedule import INT4_KINDS, INT4_TC, MegaPlan
+from .schedule import INT4_KINDS, INT4_TC, MegaPlan, is_dense
 
 CSRC = Path(__file__).parent / "csrc"
 HEADERS = ("mk_common.cuh", "mk_matvec.cuh", "mk_attention.cuh", "mk_kernel.cuh")
@@ -81,7 +81,7 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         raise ValueError(f"dtype {plan.dtype!r} not supported (bf16, fp16)")
     ops = plan.matvec_op_table()
     for name, op in ops.items():
-        if op.weight_kind not in WEIGHT_POLICIES or (op.weight_kind.startswith("dense-") and op.weight_kind != f"dense-{plan.dtype}"):
+        if op.weight_kind not in WEIGHT_POLICIES or (is_dense(op.weight_kind) and op.weight_kind != f"dense-{plan.dtype}"):
             raise NotImplementedError(f"{name}: weight kind {op.weight_kind!r} is not in the MegaKernel")
         if op.weight_kind == INT4_TC and plan.dtype != "bf16":
             raise NotImplementedError(f"{name}: tensor-core INT4 runs bf16 activations only")

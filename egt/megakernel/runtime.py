@@ -3,7 +3,9 @@
 Contract:
 - `MegaKernelDecoder(model, batch)` finds (or searches) the plan for (model shape, batch, profile), builds or
   reuses the binary, loads it with ctypes and refuses a grid that the occupancy API says cannot be co-resident
-  (`MegaKernelError`). It reads the weights in place (no copy): HF-named `nn.Linear` weights of one dtype.
+  (`MegaKernelError`). Weight kinds per op come from the model (`weight_kinds`): bf16/fp16 `nn.Linear` weights are
+  read in place; 4-bit `QuantLinear` weights are repacked once into the kernel's INT4 chunks (`operands.py`, a
+  second copy on the GPU). Any other module kind, or two kinds within one op, is refused.
 - `step(tokens, rope_pos, attn_start, slot, cache)` is one launch on the current stream: it appends this step's
   K/V at cache row `slot` for every batch row, attends rows attn_start[b]..slot, writes float32 logits [B, V]
   and the greedy next token. Inputs are copied into the decoder's device buffers with stream-ordered copies.
@@ -40,9 +42,11 @@ OP_MODULES = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"
 
 
 def module_kind(mod, dtype: torch.dtype) -> str:
+    from ..quant.linear import QuantLinear
+
     if type(mod) is torch.nn.Linear and mod.weight.dtype == dtype:
         return f"dense-{DTYPE_NAMES[dtype]}"
-    if type(mod).__name__ == "QuantLinear" and getattr(mod, "bits", None) == 4:
+    if isinstance(mod, QuantLinear) and mod.bits == 4:
         return INT4
     return f"{type(mod).__name__}({getattr(mod, 'plan', None) and mod.plan.describe()})"
 

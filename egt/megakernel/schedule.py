@@ -10,8 +10,8 @@ Contract:
   times). `plan_hash` covers exactly what changes the generated code.
 - Weight operand kinds (one per op, the same in every layer): `dense-bf16`/`dense-fp16` (rows read in place) and
   `int4` (the MegaKernel layout of `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
-  the stage's packed codes and its (scale, offset) pairs). A kind changes the stage footprint here and the policy
-  the codegen picks, nothing else.
+  the stage's packed codes and its (scale, offset) pairs), `int4-tc` (the same chunks with the codes in tensor-core
+  fragment order). A kind changes the stage footprint here and the policy the codegen picks, nothing else.
 - The validity rules here mirror the static_asserts in csrc/, so an invalid schedule is rejected in Python before
   any compiler runs.
 """
