@@ -103,6 +103,18 @@ def run_llmc(py, bits, group, calib_n, log) -> Path:
     return out
 
 
+def default_and_fp16():
+    """(float32 default model, tokenizer, {quantized module: (out, in)}, a copy with every tensor rounded through
+    fp16): the table's reference is the fp16 model, and every method starts from the float32 one."""
+    loaded = load_model("default", dtype=torch.float32, device="cpu")
+    base = loaded.model
+    fp16 = copy.deepcopy(base)
+    with torch.no_grad():
+        for prm in fp16.parameters():
+            prm.copy_(prm.half().float())
+    return base, loaded.tokenizer, quantized_names(base), fp16
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--heldout", type=int, default=64)
@@ -130,15 +142,9 @@ def main(argv=None) -> int:
         write_markdown(results, out_path.with_suffix(".md"))
         return 0
 
-    loaded = load_model("default", dtype=torch.float32, device="cpu")
-    base, tok = loaded.model, loaded.tokenizer
-    shapes = quantized_names(base)
+    base, tok, shapes, fp16 = default_and_fp16()
     names = list(shapes)
     weights = sum(o * i for o, i in shapes.values())
-    fp16 = copy.deepcopy(base)
-    with torch.no_grad():
-        for prm in fp16.parameters():
-            prm.copy_(prm.half().float())
     calib = calibration_texts(str(shared_file("ira_facebook_ads.csv")), n=a.calibration, seed=0)
     held = heldout_texts(a.heldout, seed=0)
     runner = Runner(fp16, tokenize_texts(tok, held, a.max_tokens))

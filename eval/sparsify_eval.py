@@ -311,26 +311,20 @@ def quant_calibration(out_dir: Path) -> int:
     """egt.quant GPTQ with one-shot vs sequential calibration, rows and data of eval/quant_table.py."""
     sys.path.insert(0, str(ROOT / "eval"))
     from quant_sensitivity import Runner
-    from quant_table import evaluate as q_evaluate, rows_spec
+    from quant_table import default_and_fp16, evaluate as q_evaluate, rows_spec
 
     from egt.calibrate import sequential_stats
     from egt.modules import get_module
-    from egt.quant import quantize_layers, quantized_names
+    from egt.quant import quantize_layers
     from egt.quant.allocate import Option, allocate
     from egt.quant.sensitivity import candidate_plans, layer_errors, output_fisher
 
     torch.set_num_threads(1)
     path = out_dir / "sparsify.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
-    loaded = load_model("default", dtype=torch.float32)
-    base, tok = loaded.model, loaded.tokenizer
-    shapes = quantized_names(base)
+    base, tok, shapes, fp16 = default_and_fp16()
     names = list(shapes)
     weights = sum(o * i for o, i in shapes.values())
-    fp16 = copy.deepcopy(base)
-    with torch.no_grad():
-        for prm in fp16.parameters():
-            prm.copy_(prm.half().float())
     calib = calibration_texts(str(shared_file("ira_facebook_ads.csv")), n=32, seed=0)
     runner = Runner(fp16, tokenize_texts(tok, heldout_texts(64, seed=0), 128))
     _, ref = q_evaluate(fp16, runner, None)
