@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # One device call for issues 3/4 (W4A16 kernels): CUDA tests, then every kernel timed in one run.
 #   bash bench/sparse_run.sh   (on the GPU machine; writes under $OUT, default bench/results)
-# A prebuilt kernel library can travel in $EGT_CACHE (the build is keyed by the source's sha256).
+# A prebuilt kernel library can travel in $EGT_CACHE (the build is keyed by the source's sha256 and EGT_GEMV_ARCHS).
+# $W4_BASELINE_SO (optional): the previous kernel library, for same-run "before" figures, described by
+# $W4_BASELINE_DESC.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 python -c "import time; t = time.time(); from egt.kernels import build; print('kernel library', build(), f'{time.time() - t:.1f} s')"
-python -m pytest tests/test_quant_cuda.py tests/test_sparsify_kernels.py -q -rs --tb=short -p no:cacheprovider > "$OUT/kernel_cuda_tests.txt" 2>&1
-tail -40 "$OUT/kernel_cuda_tests.txt"
-python bench/quant_kernels.py --out-dir "$OUT" > "$OUT/quant_kernels.log" 2>&1
-tail -60 "$OUT/quant_kernels.log"
-python bench/sparse_gemv.py 2>&1 | tee "$OUT/sparse_gemv.log"
+python -m pytest tests/test_w4_gemv.py tests/test_quant_cuda.py tests/test_sparsify_kernels.py -q -rs --tb=short \
+  -p no:cacheprovider > "$OUT/kernel_cuda_tests.txt" 2>&1
+tail -25 "$OUT/kernel_cuda_tests.txt"
+BASE=()
+if [ -n "${W4_BASELINE_SO:-}" ]; then BASE=(--baseline-so "$W4_BASELINE_SO" --baseline-desc "${W4_BASELINE_DESC:-}"); fi
+python bench/quant_kernels.py --out-dir "$OUT" "${BASE[@]}" > "$OUT/quant_kernels.log" 2>&1
+grep -v '^{' "$OUT/quant_kernels.log" | head -80

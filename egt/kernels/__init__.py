@@ -4,7 +4,7 @@ Contract:
 - `available()`: a CUDA device is present and the library is built and loaded (built on first call; a failed build
   warns once and makes it return False). CPU machines never build or load anything: importing this module does no
   CUDA work, and available() returns False before looking for nvcc.
-- `w4_gemv(x, qweight, indices, scales, offsets, n, group, config=None)` -> y [M, out] in x's dtype:
+- `w4_gemv(x, qweight, indices, scales, offsets, n, group, config=None, pdl=False)` -> y [M, out] in x's dtype:
   x [M, in] fp16/bf16 contiguous on CUDA, 1 <= M <= 16 (dense, n=4) or <= 8 (sparse, n=1/2); qweight int32
   [out, ceil(kept/8)] in egt.quant.packing's 4-bit layout over the kept values (kept = in * n / 4); indices uint8
   [out, kept/4] (2-bit positions, four per byte, first in the low bits; None for dense); scales/offsets fp16
@@ -14,8 +14,13 @@ Contract:
   a row must fill whole 4-word units, i.e. in % 32 == 0 dense, % 64 for 2:4, % 128 for 1:4); callers fall back to
   their reference path otherwise.
 - `config`: (row_tiles, splits, warps) to override the heuristic (`heuristic_config`); row_tiles must be 1 (the
-  only compiled value), warps 4, 8 or 16 per block; bench/ sweeps these. splits is raised where the block's
-  activation slice would not fit in SMEM_CAP bytes of shared memory.
+  only compiled value), warps 4, 8 or 16 per block; bench/ sweeps these. splits is raised where a block's shared
+  memory (its whole weight share, staged by cp.async, plus its activation slice: `smem_bytes`) would pass SMEM_CAP.
+- `pdl=True` launches with programmatic dependent launch (sm_90+; ignored on older GPUs): the kernel may start
+  while the previous kernel in the stream finishes, streaming its weights early, and waits (griddepcontrol.wait)
+  before it reads x or writes y. Correct inside CUDA graphs (tests/test_w4_gemv.py). Contract: the weight tensors
+  must not have been written by the kernels since the last non-PDL kernel in the stream (static model weights are
+  fine; freshly computed ones need a normal launch or a sync in between).
 Build: `egt/kernels/w4_gemv.cu` -> a shared library cached under $EGT_CACHE (default ~/.cache/egt)/kernels, named by
 the sha256 of the source and the target list (sm_80 and sm_90 machine code; EGT_GEMV_ARCHS="80;90" to change),
 loaded with ctypes. Scratch (fp32 split-K partials and arrival counters) is kept per (device, stream), so two
@@ -40,7 +45,7 @@ MAX_M_DENSE = 16
 MAX_M_SPARSE = 8
 WARPS = (4, 8, 16)  # warps per block the library is built for
 CHUNKS_PER_WARP = 2  # chunks (128 stored values of a row) per register stage of a warp (U in the .cu)
-SMEM_CAP = 96 * 1024  # bytes of activations one block stages (a given config gets more splits if needed)
+SMEM_CAP = 200 * 1024  # dynamic shared memory of one block (SMEM_MAX in the .cu; more splits if needed)
 MODE = {4: 0, 1: 1, 2: 2}  # n kept of 4 -> kernel mode
 _lock = threading.Lock()
 _lib = None
@@ -113,7 +118,9 @@ def _load():
             if _lib is None:
                 lib = ctypes.CDLL(str(build()))
                 lib.egt_w4_gemv.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                            ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+                                            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+                lib.egt_w4_smem_bytes.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, ctypes.c_int]
+                lib.egt_w4_smem_bytes.restype = ctypes.c_int
                 lib.egt_w4_gemv.restype = ctypes.c_int
                 lib.egt_w4_error_string.restype = ctypes.c_char_p
                 lib.egt_w4_num_sms.restype = ctypes.c_int
@@ -155,23 +162,68 @@ def _num_sms(device: int) -> int:
     return _sms[device]
 
 
-def heuristic_config(out_f: int, kept: int, m: int, n: int, sms: int) -> tuple[int, int, int]:
-    """(row_tiles, splits, warps). At decode sizes the time is mostly a latency chain (launch, activation staging,
-    one or two DRAM round trips, the reduction), so: the whole grid should be resident at once (one wave), K is
-    split across blocks only for long rows with few row tiles (the fp32 partials and the last-block reduction cost
-    about a microsecond), and a block gets more warps (8 or 16) when there are fewer row tiles than SMs.
-    Chosen from the config sweep in bench/results/quant_kernels.md."""
+def _gshift(kept: int, group: int) -> tuple[int, int]:
+    """(number of groups per row, log2 of the group size or -1 for one group per row), as the kernel sees them."""
+    gs = kept if group == -1 else group
+    ng = -(-kept // gs)
+    return ng, (-1 if ng == 1 else gs.bit_length() - 1)
+
+
+def smem_bytes(m: int, n: int, kept: int, group: int, cps: int, warps: int) -> int:
+    """Dynamic shared memory of one block (mirror of smem_plan() in the .cu; a CUDA test checks they agree)."""
+    ng, gshift = _gshift(kept, group)
+    upc = 16 * (1 if n == 4 else 4 // n)
+    bound = 1 if gshift < 0 else min(ng, ((cps * 128) >> gshift) + 2)
+    sw = (bound + 3) // 2
+    r16 = lambda v: -(-v // 16) * 16  # noqa: E731
+    total = cps * 1024 + (0 if n == 4 else cps * 512) + r16(2 * 16 * sw * 4) + m * cps * upc * 16 + r16(m * cps * 4)
+    red = warps * (2 if m > 8 else 1) * 4 * 32 * 4
+    return max(total, red)
+
+
+def _fit_splits(m: int, n: int, kept: int, group: int, splits: int, warps: int) -> tuple[int, int]:
+    """(splits, chunks per split) with splits raised until a block's shared memory fits SMEM_CAP."""
+    nchunks = -(-kept // 128)
+    splits = min(max(splits, 1), nchunks)
+    while True:
+        cps = -(-nchunks // splits)
+        if smem_bytes(m, n, kept, group, cps, warps) <= SMEM_CAP or cps == 1:
+            return -(-nchunks // cps), cps
+        splits += 1
+
+
+def heuristic_config(out_f: int, kept: int, m: int, n: int, sms: int, group: int = 128) -> tuple[int, int, int]:
+    """(row_tiles, splits, warps). A block streams its whole weight share at once (cp.async), so what matters is
+    that every SM has work and bytes in flight and that the grid is one wave: many row tiles (>= 2 per SM) -> blocks
+    of 4 warps, several resident per SM; few row tiles -> one fat block per tile (8 or 16 warps to share out the
+    dequantization), K split across blocks only where the block would not fit in shared memory (the fp32 partials
+    and the last-block reduction cost about a microsecond). Checked against the config sweep in
+    bench/results/quant_kernels.md."""
     nchunks = -(-kept // 128)
     row_blocks = -(-out_f // 16)
     if row_blocks >= 2 * sms:
-        splits, warps = 1, 4
+        warps = 4
     else:
         warps = 8 if nchunks <= 16 else 16
-        splits = 1
-    units = 16 * (1 if n == 4 else 4 // n)
-    while m * -(-nchunks // splits) * units * 16 > 96 * 1024:
-        splits += 1
+    splits, _ = _fit_splits(m, n, kept, group, 1, warps)
     return 1, splits, warps
+
+
+_cc: dict[int, bool] = {}
+
+
+def _pdl_ok(device: int) -> bool:
+    """Programmatic dependent launch needs sm_90+ (the .cu compiles griddepcontrol only there)."""
+    if device not in _cc:
+        _cc[device] = torch.cuda.get_device_capability(device) >= (9, 0)
+    return _cc[device]
+
+
+def library_smem_bytes(m: int, n: int, kept: int, group: int, cps: int, warps: int) -> int:
+    """smem_plan() of the built library (for the test that the Python mirror agrees)."""
+    ng, gshift = _gshift(kept, group)
+    p = _Params(0, 0, 0, 0, 0, 0, 0, 0, m, 16, kept * 4 // n, kept, -(-kept // 8), ng, gshift, 1, cps)
+    return _load().egt_w4_smem_bytes(ctypes.byref(p), MODE[n], warps)
 
 
 def _scratch_for(device: int, stream: int, floats: int, counters: int):
@@ -185,7 +237,8 @@ def _scratch_for(device: int, stream: int, floats: int, counters: int):
 
 
 def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor | None, scales: torch.Tensor,
-            offsets: torch.Tensor | None, n: int, group: int, config: tuple[int, int, int] | None = None) -> torch.Tensor:
+            offsets: torch.Tensor | None, n: int, group: int, config: tuple[int, int, int] | None = None,
+            pdl: bool = False) -> torch.Tensor:
     """y [M, out] = x [M, in] @ W^T; see the module docstring."""
     if n not in MODE:
         raise ValueError(f"n must be 4 (dense), 2 or 1, got {n}")
@@ -219,15 +272,10 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor | None
     for t in (qweight, indices, scales, offsets):
         if t is not None and (not t.is_contiguous() or t.device != x.device):
             raise ValueError("weights must be contiguous and on x's device")
-    rt, splits, warps = config or heuristic_config(out_f, kept, m, n, _num_sms(dev))
+    rt, splits, warps = config or heuristic_config(out_f, kept, m, n, _num_sms(dev), group)
     if rt != 1 or warps not in WARPS or splits < 1:
         raise ValueError(f"config must be (1, splits >= 1, warps in {WARPS}), got {config}")
-    nchunks = -(-kept // 128)
-    units = 16 * (1 if n == 4 else 4 // n)
-    while m * -(-nchunks // splits) * units * 16 > SMEM_CAP:  # the block's activation slice must fit
-        splits += 1
-    cps = -(-nchunks // splits)
-    splits = -(-nchunks // cps)
+    splits, cps = _fit_splits(m, n, kept, group, splits, warps)
     y = torch.empty(m, out_f, device=x.device, dtype=x.dtype)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     row_blocks = -(-out_f // (16 * rt))
@@ -236,7 +284,7 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor | None
                 0 if offsets is None else offsets.data_ptr(), y.data_ptr(), ws.data_ptr(), cnt.data_ptr(),
                 m, out_f, in_f, kept, qweight.shape[1], ng, -1 if ng == 1 else gs.bit_length() - 1, splits, cps)
     err = lib.egt_w4_gemv(ctypes.byref(p), 0 if x.dtype == torch.float16 else 1, MODE[n], int(offsets is None), rt,
-                          warps, ctypes.c_void_p(stream))
+                          warps, int(bool(pdl) and _pdl_ok(dev)), ctypes.c_void_p(stream))
     if err != 0:
         raise RuntimeError(f"egt_w4_gemv failed: {lib.egt_w4_error_string(err).decode()} (config {rt}, {splits}, {warps})")
     return y

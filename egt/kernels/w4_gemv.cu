@@ -5,19 +5,28 @@
 // Sparse: the row keeps KC = K*n/4 values (same word layout), plus uint8 indices (4 two-bit in-group positions per
 // byte, first in the low bits); kept value k lies in group k/n of 4 dense columns.
 //
-// Scheme (one warp = RT tiles of 16 weight rows; mma.sync m16n8k16, weights as A, activations as B):
-// - A thread (lane = 4*g + t) streams 16 bytes (4 words) per row for rows g and g+8 of each tile: a quad of lanes
-//   covers 16 contiguous words (128 stored values = one "chunk") of a row; several chunks are loaded before use.
+// Scheme (a block = one tile of 16 weight rows x a K range of chunks; mma.sync m16n8k16, weights as A,
+// activations as B):
+// - At entry, before waiting on the previous kernel (PDL), every lane issues cp.async copies of the block's WHOLE
+//   share of packed words (and index bytes, scale/offset words) into shared memory, one commit group per chunk, so
+//   all of a block's bytes are in flight at once; the compute loop waits chunk by chunk (cp.async.wait_group).
+//   A quad of lanes covers 16 contiguous words (128 stored values = one "chunk") of rows g and g + 8; each lane
+//   copies exactly the 16 bytes it later reads, so no barrier is needed per chunk.
 // - Dequantization without int->float conversion: (w >> 4i) & 0x000F000F | MAGIC puts two nibbles into the
 //   mantissas of two fp16 (bf16) numbers equal to 1024+q (128+q); one HSUB2 makes them exact codes and one
-//   HFMA2/HMUL2 applies the group's scale (and offset).
+//   HFMA2/HMUL2 applies the group's scale (and offset); dense g >= 128 instead folds the scale per chunk in fp32.
 // - The reduction order inside an mma is free, so the K positions a thread owns are mapped to the mma's logical
 //   k indices however is cheapest: dense words give nibble pairs (i, i+4), and the activations are staged once per
 //   block in shared memory already permuted to match; sparse groups are expanded in registers to their 4 dense
-//   columns with byte permutes whose selectors come from a 16-entry table indexed by the group's 2-bit indices.
+//   columns with byte permutes whose selectors come from a table indexed by a whole index byte (2:4: two groups,
+//   1:4: two pairs of groups per byte).
 // - Split-K across blocks (grid.y) writes fp32 partials; the last block of a row tile to arrive (an arrival
 //   counter, reset by that block) adds them in a fixed order, so results are deterministic and nothing needs
 //   zeroing between calls. No floating-point atomics.
+// - Programmatic dependent launch (optional, sm_90): the kernel calls griddepcontrol.launch_dependents right after
+//   issuing its weight copies and griddepcontrol.wait before it reads x or writes y / the split-K scratch, so with
+//   the launch attribute the next GEMV of a chain starts streaming its weights while this one finishes. Contract:
+//   the weights must not be written by the kernels just before it in the stream (they are static model weights).
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -86,7 +95,12 @@ __device__ __forceinline__ void mma(float (&d)[4], uint32_t a0, uint32_t a1, uin
   }
 }
 
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) { return __byte_perm(a, b, s); }
+// Inline PTX rather than __byte_perm: the intrinsic masks a runtime selector with 0x7777 first (one LOP3 per use).
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(s));
+  return r;
+}
 
 // MODE: 0 dense, 1 = 1:4, 2 = 2:4. Dense columns per stored value = 4 / n (dense: 1).
 template <int MODE> struct Mode {
@@ -102,117 +116,185 @@ __device__ __forceinline__ int swz(int unit, int b) {
   return unit ^ ((((unit >> Mode<MODE>::SH) & 3) << 1) ^ (b & 1));
 }
 
-constexpr int MAX_WARPS = 16;  // warps per block (a runtime choice: 4, 8 or 16) split the block's K range
-constexpr int U = 2;  // chunks per register stage; two stages (double buffering)
 
-// One register stage: U chunks x RT tiles x 2 rows (g, g+8) of packed words, indices and group scale/offset.
-template <int RT> struct Stage {
-  uint4 wq[U][RT][2];
-  uint2 wi[U][RT][2];
-  __half s16[U][RT][2], o16[U][RT][2];
-};
-
-// Per-lane row pointers, computed once: rows g and g+8 of each of the warp's RT tiles (null past the last row).
-template <int RT> struct Rows {
-  const uint4* q[RT][2];
-  const uint2* ix[RT][2];
-  const __half* s[RT][2];
-  const __half* o[RT][2];
-};
-
-template <int MODE, bool SYM, int RT>
-__device__ __forceinline__ void row_ptrs(Rows<RT>& rp, const Params& p, int row0, int g) {
-#pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = row0 + r * 16 + g + 8 * h;
-      const bool ok = row < p.N;
-      rp.q[r][h] = ok ? reinterpret_cast<const uint4*>(p.qw + (size_t)row * p.KW) : nullptr;
-      rp.ix[r][h] = ok && MODE != 0 ? reinterpret_cast<const uint2*>(p.idx + (size_t)row * (p.KC / 4)) : nullptr;
-      rp.s[r][h] = ok ? p.sc + (size_t)row * p.G : nullptr;
-      rp.o[r][h] = ok && !SYM ? p.of + (size_t)row * p.G : nullptr;
-    }
+// ---- asynchronous copies (cp.async, sm_80+) and programmatic dependent launch (griddepcontrol, sm_90+) ----
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// src_bytes < size zero-fills the rest (0 = nothing is read: rows past N, units past the row's end).
+__device__ __forceinline__ void cp16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp8(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp4(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Wait until at most n of this thread's most recent groups are pending (n clamped to 7: waiting for more is safe).
+__device__ __forceinline__ void cp_wait(int n) {
+  switch (n < 0 ? 0 : n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+  }
+}
+// PDL: without a programmatic launch both are no-ops. wait = every prerequisite grid has completed and its memory
+// is visible; launch_dependents = the next kernel in the stream may start once every block of this one said so.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
-template <int MODE, bool SYM, int RT>
-__device__ __forceinline__ void load_stage(Stage<RT>& st, const Rows<RT>& rp, const Params& p, int cb, int c1, int t,
-                                           int nw) {
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int c = cb + u * nw;
-    const int v16 = c * 4 + t;  // 16-byte unit of the row (4 words); the same index addresses 8 index bytes
-    const bool cok = c < c1 && v16 * 4 < p.KW;
-    const int gi = p.gshift < 0 ? 0 : min((c * 128 + 32 * t) >> p.gshift, p.G - 1);
-#pragma unroll
-    for (int r = 0; r < RT; ++r)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const bool ok = cok && rp.q[r][h] != nullptr;
-        // The group scale is the row's whatever part of the chunk this lane holds: a lane past the end of the
-        // row still applies it to the mma result it holds (LATE), which includes the other lanes' columns.
-        const bool sok = c < c1 && rp.q[r][h] != nullptr;
-        st.wq[u][r][h] = ok ? __ldcs(rp.q[r][h] + v16) : make_uint4(0, 0, 0, 0);
-        if (MODE != 0) st.wi[u][r][h] = ok ? __ldcs(rp.ix[r][h] + v16) : make_uint2(0, 0);
-        st.s16[u][r][h] = sok ? rp.s[r][h][gi] : __float2half(0.f);
-        if (!SYM) st.o16[u][r][h] = sok ? rp.o[r][h][gi] : __float2half(0.f);
-      }
+// Shared-memory plan of one block (bytes, every region 16-byte aligned), the same on host and device:
+//   W  [cps][16 rows][4 lanes t] uint4   the block's packed words (a chunk = 64 bytes of each of its 16 rows)
+//   IX [cps][16][4] uint2                sparse: the matching index bytes
+//   SC [2][16 rows][SW] uint32           scales, then offsets: the words that hold the block's groups of each row
+//   X  [M][cps * UPC] uint4 + xsum [M][cps] float   the activation slice (permuted / swizzled) and sum(x) per chunk
+// The cross-warp reduction reuses the space from offset 0 at the end.
+struct Smem {
+  int w, ix, sc, x, xsum, total, sw;
+};
+__host__ __device__ inline int groups_bound(const Params& p) {  // groups of a row one block's chunk range touches
+  if (p.gshift < 0) return 1;
+  const int n = ((p.cps * 128) >> p.gshift) + 2;
+  return n < p.G ? n : p.G;
+}
+__host__ __device__ inline Smem smem_plan(const Params& p, int mode, int nw, int nt) {
+  const int upc = 16 * (mode == 0 ? 1 : 4 / mode);
+  Smem s;
+  s.sw = (groups_bound(p) + 3) / 2;
+  s.w = 0;
+  s.ix = s.w + p.cps * 1024;
+  s.sc = s.ix + (mode == 0 ? 0 : p.cps * 512);
+  s.x = s.sc + ((2 * 16 * s.sw * 4 + 15) / 16) * 16;
+  s.xsum = s.x + p.M * p.cps * upc * 16;
+  const int end = s.xsum + ((p.M * p.cps * 4 + 15) / 16) * 16;
+  const int red = nw * 1 * nt * 4 * 32 * 4;
+  s.total = end > red ? end : red;
+  return s;
+}
+
+template <int MODE> struct Lut {
+  // 2:4: per index byte (two groups), the PRMT selectors (dense columns 0-1, 2-3) of the low group then the high one.
+  // 1:4: per index byte (four groups), two entries: groups (0, 1) then (2, 3) of the byte, each {lo01, lo23, hi01,
+  // hi23} (lo = the even group, its kept value in the low half of the dequantized pair; hi = the odd group).
+  static constexpr int N = MODE == 0 ? 1 : (MODE == 2 ? 256 : 512);
+};
+
+__device__ __forceinline__ uint32_t sel24(int i0, int i1, int half) {  // columns 2*half, 2*half+1 of a 2:4 group
+  uint32_t r = 0;
+  for (int k = 0; k < 2; ++k) {
+    const int c = 2 * half + k;
+    r |= (c == i0 ? 0x10u : (c == i1 ? 0x32u : 0x54u)) << (8 * k);
   }
+  return r;
+}
+__device__ __forceinline__ uint32_t sel14(int i, int hi, int half) {  // a 1:4 group whose value is half `hi` of v
+  uint32_t r = 0;
+  for (int k = 0; k < 2; ++k) r |= ((2 * half + k) == i ? (hi ? 0x32u : 0x10u) : 0x54u) << (8 * k);
+  return r;
 }
 
 // LATE (dense, groups of >= 128 values): the mma multiplies the raw magic-number values (BASE + q) and the group's
 // scale is applied once per chunk in fp32: y += s * sum((BASE + q) x) + (o - BASE s) * sum(x), with sum(x) per
 // chunk computed while staging. Saves the per-weight HSUB2 + HFMA2; the cancellation of BASE * sum(x) happens in
 // fp32 (about 10 of its 24 bits).
-// NWMAX: 4 (blocks of 4 warps; register cap for 5 resident blocks per SM when dense, so a grid of many row tiles
-// runs in one wave) or 16 (blocks of 8 or 16 warps; 128 registers).
-template <typename T, int MODE, int NT, bool SYM, int RT, bool LATE, int NWMAX>
-__global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) : 1) w4_kernel(Params p) {
+// NWMAX: 4 (blocks of 4 warps, several resident per SM) or 16 (blocks of 8 or 16 warps).
+template <typename T, int MODE, int NT, bool SYM, bool LATE, int NWMAX>
+__global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Params p) {
   using T2 = typename Tr<T>::T2;
   using MD = Mode<MODE>;
-  extern __shared__ uint4 xs[];  // [M][units] activations, then reused for the cross-warp reduction
-  __shared__ uint4 lut[16];
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ uint4 lut[Lut<MODE>::N];
   __shared__ int last_flag;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int nchunks = (p.KC + 127) >> 7;
   const int c0 = blockIdx.y * p.cps;
   const int c1 = min(c0 + p.cps, nchunks);
-  const int units = p.cps * MD::UPC;  // smem row length in units
-  const int row0 = blockIdx.x * (16 * RT);
-  // The first weight loads go out before the activation staging, so their DRAM latency overlaps it.
-  Rows<RT> rp;
-  row_ptrs<MODE, SYM, RT>(rp, p, row0, g);
-  Stage<RT> cur;
-  load_stage<MODE, SYM, RT>(cur, rp, p, c0 + warp, c1, t, nw);
+  const int units = p.cps * MD::UPC;  // smem row length of the activation slice, in 16-byte units
+  const int row0 = blockIdx.x * 16;
+  const Smem sp = smem_plan(p, MODE, nw, NT);
+  uint4* Wsm = reinterpret_cast<uint4*>(smem + sp.w);
+  uint2* IXsm = reinterpret_cast<uint2*>(smem + sp.ix);
+  uint32_t* SCsm = reinterpret_cast<uint32_t*>(smem + sp.sc);
+  uint4* xs = reinterpret_cast<uint4*>(smem + sp.x);
+  float* xsum = reinterpret_cast<float*>(smem + sp.xsum);
 
-  if (MODE != 0 && threadIdx.x < 16) {
-    const int v = threadIdx.x;
-    uint32_t s[4];
-    for (int c = 0; c < 4; ++c) {
-      if (MODE == 2) {  // two kept values (V.lo at i0, V.hi at i1)
-        const int i0 = v & 3, i1 = v >> 2;
-        s[c] = c == i0 ? 0x10u : (c == i1 ? 0x32u : 0x54u);
-      } else {  // one kept value per group; entry serves the lo-half group (v&3) and the hi-half group (v>>2)
-        s[c] = c == (v & 3) ? 0x10u : 0x54u;
+  // 1. Before anything that depends on earlier kernels: the block's whole share of the (static) weights goes out
+  //    as asynchronous copies, so all its bytes are in flight at once (Little's law: a DRAM round trip of ~1 us at
+  //    ~4 TB/s needs ~30 KB in flight per SM; a block's share is 12-90 KB).
+  //    Scales/offsets: the 32-bit words covering the block's groups of each row (all threads, strided) = group 0.
+  const int g0 = p.gshift < 0 ? 0 : (c0 * 128) >> p.gshift;
+  const int g1 = p.gshift < 0 ? 1 : min(p.G, (((c1 * 128) - 1) >> p.gshift) + 1);
+  {
+    const int total_halves = p.N * p.G;
+    for (int i = threadIdx.x; i < 2 * 16 * sp.sw; i += nw * 32) {
+      const int arr = i / (16 * sp.sw), rem = i - arr * 16 * sp.sw, r = rem / sp.sw, k = rem - r * sp.sw;
+      const int row = row0 + r;
+      const __half* base = arr == 0 ? p.sc : p.of;
+      int bytes = 0;
+      const int word = ((row * p.G + g0) >> 1) + k;
+      if (row < p.N && base != nullptr && k < (((row * p.G + g1) + 1) >> 1) - ((row * p.G + g0) >> 1)) {
+        bytes = min(4, 2 * (total_halves - 2 * word));
+      }
+      const void* src = bytes > 0 ? static_cast<const void*>(reinterpret_cast<const uint32_t*>(base) + word)
+                                  : static_cast<const void*>(p.sc);
+      cp4(SCsm + i, src, bytes > 0 ? bytes : 0);
+    }
+    cp_commit();
+  }
+  //    Weights (and indices): lane (g, t) of warp w copies exactly what it will read: chunks c0 + w + i * nw, rows g
+  //    and g + 8, 16-byte unit t. One group per chunk, so the compute loop can start on the first chunk to arrive.
+  int nmine = 0;
+  for (int c = c0 + warp; c < c1; c += nw, ++nmine) {
+    const int lc = c - c0;
+    const int v16 = c * 4 + t;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int rl = g + 8 * h, row = row0 + rl;
+      const bool ok = row < p.N && v16 * 4 < p.KW;
+      const uint4* src = reinterpret_cast<const uint4*>(p.qw + (ok ? (size_t)row * p.KW : 0)) + (ok ? v16 : 0);
+      cp16(Wsm + (lc * 16 + rl) * 4 + t, src, ok ? 16 : 0);
+      if (MODE != 0) {
+        const uint2* isrc = reinterpret_cast<const uint2*>(p.idx + (ok ? (size_t)row * (p.KC / 4) : 0)) + (ok ? v16 : 0);
+        cp8(IXsm + (lc * 16 + rl) * 4 + t, isrc, ok ? 8 : 0);
       }
     }
-    uint4 e;
-    e.x = s[0] | (s[1] << 8);
-    e.y = s[2] | (s[3] << 8);
-    if (MODE == 1) {
-      uint32_t h[4];
-      for (int c = 0; c < 4; ++c) h[c] = c == (v >> 2) ? 0x32u : 0x54u;
-      e.z = h[0] | (h[1] << 8);
-      e.w = h[2] | (h[3] << 8);
-    } else {
-      e.z = e.w = 0;
+    cp_commit();
+  }
+  // 2. Let the next kernel in the stream launch now (PDL: its blocks start their own weight copies while this one
+  //    works), then wait for the previous kernel (it writes x, and may read y or the split-K scratch).
+  pdl_launch_dependents();
+  pdl_wait();
+
+  if (MODE != 0) {
+    for (int v = threadIdx.x; v < 256; v += nw * 32) {
+      if (MODE == 2) {  // two groups per byte; each group: two 2-bit positions (first kept value in the low bits)
+        const int lo = v & 15, hi = v >> 4;
+        lut[v] = make_uint4(sel24(lo & 3, lo >> 2, 0), sel24(lo & 3, lo >> 2, 1), sel24(hi & 3, hi >> 2, 0),
+                            sel24(hi & 3, hi >> 2, 1));
+      } else {  // four groups per byte, one 2-bit position each
+        for (int pr = 0; pr < 2; ++pr) {
+          const int ie = (v >> (4 * pr)) & 3, io = (v >> (4 * pr + 2)) & 3;
+          lut[2 * v + pr] = make_uint4(sel14(ie, 0, 0), sel14(ie, 0, 1), sel14(io, 1, 0), sel14(io, 1, 1));
+        }
+      }
     }
-    lut[v] = e;
   }
   // Stage x[:, block columns] once (permuted for dense, swizzled for all). Columns past K are zero. Dense also
   // records sum(x) per (row of x, chunk) for the LATE scaling: a half-warp holds exactly one chunk (16 units).
-  float* xsum = reinterpret_cast<float*>(xs + p.M * units);  // [M][cps]
   {
     const int col0 = c0 * MD::UPC * 8;
     const int nunits = (c1 - c0) * MD::UPC;
@@ -225,7 +307,7 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
       if (i < total) {
         const int col = col0 + u * 8;
         uint4 v = make_uint4(0, 0, 0, 0);
-        if (col < p.K) v = __ldg(xg + ((size_t)b * p.K + col) / 8);
+        if (col < p.K) v = __ldcg(xg + ((size_t)b * p.K + col) / 8);  // L2: with PDL x may be written during our start
         if (MODE == 0) {  // (x0,x1),(x2,x3),(x4,x5),(x6,x7) -> (x0,x4),(x1,x5),(x2,x6),(x3,x7)
           const float2 a = Tr<T>::f2(v.x), bb = Tr<T>::f2(v.y), c = Tr<T>::f2(v.z), d = Tr<T>::f2(v.w);
           part = ((a.x + a.y) + (bb.x + bb.y)) + ((c.x + c.y) + (d.x + d.y));
@@ -240,17 +322,9 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
       }
     }
   }
+  cp_wait(nmine);  // group 0 (scales) of this thread; the barrier makes every thread's copies visible to all
   __syncthreads();
 
-  float acc[RT][NT][4];
-#pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[r][n][e] = 0.f;
-
-  const T2 base = Tr<T>::base(SYM);
   // Per-lane activation addressing, hoisted out of the loop. A lane of n-tile n reads row b = 8n + g (clamped to a
   // real row: columns of y past M are computed from finite data and never stored). swz() only flips the three low
   // bits, with a per-lane constant (t, b), so unit ^ xk splits into a lane part and a compile-time part.
@@ -265,170 +339,158 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
     xa[n] = ((4 * t * MD::DPS) ^ (xk & ~LO));
     xl[n] = xk & LO;
   }
-  // Two partial accumulators, alternated between consecutive mmas, so the mma chain is two independent chains.
-  float part[2][RT][NT][4];
+  // Scale/offset half index of this lane's rows (g, g + 8) at group g0 (the words start at an even half).
+  const __half* sch = reinterpret_cast<const __half*>(SCsm);
+  int sbase[2];
 #pragma unroll
-  for (int k = 0; k < 2; ++k)
-#pragma unroll
-    for (int r = 0; r < RT; ++r)
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[k][r][n][e] = 0.f;
+  for (int h = 0; h < 2; ++h) {
+    const int rl = g + 8 * h;
+    sbase[h] = rl * sp.sw * 2 + (((row0 + rl) * p.G + g0) & 1) - g0;
+  }
+  const int ooff = 16 * sp.sw * 2;  // offsets array, in halves
 
-  for (int cb = c0 + warp; cb < c1; cb += nw * U) {
-    // Double buffering: the next stage's loads are in flight while this stage is dequantized and multiplied.
-    Stage<RT> nxt;
-    load_stage<MODE, SYM, RT>(nxt, rp, p, cb + nw * U, c1, t, nw);
-    const auto& wq = cur.wq;
-    const auto& wi = cur.wi;
-    const auto& s16 = cur.s16;
-    const auto& o16 = cur.o16;
+  float acc[NT][4];
+  // Two partial accumulators, alternated between consecutive mmas, so the mma chain is two independent chains.
+  float part[2][NT][4];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = cb + u * nw;
-      if (c >= c1) break;
-      const int lc = c - c0;  // chunk index within the block's activation slice
-      auto& D0 = part[0];
-      auto& D1 = part[1];
-      T2 s2[RT][2], o2[RT][2];
+  for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int r = 0; r < RT; ++r)
+    for (int e = 0; e < 4; ++e) acc[n][e] = part[0][n][e] = part[1][n][e] = 0.f;
+  const T2 base = Tr<T>::base(SYM);
+
+  int i = 0;
+  for (int c = c0 + warp; c < c1; c += nw, ++i) {
+    cp_wait(nmine - 1 - i);  // this chunk's copies (issued by this very lane) have landed
+    const int lc = c - c0;
+    const int gi = p.gshift < 0 ? 0 : min((c * 128 + 32 * t) >> p.gshift, p.G - 1);
+    uint4 wq[2];
+    uint2 wi[2];
+    __half s16[2], o16[2];
+    T2 s2[2], o2[2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          s2[r][h] = Tr<T>::from_half(s16[u][r][h]);
-          o2[r][h] = Tr<T>::from_half(o16[u][r][h]);
-        }
+    for (int h = 0; h < 2; ++h) {
+      wq[h] = Wsm[(lc * 16 + g + 8 * h) * 4 + t];
+      if (MODE != 0) wi[h] = IXsm[(lc * 16 + g + 8 * h) * 4 + t];
+      s16[h] = sch[sbase[h] + gi];
+      o16[h] = SYM ? __float2half(0.f) : sch[ooff + sbase[h] + gi];
+      s2[h] = Tr<T>::from_half(s16[h]);
+      o2[h] = Tr<T>::from_half(o16[h]);
+    }
+    auto& D0 = part[0];
+    auto& D1 = part[1];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {  // word j of the lane's 16 bytes
-        // Activation units this word needs (DPS units per word), per n-tile.
-        uint4 xv[NT][MD::DPS];
+    for (int j = 0; j < 4; ++j) {  // word j of the lane's 16 bytes
+      // Activation units this word needs (DPS units per word), per n-tile.
+      uint4 xv[NT][MD::DPS];
 #pragma unroll
-        for (int n = 0; n < NT; ++n) {
+      for (int n = 0; n < NT; ++n) {
 #pragma unroll
-          for (int d = 0; d < MD::DPS; ++d) xv[n][d] = xrow[n][lc * MD::UPC + xa[n] + ((j * MD::DPS + d) ^ xl[n])];
-        }
-#pragma unroll
-        for (int r = 0; r < RT; ++r) {
-          uint32_t w[2], ix[2];
-          w[0] = (&wq[u][r][0].x)[j];
-          w[1] = (&wq[u][r][1].x)[j];
-          ix[0] = (j < 2 ? wi[u][r][0].x : wi[u][r][0].y) >> (16 * (j & 1));
-          ix[1] = (j < 2 ? wi[u][r][1].x : wi[u][r][1].y) >> (16 * (j & 1));
-          if (MODE == 0) {
-            uint32_t a[2][4];
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-              for (int i = 0; i < 4; ++i)
-                a[h][i] = LATE ? lop_magic(w[h] >> (4 * i), Tr<T>::MAGIC)
-                               : dq<T>(lop_magic(w[h] >> (4 * i), Tr<T>::MAGIC), base, s2[r][h], o2[r][h], SYM);
-#pragma unroll
-            for (int n = 0; n < NT; ++n) {
-              mma<T>(D0[r][n], a[0][0], a[1][0], a[0][1], a[1][1], xv[n][0].x, xv[n][0].y);
-              mma<T>(D1[r][n], a[0][2], a[1][2], a[0][3], a[1][3], xv[n][0].z, xv[n][0].w);
-            }
-          } else if (MODE == 2) {
-            uint32_t w4[2] = {w[0] >> 4, w[1] >> 4};
-#pragma unroll
-            for (int grp = 0; grp < 4; ++grp) {
-              uint32_t d01[2], d23[2];
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                // byte grp of w -> byte 0, byte grp of w>>4 -> byte 2: nibbles (2grp, 2grp+1) at bits 0 and 16
-                const uint32_t pr = prmt(w[h], w4[h], grp | ((4 + grp) << 8));
-                const uint32_t v = dq<T>(lop_magic(pr, Tr<T>::MAGIC), base, s2[r][h], o2[r][h], SYM);
-                const uint2 sel = *reinterpret_cast<const uint2*>(&lut[(ix[h] >> (4 * grp)) & 15]);
-                d01[h] = prmt(v, 0u, sel.x);
-                d23[h] = prmt(v, 0u, sel.y);
-              }
-              const int d = grp >> 1;
-#pragma unroll
-              for (int n = 0; n < NT; ++n) {
-                const uint32_t b0 = (grp & 1) ? xv[n][d].z : xv[n][d].x;
-                const uint32_t b1 = (grp & 1) ? xv[n][d].w : xv[n][d].y;
-                mma<T>(part[grp & 1][r][n], d01[0], d01[1], d23[0], d23[1], b0, b1);
-              }
-            }
-          } else {  // MODE == 1
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {  // nibble pair (i, i+4) = groups i and i+4 of this word
-              uint32_t dl01[2], dl23[2], dh01[2], dh23[2];
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const uint32_t v = dq<T>(lop_magic(w[h] >> (4 * i), Tr<T>::MAGIC), base, s2[r][h], o2[r][h], SYM);
-                const uint32_t key = ((ix[h] >> (2 * i)) & 3) | ((ix[h] >> (2 * i + 6)) & 12);
-                const uint4 sel = lut[key];
-                dl01[h] = prmt(v, 0u, sel.x);
-                dl23[h] = prmt(v, 0u, sel.y);
-                dh01[h] = prmt(v, 0u, sel.z);
-                dh23[h] = prmt(v, 0u, sel.w);
-              }
-#pragma unroll
-              for (int n = 0; n < NT; ++n) {
-                // group m of the word: activation unit m/2, half m&1
-                const uint4 xl = xv[n][i >> 1], xh = xv[n][(i + 4) >> 1];
-                mma<T>(D0[r][n], dl01[0], dl01[1], dl23[0], dl23[1], (i & 1) ? xl.z : xl.x, (i & 1) ? xl.w : xl.y);
-                mma<T>(D1[r][n], dh01[0], dh01[1], dh23[0], dh23[1], (i & 1) ? xh.z : xh.x, (i & 1) ? xh.w : xh.y);
-              }
-            }
-          }
-        }
+        for (int d = 0; d < MD::DPS; ++d) xv[n][d] = xrow[n][lc * MD::UPC + xa[n] + ((j * MD::DPS + d) ^ xl[n])];
       }
-      if (LATE) {  // apply this chunk's group scale/offset once, in fp32
+      uint32_t w[2], ix[2];
+      w[0] = (&wq[0].x)[j];
+      w[1] = (&wq[1].x)[j];
+      ix[0] = (j < 2 ? wi[0].x : wi[0].y) >> (16 * (j & 1));
+      ix[1] = (j < 2 ? wi[1].x : wi[1].y) >> (16 * (j & 1));
+      if (MODE == 0) {
+        uint32_t a[2][4];
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int k = 0; k < 4; ++k)
+            a[h][k] = LATE ? lop_magic(w[h] >> (4 * k), Tr<T>::MAGIC)
+                           : dq<T>(lop_magic(w[h] >> (4 * k), Tr<T>::MAGIC), base, s2[h], o2[h], SYM);
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
-          float xsm[2];
+          mma<T>(D0[n], a[0][0], a[1][0], a[0][1], a[1][1], xv[n][0].x, xv[n][0].y);
+          mma<T>(D1[n], a[0][2], a[1][2], a[0][3], a[1][3], xv[n][0].z, xv[n][0].w);
+        }
+      } else {
+        // Kept values 2grp and 2grp+1 of the word, dequantized as one pair: byte grp of w -> byte 0, byte grp of
+        // w>>4 -> byte 2, so nibbles (2grp, 2grp+1) sit at bits 0 and 16 for the magic-number LOP3.
+        // 2:4: the pair is group grp (its two kept values); 1:4: groups 2grp (low half) and 2grp+1 (high half).
+        const uint32_t w4[2] = {w[0] >> 4, w[1] >> 4};
+        uint4 L[2];  // 2:4: the table entry of the current index byte (groups grp, grp+1), per row
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int b = n * 8 + 2 * t + e;
-            xsm[e] = b < p.M ? xsum[b * p.cps + lc] : 0.f;
+        for (int grp = 0; grp < 4; ++grp) {
+          uint32_t e[2][4];  // per row: two (2:4) or four (1:4) expanded registers
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t pr = prmt(w[h], w4[h], grp | ((4 + grp) << 8));
+            const uint32_t v = dq<T>(lop_magic(pr, Tr<T>::MAGIC), base, s2[h], o2[h], SYM);
+            const uint32_t byte = (ix[h] >> (8 * (grp >> 1))) & 255;
+            if (MODE == 2) {
+              if ((grp & 1) == 0) L[h] = lut[byte];
+              e[h][0] = prmt(v, 0u, (grp & 1) ? L[h].z : L[h].x);
+              e[h][1] = prmt(v, 0u, (grp & 1) ? L[h].w : L[h].y);
+            } else {
+              const uint4 sel = lut[2 * byte + (grp & 1)];
+              e[h][0] = prmt(v, 0u, sel.x);
+              e[h][1] = prmt(v, 0u, sel.y);
+              e[h][2] = prmt(v, 0u, sel.z);
+              e[h][3] = prmt(v, 0u, sel.w);
+            }
           }
 #pragma unroll
-          for (int r = 0; r < RT; ++r)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float sf = __half2float(s16[u][r][e >> 1]);
-              const float of = SYM ? -8.f * sf : __half2float(o16[u][r][e >> 1]);
-              acc[r][n][e] = fmaf(sf, part[0][r][n][e] + part[1][r][n][e], fmaf(of - Tr<T>::BASE * sf, xsm[e & 1], acc[r][n][e]));
-              part[0][r][n][e] = part[1][r][n][e] = 0.f;
+          for (int n = 0; n < NT; ++n) {
+            if (MODE == 2) {  // group grp: activation unit grp/2, half grp&1
+              const uint4 xu = xv[n][grp >> 1];
+              mma<T>(part[grp & 1][n], e[0][0], e[1][0], e[0][1], e[1][1], (grp & 1) ? xu.z : xu.x,
+                     (grp & 1) ? xu.w : xu.y);
+            } else {  // groups 2grp and 2grp+1: activation unit grp, halves 0 and 1
+              const uint4 xu = xv[n][grp];
+              mma<T>(D0[n], e[0][0], e[1][0], e[0][1], e[1][1], xu.x, xu.y);
+              mma<T>(D1[n], e[0][2], e[1][2], e[0][3], e[1][3], xu.z, xu.w);
             }
+          }
         }
       }
     }
-    cur = nxt;
+    if (LATE) {  // apply this chunk's group scale/offset once, in fp32
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        float xsm[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int b = n * 8 + 2 * t + e;
+          xsm[e] = b < p.M ? xsum[b * p.cps + lc] : 0.f;
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float sf = __half2float(s16[e >> 1]);
+          const float of = SYM ? -8.f * sf : __half2float(o16[e >> 1]);
+          acc[n][e] = fmaf(sf, part[0][n][e] + part[1][n][e], fmaf(of - Tr<T>::BASE * sf, xsm[e & 1], acc[n][e]));
+          part[0][n][e] = part[1][n][e] = 0.f;
+        }
+      }
+    }
   }
 
   if (!LATE) {
 #pragma unroll
-    for (int r = 0; r < RT; ++r)
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[r][n][e] = part[0][r][n][e] + part[1][r][n][e];
-  }
-  // Cross-warp reduction through shared memory (the activation slice is no longer needed).
-  constexpr int NV = RT * NT * 4;
-  __syncthreads();
-  float* red = reinterpret_cast<float*>(xs);
-#pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) red[((warp * NV) + (r * NT + n) * 4 + e) * 32 + lane] = acc[r][n][e];
+      for (int e = 0; e < 4; ++e) acc[n][e] = part[0][n][e] + part[1][n][e];
+  }
+  // Cross-warp reduction through shared memory (weights and activations are no longer needed).
+  constexpr int NV = NT * 4;
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) red[((warp * NV) + n * 4 + e) * 32 + lane] = acc[n][e];
   __syncthreads();
   const bool split = p.S > 1;
-  for (int i = warp; i < NV; i += nw) {
-    float v = 0.f;
-#pragma unroll
-    for (int w2 = 0; w2 < nw; ++w2) v += red[(w2 * NV + i) * 32 + lane];
-    const int r = i / (NT * 4), n = (i / 4) % NT, e = i % 4;
-    const int row = row0 + r * 16 + g + 8 * (e >> 1);
+  for (int v = warp; v < NV; v += nw) {
+    float s = 0.f;
+    for (int w2 = 0; w2 < nw; ++w2) s += red[(w2 * NV + v) * 32 + lane];
+    const int n = v / 4, e = v % 4;
+    const int row = row0 + g + 8 * (e >> 1);
     const int b = n * 8 + 2 * t + (e & 1);
     if (row < p.N && b < p.M) {
-      if (split) p.ws[((size_t)blockIdx.y * p.M + b) * p.N + row] = v;
-      else reinterpret_cast<T*>(p.y)[(size_t)b * p.N + row] = Tr<T>::to_t(v);
+      if (split) p.ws[((size_t)blockIdx.y * p.M + b) * p.N + row] = s;
+      else reinterpret_cast<T*>(p.y)[(size_t)b * p.N + row] = Tr<T>::to_t(s);
     }
   }
   if (!split) return;
@@ -441,9 +503,9 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
   __syncthreads();
   if (!last_flag) return;
   __threadfence();
-  const int rows = min(16 * RT, p.N - row0);
-  for (int i = threadIdx.x; i < rows * p.M; i += nw * 32) {
-    const int b = i / rows, row = row0 + i % rows;
+  const int rows = min(16, p.N - row0);
+  for (int k = threadIdx.x; k < rows * p.M; k += nw * 32) {
+    const int b = k / rows, row = row0 + k % rows;
     float v = 0.f;
     for (int s = 0; s < p.S; ++s) v += __ldcg(p.ws + ((size_t)s * p.M + b) * p.N + row);
     reinterpret_cast<T*>(p.y)[(size_t)b * p.N + row] = Tr<T>::to_t(v);
@@ -451,36 +513,49 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
   if (threadIdx.x == 0) p.counters[blockIdx.x] = 0;
 }
 
-template <typename T, int MODE, int NT, bool SYM, int RT, bool LATE>
-int launch_t(const Params& p, int nw, cudaStream_t stream) {
-  auto kern = nw <= 4 ? w4_kernel<T, MODE, NT, SYM, RT, LATE, 4> : w4_kernel<T, MODE, NT, SYM, RT, LATE, 16>;
-  const size_t xbytes = (size_t)p.M * p.cps * Mode<MODE>::UPC * 16 + (((size_t)p.M * p.cps * 4 + 15) / 16) * 16;
-  const size_t rbytes = (size_t)nw * RT * NT * 4 * 32 * 4;
-  const size_t smem = xbytes > rbytes ? xbytes : rbytes;
-  static size_t allowed[2] = {40 * 1024, 40 * 1024};  // raised once per kernel (static shared memory sits on top)
+constexpr int SMEM_MAX = 200 * 1024;  // dynamic shared memory one block may take (static LUT/flag sit on top)
+
+template <typename T, int MODE, int NT, bool SYM, bool LATE>
+int launch_t(const Params& p, int nw, bool pdl, cudaStream_t stream) {
+  void (*kern)(Params) = nw <= 4 ? w4_kernel<T, MODE, NT, SYM, LATE, 4> : w4_kernel<T, MODE, NT, SYM, LATE, 16>;
+  const Smem sp = smem_plan(p, MODE, nw, NT);
+  const size_t smem = sp.total;
+  if (smem > SMEM_MAX) return -5;
+  static size_t allowed[2] = {40 * 1024, 40 * 1024};  // raised once per kernel
   size_t& al = allowed[nw <= 4 ? 0 : 1];
   if (smem > al) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(smem + 16 * 1024));
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_MAX);
     if (e != cudaSuccess) return (int)e;
-    al = smem + 16 * 1024;
+    al = SMEM_MAX;
   }
-  dim3 grid((p.N + 16 * RT - 1) / (16 * RT), p.S);
-  kern<<<grid, nw * 32, smem, stream>>>(p);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((p.N + 15) / 16, p.S);
+  cfg.blockDim = dim3(nw * 32);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  cudaError_t e = cudaLaunchKernelEx(&cfg, kern, p);
+  if (e != cudaSuccess) return (int)e;
   return (int)cudaGetLastError();
 }
 
 template <typename T, int MODE>
-int launch_m(const Params& p, int sym, int rt, int nw, cudaStream_t s) {
+int launch_m(const Params& p, int sym, int rt, int nw, bool pdl, cudaStream_t s) {
   const bool two = p.M > 8;
   if (MODE != 0 && two) return -2;
-#define EGT_W4_CASE(NT_, SYM_, RT_)                                                 \
-  if ((NT_ == 2) == two && sym == SYM_ && rt == RT_)                                \
-    return late ? launch_t<T, MODE, NT_, SYM_, RT_, MODE == 0>(p, nw, s) : launch_t<T, MODE, NT_, SYM_, RT_, false>(p, nw, s);
-  const bool late = MODE == 0 && (p.gshift < 0 || p.gshift >= 7);  // every chunk lies inside one group
+  if (rt != 1) return -3;
   if (nw != 4 && nw != 8 && nw != 16) return -4;
-  EGT_W4_CASE(1, 0, 1) EGT_W4_CASE(1, 1, 1)
+  const bool late = MODE == 0 && (p.gshift < 0 || p.gshift >= 7);  // every chunk lies inside one group
+#define EGT_W4_CASE(NT_, SYM_)                          \
+  if ((NT_ == 2) == two && sym == SYM_)                 \
+    return late ? launch_t<T, MODE, NT_, SYM_, MODE == 0>(p, nw, pdl, s) : launch_t<T, MODE, NT_, SYM_, false>(p, nw, pdl, s);
+  EGT_W4_CASE(1, 0) EGT_W4_CASE(1, 1)
   if constexpr (MODE == 0) {
-    EGT_W4_CASE(2, 0, 1) EGT_W4_CASE(2, 1, 1)
+    EGT_W4_CASE(2, 0) EGT_W4_CASE(2, 1)
   }
 #undef EGT_W4_CASE
   return -3;
@@ -489,23 +564,31 @@ int launch_m(const Params& p, int sym, int rt, int nw, cudaStream_t s) {
 }  // namespace egt_w4
 
 extern "C" {
-// dtype: 0 fp16, 1 bf16; mode: 0 dense, 1 = 1:4, 2 = 2:4. Returns a cudaError_t (0 ok) or a negative code for a
-// configuration that was not compiled.
-int egt_w4_gemv(const egt_w4::Params* p, int dtype, int mode, int sym, int rt, int nw, void* stream) {
+// dtype: 0 fp16, 1 bf16; mode: 0 dense, 1 = 1:4, 2 = 2:4; pdl: launch with programmatic stream serialization
+// (sm_90). Returns a cudaError_t (0 ok) or a negative code for a configuration that was not compiled.
+int egt_w4_gemv(const egt_w4::Params* p, int dtype, int mode, int sym, int rt, int nw, int pdl, void* stream) {
   using namespace egt_w4;
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const bool pd = pdl != 0;
   if (dtype == 0) {
-    if (mode == 0) return launch_m<__half, 0>(*p, sym, rt, nw, s);
-    if (mode == 1) return launch_m<__half, 1>(*p, sym, rt, nw, s);
-    if (mode == 2) return launch_m<__half, 2>(*p, sym, rt, nw, s);
+    if (mode == 0) return launch_m<__half, 0>(*p, sym, rt, nw, pd, s);
+    if (mode == 1) return launch_m<__half, 1>(*p, sym, rt, nw, pd, s);
+    if (mode == 2) return launch_m<__half, 2>(*p, sym, rt, nw, pd, s);
   } else {
-    if (mode == 0) return launch_m<__nv_bfloat16, 0>(*p, sym, rt, nw, s);
-    if (mode == 1) return launch_m<__nv_bfloat16, 1>(*p, sym, rt, nw, s);
-    if (mode == 2) return launch_m<__nv_bfloat16, 2>(*p, sym, rt, nw, s);
+    if (mode == 0) return launch_m<__nv_bfloat16, 0>(*p, sym, rt, nw, pd, s);
+    if (mode == 1) return launch_m<__nv_bfloat16, 1>(*p, sym, rt, nw, pd, s);
+    if (mode == 2) return launch_m<__nv_bfloat16, 2>(*p, sym, rt, nw, pd, s);
   }
   return -1;
 }
-const char* egt_w4_error_string(int e) { return e >= 0 ? cudaGetErrorString((cudaError_t)e) : "configuration not compiled (row tiles 1; warps 4, 8 or 16)"; }
+// Dynamic shared memory (bytes) one block of this call takes; the Python side picks split-K so that it fits.
+int egt_w4_smem_bytes(const egt_w4::Params* p, int mode, int nw) {
+  return egt_w4::smem_plan(*p, mode, nw, p->M > 8 ? 2 : 1).total;
+}
+const char* egt_w4_error_string(int e) {
+  if (e == -5) return "shared memory plan over the cap (more split-K needed)";
+  return e >= 0 ? cudaGetErrorString((cudaError_t)e) : "configuration not compiled (row tiles 1; warps 4, 8 or 16)";
+}
 int egt_w4_num_sms(int device) {
   int v = 0;
   cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device);
