@@ -130,18 +130,13 @@ __device__ __forceinline__ void cp4(void* dst, const void* src, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes) : "memory");
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Wait until at most n of this thread's most recent groups are pending (n clamped to 7: waiting for more is safe).
+// Wait until at most n of this thread's most recent groups are pending. n is clamped to 3 (waiting for more
+// groups than needed is safe); an if-chain is a few instructions where a 0..7 switch compiled to a jump table.
 __device__ __forceinline__ void cp_wait(int n) {
-  switch (n < 0 ? 0 : n) {
-    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
-    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
-    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
-    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
-    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
-    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
-  }
+  if (n >= 3) asm volatile("cp.async.wait_group 3;" ::: "memory");
+  else if (n == 2) asm volatile("cp.async.wait_group 2;" ::: "memory");
+  else if (n == 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
+  else asm volatile("cp.async.wait_group 0;" ::: "memory");
 }
 // PDL: without a programmatic launch both are no-ops. wait = every prerequisite grid has completed and its memory
 // is visible; launch_dependents = the next kernel in the stream may start once every block of this one said so.
@@ -274,11 +269,6 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
     }
     cp_commit();
   }
-  // 2. Let the next kernel in the stream launch now (PDL: its blocks start their own weight copies while this one
-  //    works), then wait for the previous kernel (it writes x, and may read y or the split-K scratch).
-  pdl_launch_dependents();
-  pdl_wait();
-
   if (MODE != 0) {
     for (int v = threadIdx.x; v < 256; v += nw * 32) {
       if (MODE == 2) {  // two groups per byte; each group: two 2-bit positions (first kept value in the low bits)
@@ -293,32 +283,46 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
       }
     }
   }
+  // 2. Let the next kernel in the stream launch now (PDL: its blocks start their own weight copies while this one
+  //    works), then wait for the previous kernel (it writes x, and may read y or the split-K scratch).
+  pdl_launch_dependents();
+  pdl_wait();
+
   // Stage x[:, block columns] once (permuted for dense, swizzled for all). Columns past K are zero. Dense also
   // records sum(x) per (row of x, chunk) for the LATE scaling: a half-warp holds exactly one chunk (16 units).
   {
-    const int col0 = c0 * MD::UPC * 8;
     const int nunits = (c1 - c0) * MD::UPC;
     const int total = p.M * nunits;  // a multiple of 16
     const uint4* xg = reinterpret_cast<const uint4*>(p.x);
-    for (int i0 = warp * 32; i0 < total; i0 += nw * 32) {  // warp-uniform trip count (shuffles below)
-      const int i = i0 + lane;
-      const int b = i / nunits, u = i - b * nunits;
-      float part = 0.f;
-      if (i < total) {
-        const int col = col0 + u * 8;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (col < p.K) v = __ldcg(xg + ((size_t)b * p.K + col) / 8);  // L2: with PDL x may be written during our start
+    // Four units per lane per pass, loads first: the passes' L2 round trips overlap instead of queueing.
+    constexpr int XU = 4;
+    for (int i0 = warp * 32 * XU; i0 < total; i0 += nw * 32 * XU) {  // warp-uniform trip count (shuffles below)
+      uint4 xv4[XU];
+#pragma unroll
+      for (int q = 0; q < XU; ++q) {
+        const int i = i0 + q * 32 + lane;
+        const int b = i / nunits, u = i - b * nunits;
+        const int col = c0 * MD::UPC * 8 + u * 8;
+        xv4[q] = make_uint4(0, 0, 0, 0);
+        if (i < total && col < p.K) xv4[q] = __ldcg(xg + ((size_t)b * p.K + col) / 8);  // L2: PDL may overlap the writer
+      }
+#pragma unroll
+      for (int q = 0; q < XU; ++q) {
+        const int i = i0 + q * 32 + lane;
+        const int b = i / nunits, u = i - b * nunits;
+        uint4 v = xv4[q];
+        float part = 0.f;
         if (MODE == 0) {  // (x0,x1),(x2,x3),(x4,x5),(x6,x7) -> (x0,x4),(x1,x5),(x2,x6),(x3,x7)
           const float2 a = Tr<T>::f2(v.x), bb = Tr<T>::f2(v.y), c = Tr<T>::f2(v.z), d = Tr<T>::f2(v.w);
           part = ((a.x + a.y) + (bb.x + bb.y)) + ((c.x + c.y) + (d.x + d.y));
           v = make_uint4(prmt(v.x, v.z, 0x5410), prmt(v.x, v.z, 0x7632), prmt(v.y, v.w, 0x5410), prmt(v.y, v.w, 0x7632));
         }
-        xs[b * units + swz<MODE>(u, b)] = v;
-      }
-      if (MODE == 0 && LATE) {
+        if (i < total) xs[b * units + swz<MODE>(u, b)] = v;
+        if (MODE == 0 && LATE) {
 #pragma unroll
-        for (int o = 8; o >= 1; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
-        if (i < total && (lane & 15) == 0) xsum[b * p.cps + u / 16] = part;
+          for (int o = 8; o >= 1; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+          if (i < total && (lane & 15) == 0) xsum[b * p.cps + u / 16] = part;
+        }
       }
     }
   }
