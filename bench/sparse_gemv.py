@@ -2,8 +2,10 @@
 
     python bench/sparse_gemv.py [--batches 1,2,4,8]     (prints a table; the committed batch-1 figures come from
                                                          bench/quant_kernels.py, which times every kernel in one run)
-    ncu ... python bench/sparse_gemv.py --profile       (one launch of each kernel at batch 1, plus fp16 cuBLAS and a
-                                                         same-size copy, for Nsight Compute; no timing)
+    ncu ... python bench/sparse_gemv.py --profile [--baseline-so PATH]
+                                                        (one launch of each kernel at batch 1, plus fp16 cuBLAS and a
+                                                         same-size copy, then the same launches of the baseline
+                                                         library if given, for Nsight Compute; no timing)
 Timing and floors as in bench/quant_kernels.py (bench/common.py helpers).
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import copy_bandwidth, device_info  # noqa: E402
-from quant_kernels import K, make, nbytes, time_kernel  # noqa: E402
+from quant_kernels import Baseline, K, make, nbytes, time_kernel  # noqa: E402
 
 SHAPES = [(8960, 1536), (1536, 8960), (1536, 1536)]
 
@@ -26,9 +28,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--baseline-so", default=None)
     a = ap.parse_args()
     if a.profile:
-        return profile()
+        return profile(Baseline(a.baseline_so) if a.baseline_so else None)
     info = device_info()
     bw = copy_bandwidth()
     print(f"{info['card']} {info['date']}: copy bandwidth {bw:.0f} GB/s")
@@ -48,13 +51,15 @@ def main() -> int:
     return 0
 
 
-def profile() -> int:
+def profile(base=None) -> int:
     """One launch per kernel (weights fresh, so nothing is in L2 beyond what ncu's cache control leaves)."""
     for n_out, k_in in SHAPES[:2]:
         x = torch.randn(1, k_in, device="cuda", dtype=torch.float16)
         for n in (4, 2, 1):
             w = make(n_out, k_in, n, 128, False, n_out + n)
             K.w4_gemv(x, w[0], w[1], w[2], w[3], n, 128)
+            if base is not None:
+                base(x, w[0], w[1], w[2], w[3], n, 128)
             if n == 4:
                 nb = nbytes(*w)
                 src = torch.empty(nb // 2, dtype=torch.uint8, device="cuda")

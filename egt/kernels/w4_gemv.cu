@@ -201,13 +201,36 @@ __device__ __forceinline__ uint32_t sel14(int i, int hi, int half) {  // a 1:4 g
   return r;
 }
 
+// Scales/offsets of a block: for each (array, row) pair, the 32-bit words that hold the row's groups [g0, g1)
+// (the first word may start one half early). L lanes per pair (a power of two >= the words per row, at most 32), so
+// a warp covers 32 / L pairs per pass; rows past N are zero-filled.
+template <bool SYM>
+__device__ __forceinline__ void copy_scales(uint32_t* SCsm, const Params& p, int sw, int row0, int g0, int g1, int warp,
+                                            int lane, int nw) {
+  const int L = sw <= 4 ? 4 : (sw <= 8 ? 8 : (sw <= 16 ? 16 : 32));
+  const int per = 32 / L;
+  const int npairs = SYM ? 16 : 32;  // symmetric: no offsets
+  const int total_halves = p.N * p.G;
+  for (int ar = warp * per + lane / L; ar < npairs; ar += nw * per) {
+    const int r = ar & 15, row = row0 + r;
+    const bool ok = row < p.N;
+    const uint32_t* base = reinterpret_cast<const uint32_t*>(ar < 16 ? p.sc : p.of);
+    const int w0 = ok ? (row * p.G + g0) >> 1 : 0;
+    const int nwords = ok ? (((row * p.G + g1) + 1) >> 1) - w0 : sw;
+    for (int k = lane % L; k < nwords; k += L) {
+      const int bytes = ok ? min(4, 2 * (total_halves - 2 * (w0 + k))) : 0;
+      cp4(SCsm + ar * sw + k, bytes > 0 ? base + w0 + k : reinterpret_cast<const uint32_t*>(p.sc), bytes > 0 ? bytes : 0);
+    }
+  }
+}
+
 // LATE (dense, groups of >= 128 values): the mma multiplies the raw magic-number values (BASE + q) and the group's
 // scale is applied once per chunk in fp32: y += s * sum((BASE + q) x) + (o - BASE s) * sum(x), with sum(x) per
 // chunk computed while staging. Saves the per-weight HSUB2 + HFMA2; the cancellation of BASE * sum(x) happens in
 // fp32 (about 10 of its 24 bits).
 // NWMAX: 4 (blocks of 4 warps, several resident per SM) or 16 (blocks of 8 or 16 warps).
 template <typename T, int MODE, int NT, bool SYM, bool LATE, int NWMAX>
-__global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Params p) {
+__global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 5 : 1) w4_kernel(Params p) {
   using T2 = typename Tr<T>::T2;
   using MD = Mode<MODE>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -233,40 +256,35 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
   //    Scales/offsets: the 32-bit words covering the block's groups of each row (all threads, strided) = group 0.
   const int g0 = p.gshift < 0 ? 0 : (c0 * 128) >> p.gshift;
   const int g1 = p.gshift < 0 ? 1 : min(p.G, (((c1 * 128) - 1) >> p.gshift) + 1);
-  {
-    const int total_halves = p.N * p.G;
-    for (int i = threadIdx.x; i < 2 * 16 * sp.sw; i += nw * 32) {
-      const int arr = i / (16 * sp.sw), rem = i - arr * 16 * sp.sw, r = rem / sp.sw, k = rem - r * sp.sw;
-      const int row = row0 + r;
-      const __half* base = arr == 0 ? p.sc : p.of;
-      int bytes = 0;
-      const int word = ((row * p.G + g0) >> 1) + k;
-      if (row < p.N && base != nullptr && k < (((row * p.G + g1) + 1) >> 1) - ((row * p.G + g0) >> 1)) {
-        bytes = min(4, 2 * (total_halves - 2 * word));
-      }
-      const void* src = bytes > 0 ? static_cast<const void*>(reinterpret_cast<const uint32_t*>(base) + word)
-                                  : static_cast<const void*>(p.sc);
-      cp4(SCsm + i, src, bytes > 0 ? bytes : 0);
-    }
-    cp_commit();
-  }
   //    Weights (and indices): lane (g, t) of warp w copies exactly what it will read: chunks c0 + w + i * nw, rows g
-  //    and g + 8, 16-byte unit t. One group per chunk, so the compute loop can start on the first chunk to arrive.
+  //    and g + 8, 16-byte unit t. One commit group per chunk, so the compute loop can start on the first chunk to
+  //    arrive. Group 0 also holds the scale/offset words (copied by all lanes after the first chunk's copies).
+  const uint4* wrow[2];
+  const uint2* irow[2];
+  bool rok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + g + 8 * h;
+    rok[h] = row < p.N;
+    wrow[h] = reinterpret_cast<const uint4*>(p.qw + (rok[h] ? (size_t)row * p.KW : 0));
+    irow[h] = reinterpret_cast<const uint2*>(p.idx + (MODE != 0 && rok[h] ? (size_t)row * (p.KC / 4) : 0));
+  }
   int nmine = 0;
   for (int c = c0 + warp; c < c1; c += nw, ++nmine) {
-    const int lc = c - c0;
     const int v16 = c * 4 + t;
+    const bool uok = v16 * 4 < p.KW;
+    uint4* wd = Wsm + ((c - c0) * 16 + g) * 4 + t;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int rl = g + 8 * h, row = row0 + rl;
-      const bool ok = row < p.N && v16 * 4 < p.KW;
-      const uint4* src = reinterpret_cast<const uint4*>(p.qw + (ok ? (size_t)row * p.KW : 0)) + (ok ? v16 : 0);
-      cp16(Wsm + (lc * 16 + rl) * 4 + t, src, ok ? 16 : 0);
-      if (MODE != 0) {
-        const uint2* isrc = reinterpret_cast<const uint2*>(p.idx + (ok ? (size_t)row * (p.KC / 4) : 0)) + (ok ? v16 : 0);
-        cp8(IXsm + (lc * 16 + rl) * 4 + t, isrc, ok ? 8 : 0);
-      }
+      const bool ok = rok[h] && uok;
+      cp16(wd + 32 * h, wrow[h] + (ok ? v16 : 0), ok ? 16 : 0);
+      if (MODE != 0) cp8(IXsm + ((c - c0) * 16 + g + 8 * h) * 4 + t, irow[h] + (ok ? v16 : 0), ok ? 8 : 0);
     }
+    if (nmine == 0) copy_scales<SYM>(SCsm, p, sp.sw, row0, g0, g1, warp, lane, nw);
+    cp_commit();
+  }
+  if (nmine == 0) {  // a warp without chunks still copies its share of the scales
+    copy_scales<SYM>(SCsm, p, sp.sw, row0, g0, g1, warp, lane, nw);
     cp_commit();
   }
   if (MODE != 0) {
@@ -301,7 +319,7 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
 #pragma unroll
       for (int q = 0; q < XU; ++q) {
         const int i = i0 + q * 32 + lane;
-        const int b = i / nunits, u = i - b * nunits;
+        const int b = p.M == 1 ? 0 : i / nunits, u = i - b * nunits;
         const int col = c0 * MD::UPC * 8 + u * 8;
         xv4[q] = make_uint4(0, 0, 0, 0);
         if (i < total && col < p.K) xv4[q] = __ldcg(xg + ((size_t)b * p.K + col) / 8);  // L2: PDL may overlap the writer
@@ -309,7 +327,7 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
 #pragma unroll
       for (int q = 0; q < XU; ++q) {
         const int i = i0 + q * 32 + lane;
-        const int b = i / nunits, u = i - b * nunits;
+        const int b = p.M == 1 ? 0 : i / nunits, u = i - b * nunits;
         uint4 v = xv4[q];
         float part = 0.f;
         if (MODE == 0) {  // (x0,x1),(x2,x3),(x4,x5),(x6,x7) -> (x0,x4),(x1,x5),(x2,x6),(x3,x7)
@@ -326,7 +344,7 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
       }
     }
   }
-  cp_wait(nmine);  // group 0 (scales) of this thread; the barrier makes every thread's copies visible to all
+  cp_wait(nmine - 1);  // group 0 (first chunk + scales) of this thread; the barrier shares every thread's copies
   __syncthreads();
 
   // Per-lane activation addressing, hoisted out of the loop. A lane of n-tile n reads row b = 8n + g (clamped to a
@@ -354,12 +372,12 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
   const int ooff = 16 * sp.sw * 2;  // offsets array, in halves
 
   float acc[NT][4];
-  // Two partial accumulators, alternated between consecutive mmas, so the mma chain is two independent chains.
-  float part[2][NT][4];
+  // Four partial accumulators (by word parity and mma parity), so consecutive mmas form four independent chains.
+  float part[4][NT][4];
 #pragma unroll
   for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[n][e] = part[0][n][e] = part[1][n][e] = 0.f;
+    for (int e = 0; e < 4; ++e) acc[n][e] = part[0][n][e] = part[1][n][e] = part[2][n][e] = part[3][n][e] = 0.f;
   const T2 base = Tr<T>::base(SYM);
 
   int i = 0;
@@ -380,10 +398,10 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
       s2[h] = Tr<T>::from_half(s16[h]);
       o2[h] = Tr<T>::from_half(o16[h]);
     }
-    auto& D0 = part[0];
-    auto& D1 = part[1];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {  // word j of the lane's 16 bytes
+      auto& D0 = part[2 * (j & 1)];
+      auto& D1 = part[2 * (j & 1) + 1];
       // Activation units this word needs (DPS units per word), per n-tile.
       uint4 xv[NT][MD::DPS];
 #pragma unroll
@@ -439,7 +457,7 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
           for (int n = 0; n < NT; ++n) {
             if (MODE == 2) {  // group grp: activation unit grp/2, half grp&1
               const uint4 xu = xv[n][grp >> 1];
-              mma<T>(part[grp & 1][n], e[0][0], e[1][0], e[0][1], e[1][1], (grp & 1) ? xu.z : xu.x,
+              mma<T>(part[2 * (j & 1) + (grp & 1)][n], e[0][0], e[1][0], e[0][1], e[1][1], (grp & 1) ? xu.z : xu.x,
                      (grp & 1) ? xu.w : xu.y);
             } else {  // groups 2grp and 2grp+1: activation unit grp, halves 0 and 1
               const uint4 xu = xv[n][grp];
@@ -463,8 +481,9 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
         for (int e = 0; e < 4; ++e) {
           const float sf = __half2float(s16[e >> 1]);
           const float of = SYM ? -8.f * sf : __half2float(o16[e >> 1]);
-          acc[n][e] = fmaf(sf, part[0][n][e] + part[1][n][e], fmaf(of - Tr<T>::BASE * sf, xsm[e & 1], acc[n][e]));
-          part[0][n][e] = part[1][n][e] = 0.f;
+          acc[n][e] = fmaf(sf, (part[0][n][e] + part[1][n][e]) + (part[2][n][e] + part[3][n][e]),
+                           fmaf(of - Tr<T>::BASE * sf, xsm[e & 1], acc[n][e]));
+          part[0][n][e] = part[1][n][e] = part[2][n][e] = part[3][n][e] = 0.f;
         }
       }
     }
@@ -474,7 +493,7 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 4 : 1) w4_kernel(Para
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] = part[0][n][e] + part[1][n][e];
+      for (int e = 0; e < 4; ++e) acc[n][e] = (part[0][n][e] + part[1][n][e]) + (part[2][n][e] + part[3][n][e]);
   }
   // Cross-warp reduction through shared memory (weights and activations are no longer needed).
   constexpr int NV = NT * 4;
@@ -525,10 +544,14 @@ int launch_t(const Params& p, int nw, bool pdl, cudaStream_t stream) {
   const Smem sp = smem_plan(p, MODE, nw, NT);
   const size_t smem = sp.total;
   if (smem > SMEM_MAX) return -5;
-  static size_t allowed[2] = {40 * 1024, 40 * 1024};  // raised once per kernel
+  static size_t allowed[2] = {0, 0};  // raised once per kernel
   size_t& al = allowed[nw <= 4 ? 0 : 1];
   if (smem > al) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_MAX);
+    if (e != cudaSuccess) return (int)e;
+    // Every variant asks for the largest shared-memory carveout: kernels of a chain then share one L1/shared split,
+    // so an SM can hold blocks of consecutive kernels at once (PDL) without reconfiguring. x is read through L2.
+    e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     if (e != cudaSuccess) return (int)e;
     al = SMEM_MAX;
   }
