@@ -394,8 +394,8 @@ def write(out_dir: Path, info, bw, bw_end, rows, sweep, chain, command, base_des
     for r in chain:
         if r["n"] in (1, 2):
             d = ch.get("dense int4" + (" + PDL" if r["pdl"] else "") + (" (before)" if "(before)" in r["chain"] else ""))
-            slines.append(f"| {r['chain']} | {r['us_per_layer']} | "
-                          f"{(d['us_per_layer'] / r['us_per_layer']) if d and not r['chain'].startswith('copy') else float('nan'):.2f}x |")
+            rel = f"{d['us_per_layer'] / r['us_per_layer']:.2f}x" if d and not r["chain"].startswith("copy") else "-"
+            slines.append(f"| {r['chain']} | {r['us_per_layer']} | {rel} |")
     (out_dir / "sparse_kernels.md").write_text("\n".join(slines) + "\n")
     return slines
 

@@ -17,10 +17,10 @@ BASE=()
 if [ -n "${W4_BASELINE_SO:-}" ]; then BASE=(--baseline-so "$W4_BASELINE_SO" --baseline-desc "${W4_BASELINE_DESC:-}"); fi
 python bench/quant_kernels.py --out-dir "$OUT" "${BASE[@]}" > "$OUT/quant_kernels.log" 2>&1
 grep -v '^{' "$OUT/quant_kernels.log" | head -80
-# Nsight Compute profile of one launch per kernel (new, then baseline if given), when ncu is on the machine.
+# W4_NCU=1: Nsight Compute profile of one launch per kernel (and of the baseline's with W4_NCU_BASELINE=1).
 if [ -n "${W4_NCU:-}" ] && command -v ncu > /dev/null; then
   BP=()
-  if [ -n "${W4_BASELINE_SO:-}" ]; then BP=(--baseline-so "$W4_BASELINE_SO"); fi
+  if [ -n "${W4_NCU_BASELINE:-}" ] && [ -n "${W4_BASELINE_SO:-}" ]; then BP=(--baseline-so "$W4_BASELINE_SO"); fi
   timeout 150 ncu -k regex:w4_kernel --section SpeedOfLight --section Occupancy --section LaunchStats \
     --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
     python bench/sparse_gemv.py --profile "${BP[@]}" > "$OUT/ncu.txt" 2>&1
