@@ -1,6 +1,6 @@
-"""egt.kernels (CUDA W4A16 GEMV, dense / 2:4 / 1:4 INT4): the cp.async staging of a block's whole weight share,
-the byte-keyed index tables, the shared-memory plan, and programmatic dependent launch (eager and inside CUDA
-graphs). Every check is against the dense-expanded dequantized weight in float64 on fresh random inputs.
+"""egt.kernels (CUDA W4A16 GEMV, dense / 2:4 / 1:4 INT4): the byte-keyed index tables (every 2-bit position
+pattern), odd group counts and split-K ranges, the shared-memory plan, and programmatic dependent launch (eager
+and inside CUDA graphs, replayed back to back). Every check is against the dense-expanded dequantized weight in float64 on fresh random inputs.
 CUDA only (skips elsewhere); tests/test_quant_cuda.py and tests/test_sparsify_kernels.py cover the rest."""
 from __future__ import annotations
 

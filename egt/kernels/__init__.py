@@ -14,11 +14,11 @@ Contract:
   a row must fill whole 4-word units, i.e. in % 32 == 0 dense, % 64 for 2:4, % 128 for 1:4); callers fall back to
   their reference path otherwise.
 - `config`: (row_tiles, splits, warps) to override the heuristic (`heuristic_config`); row_tiles must be 1 (the
-  only compiled value), warps 4, 8 or 16 per block; bench/ sweeps these. splits is raised where a block's shared
-  memory (its whole weight share, staged by cp.async, plus its activation slice: `smem_bytes`) would pass SMEM_CAP.
+  only compiled value), warps 4, 8 or 16 per block; bench/ sweeps these. splits is raised where the block's
+  activation slice (`smem_bytes`) would pass SMEM_CAP.
 - `pdl=True` launches with programmatic dependent launch (sm_90+; ignored on older GPUs): the kernel may start
-  while the previous kernel in the stream finishes, streaming its weights early, and waits (griddepcontrol.wait)
-  before it reads x or writes y. Correct inside CUDA graphs (tests/test_w4_gemv.py). Contract: the weight tensors
+  while the previous kernel in the stream finishes, issuing its first weight loads early, and waits
+  (griddepcontrol.wait) before it reads x or writes y. Correct inside CUDA graphs (tests/test_w4_gemv.py). Contract: the weight tensors
   must not have been written by the kernels since the last non-PDL kernel in the stream (static model weights are
   fine; freshly computed ones need a normal launch or a sync in between).
 Build: `egt/kernels/w4_gemv.cu` -> a shared library cached under $EGT_CACHE (default ~/.cache/egt)/kernels, named by
@@ -45,7 +45,7 @@ MAX_M_DENSE = 16
 MAX_M_SPARSE = 8
 WARPS = (4, 8, 16)  # warps per block the library is built for
 CHUNKS_PER_WARP = 2  # chunks (128 stored values of a row) per register stage of a warp (U in the .cu)
-SMEM_CAP = 200 * 1024  # dynamic shared memory of one block (SMEM_MAX in the .cu; more splits if needed)
+SMEM_CAP = 96 * 1024  # bytes of activations one block stages (a given config gets more splits if needed)
 MODE = {4: 0, 1: 1, 2: 2}  # n kept of 4 -> kernel mode
 _lock = threading.Lock()
 _lib = None
@@ -170,35 +170,31 @@ def _gshift(kept: int, group: int) -> tuple[int, int]:
 
 
 def smem_bytes(m: int, n: int, kept: int, group: int, cps: int, warps: int) -> int:
-    """Dynamic shared memory of one block (mirror of smem_plan() in the .cu; a CUDA test checks they agree)."""
-    ng, gshift = _gshift(kept, group)
+    """Dynamic shared memory of one block: its activation slice plus sum(x) per chunk, or the cross-warp reduction
+    if larger (mirror of smem_bytes() in the .cu; a CUDA test checks they agree)."""
     upc = 16 * (1 if n == 4 else 4 // n)
-    bound = 1 if gshift < 0 else min(ng, ((cps * 128) >> gshift) + 2)
-    sw = (bound + 3) // 2
-    r16 = lambda v: -(-v // 16) * 16  # noqa: E731
-    total = cps * 1024 + (0 if n == 4 else cps * 512) + r16(2 * 16 * sw * 4) + m * cps * upc * 16 + r16(m * cps * 4)
-    red = warps * (2 if m > 8 else 1) * 4 * 32 * 4
-    return max(total, red)
+    xbytes = m * cps * upc * 16 + -(-(m * cps * 4) // 16) * 16
+    return max(xbytes, warps * (2 if m > 8 else 1) * 4 * 32 * 4)
 
 
 def _fit_splits(m: int, n: int, kept: int, group: int, splits: int, warps: int) -> tuple[int, int]:
-    """(splits, chunks per split) with splits raised until a block's shared memory fits SMEM_CAP."""
+    """(splits, chunks per split) with splits raised until a block's activation slice fits SMEM_CAP."""
     nchunks = -(-kept // 128)
     splits = min(max(splits, 1), nchunks)
     while True:
         cps = -(-nchunks // splits)
-        if smem_bytes(m, n, kept, group, cps, warps) <= SMEM_CAP or cps == 1:
+        if m * cps * 16 * (1 if n == 4 else 4 // n) * 16 <= SMEM_CAP or cps == 1:  # the activation slice
             return -(-nchunks // cps), cps
         splits += 1
 
 
 def heuristic_config(out_f: int, kept: int, m: int, n: int, sms: int, group: int = 128) -> tuple[int, int, int]:
-    """(row_tiles, splits, warps). A block streams its whole weight share at once (cp.async), so what matters is
-    that every SM has work and bytes in flight and that the grid is one wave: many row tiles (>= 2 per SM) -> blocks
-    of 4 warps, several resident per SM; few row tiles -> one fat block per tile (8 or 16 warps to share out the
-    dequantization), K split across blocks only where the block would not fit in shared memory (the fp32 partials
-    and the last-block reduction cost about a microsecond). Checked against the config sweep in
-    bench/results/quant_kernels.md."""
+    """(row_tiles, splits, warps). At decode sizes the time is a per-block latency chain (launch, activation
+    staging, DRAM round trips, a few hundred dependent instructions per warp, the reduction), so: the whole grid
+    should be resident at once (one wave), many row tiles (>= 2 per SM) -> blocks of 4 warps, several per SM; few
+    row tiles -> 8 or 16 warps per block to share out the chunks; K split across blocks only where the activation
+    slice would not fit in shared memory (the fp32 partials and the last-block reduction cost about a
+    microsecond). Checked against the config sweep in bench/results/quant_kernels.md."""
     nchunks = -(-kept // 128)
     row_blocks = -(-out_f // 16)
     if row_blocks >= 2 * sms:
@@ -220,7 +216,7 @@ def _pdl_ok(device: int) -> bool:
 
 
 def library_smem_bytes(m: int, n: int, kept: int, group: int, cps: int, warps: int) -> int:
-    """smem_plan() of the built library (for the test that the Python mirror agrees)."""
+    """smem_bytes() of the built library (for the test that the Python mirror agrees)."""
     ng, gshift = _gshift(kept, group)
     p = _Params(0, 0, 0, 0, 0, 0, 0, 0, m, 16, kept * 4 // n, kept, -(-kept // 8), ng, gshift, 1, cps)
     return _load().egt_w4_smem_bytes(ctypes.byref(p), MODE[n], warps)

@@ -5,13 +5,10 @@
 // Sparse: the row keeps KC = K*n/4 values (same word layout), plus uint8 indices (4 two-bit in-group positions per
 // byte, first in the low bits); kept value k lies in group k/n of 4 dense columns.
 //
-// Scheme (a block = one tile of 16 weight rows x a K range of chunks; mma.sync m16n8k16, weights as A,
-// activations as B):
-// - At entry, before waiting on the previous kernel (PDL), every lane issues cp.async copies of the block's WHOLE
-//   share of packed words (and index bytes, scale/offset words) into shared memory, one commit group per chunk, so
-//   all of a block's bytes are in flight at once; the compute loop waits chunk by chunk (cp.async.wait_group).
-//   A quad of lanes covers 16 contiguous words (128 stored values = one "chunk") of rows g and g + 8; each lane
-//   copies exactly the 16 bytes it later reads, so no barrier is needed per chunk.
+// Scheme (one warp = RT tiles of 16 weight rows; mma.sync m16n8k16, weights as A, activations as B):
+// - A thread (lane = 4*g + t) streams 16 bytes (4 words) per row for rows g and g+8 of each tile: a quad of lanes
+//   covers 16 contiguous words (128 stored values = one "chunk") of a row; two chunks per register stage, two
+//   stages in flight (the next stage's loads are issued before the current one is used).
 // - Dequantization without int->float conversion: (w >> 4i) & 0x000F000F | MAGIC puts two nibbles into the
 //   mantissas of two fp16 (bf16) numbers equal to 1024+q (128+q); one HSUB2 makes them exact codes and one
 //   HFMA2/HMUL2 applies the group's scale (and offset); dense g >= 128 instead folds the scale per chunk in fp32.
@@ -23,10 +20,13 @@
 // - Split-K across blocks (grid.y) writes fp32 partials; the last block of a row tile to arrive (an arrival
 //   counter, reset by that block) adds them in a fixed order, so results are deterministic and nothing needs
 //   zeroing between calls. No floating-point atomics.
-// - Programmatic dependent launch (optional, sm_90): the kernel calls griddepcontrol.launch_dependents right after
-//   issuing its weight copies and griddepcontrol.wait before it reads x or writes y / the split-K scratch, so with
-//   the launch attribute the next GEMV of a chain starts streaming its weights while this one finishes. Contract:
-//   the weights must not be written by the kernels just before it in the stream (they are static model weights).
+// - Programmatic dependent launch (optional, sm_90): the kernel issues its first stage of weight loads, then calls
+//   griddepcontrol.launch_dependents and griddepcontrol.wait before it reads x or writes y / the split-K scratch,
+//   so with the launch attribute the next GEMV of a chain starts loading its weights while this one finishes.
+//   Contract: the weights must not be written by the kernels just before it in the stream (static model weights).
+// (A variant that copied each block's whole weight share into shared memory with cp.async up front was measured
+// and dropped: more instructions per warp in a kernel that is issue/latency-bound, +1.2 us at 7 MB on H100;
+// bench/results/quant_kernels.notes.md.)
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -102,42 +102,6 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
   return r;
 }
 
-// MODE: 0 dense, 1 = 1:4, 2 = 2:4. Dense columns per stored value = 4 / n (dense: 1).
-template <int MODE> struct Mode {
-  static constexpr int DPS = MODE == 0 ? 1 : 4 / MODE;  // dense columns per stored value
-  static constexpr int UPC = 16 * DPS;                   // 16-byte activation units per chunk (8 columns each)
-  static constexpr int SH = MODE == 0 ? 2 : (MODE == 2 ? 3 : 4);  // log2 of units per (lane t) slot
-};
-
-// Shared-memory address (in 16-byte units) of activation unit `unit` (chunk-relative bits preserved) of batch row b:
-// XOR the lane-slot bits into the bank bits so the four lanes t of a quad (and even/odd rows) hit distinct banks.
-template <int MODE>
-__device__ __forceinline__ int swz(int unit, int b) {
-  return unit ^ ((((unit >> Mode<MODE>::SH) & 3) << 1) ^ (b & 1));
-}
-
-
-// ---- asynchronous copies (cp.async, sm_80+) and programmatic dependent launch (griddepcontrol, sm_90+) ----
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-// src_bytes < size zero-fills the rest (0 = nothing is read: rows past N, units past the row's end).
-__device__ __forceinline__ void cp16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp8(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp4(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Wait until at most n of this thread's most recent groups are pending. n is clamped to 3 (waiting for more
-// groups than needed is safe); an if-chain is a few instructions where a 0..7 switch compiled to a jump table.
-__device__ __forceinline__ void cp_wait(int n) {
-  if (n >= 3) asm volatile("cp.async.wait_group 3;" ::: "memory");
-  else if (n == 2) asm volatile("cp.async.wait_group 2;" ::: "memory");
-  else if (n == 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
-  else asm volatile("cp.async.wait_group 0;" ::: "memory");
-}
 // PDL: without a programmatic launch both are no-ops. wait = every prerequisite grid has completed and its memory
 // is visible; launch_dependents = the next kernel in the stream may start once every block of this one said so.
 __device__ __forceinline__ void pdl_wait() {
@@ -150,42 +114,6 @@ __device__ __forceinline__ void pdl_launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-
-// Shared-memory plan of one block (bytes, every region 16-byte aligned), the same on host and device:
-//   W  [cps][16 rows][4 lanes t] uint4   the block's packed words (a chunk = 64 bytes of each of its 16 rows)
-//   IX [cps][16][4] uint2                sparse: the matching index bytes
-//   SC [2][16 rows][SW] uint32           scales, then offsets: the words that hold the block's groups of each row
-//   X  [M][cps * UPC] uint4 + xsum [M][cps] float   the activation slice (permuted / swizzled) and sum(x) per chunk
-// The cross-warp reduction reuses the space from offset 0 at the end.
-struct Smem {
-  int w, ix, sc, x, xsum, total, sw;
-};
-__host__ __device__ inline int groups_bound(const Params& p) {  // groups of a row one block's chunk range touches
-  if (p.gshift < 0) return 1;
-  const int n = ((p.cps * 128) >> p.gshift) + 2;
-  return n < p.G ? n : p.G;
-}
-__host__ __device__ inline Smem smem_plan(const Params& p, int mode, int nw, int nt) {
-  const int upc = 16 * (mode == 0 ? 1 : 4 / mode);
-  Smem s;
-  s.sw = (groups_bound(p) + 3) / 2;
-  s.w = 0;
-  s.ix = s.w + p.cps * 1024;
-  s.sc = s.ix + (mode == 0 ? 0 : p.cps * 512);
-  s.x = s.sc + ((2 * 16 * s.sw * 4 + 15) / 16) * 16;
-  s.xsum = s.x + p.M * p.cps * upc * 16;
-  const int end = s.xsum + ((p.M * p.cps * 4 + 15) / 16) * 16;
-  const int red = nw * 1 * nt * 4 * 32 * 4;
-  s.total = end > red ? end : red;
-  return s;
-}
-
-template <int MODE> struct Lut {
-  // 2:4: per index byte (two groups), the PRMT selectors (dense columns 0-1, 2-3) of the low group then the high one.
-  // 1:4: per index byte (four groups), two entries: groups (0, 1) then (2, 3) of the byte, each {lo01, lo23, hi01,
-  // hi23} (lo = the even group, its kept value in the low half of the dequantized pair; hi = the odd group).
-  static constexpr int N = MODE == 0 ? 1 : (MODE == 2 ? 256 : 512);
-};
 
 __device__ __forceinline__ uint32_t sel24(int i0, int i1, int half) {  // columns 2*half, 2*half+1 of a 2:4 group
   uint32_t r = 0;
@@ -200,27 +128,82 @@ __device__ __forceinline__ uint32_t sel14(int i, int hi, int half) {  // a 1:4 g
   for (int k = 0; k < 2; ++k) r |= ((2 * half + k) == i ? (hi ? 0x32u : 0x10u) : 0x54u) << (8 * k);
   return r;
 }
+template <int MODE> struct Lut {
+  // 2:4: per index byte (two groups), the PRMT selectors (dense columns 0-1, 2-3) of the low group then the high one.
+  // 1:4: per index byte (four groups), two entries: groups (0, 1) then (2, 3) of the byte, each {lo01, lo23, hi01,
+  // hi23} (lo = the even group, its kept value in the low half of the dequantized pair; hi = the odd group).
+  static constexpr int N = MODE == 0 ? 1 : (MODE == 2 ? 256 : 512);
+};
 
-// Scales/offsets of a block: for each (array, row) pair, the 32-bit words that hold the row's groups [g0, g1)
-// (the first word may start one half early). L lanes per pair (a power of two >= the words per row, at most 32), so
-// a warp covers 32 / L pairs per pass; rows past N are zero-filled.
-template <bool SYM>
-__device__ __forceinline__ void copy_scales(uint32_t* SCsm, const Params& p, int sw, int row0, int g0, int g1, int warp,
-                                            int lane, int nw) {
-  const int L = sw <= 4 ? 4 : (sw <= 8 ? 8 : (sw <= 16 ? 16 : 32));
-  const int per = 32 / L;
-  const int npairs = SYM ? 16 : 32;  // symmetric: no offsets
-  const int total_halves = p.N * p.G;
-  for (int ar = warp * per + lane / L; ar < npairs; ar += nw * per) {
-    const int r = ar & 15, row = row0 + r;
-    const bool ok = row < p.N;
-    const uint32_t* base = reinterpret_cast<const uint32_t*>(ar < 16 ? p.sc : p.of);
-    const int w0 = ok ? (row * p.G + g0) >> 1 : 0;
-    const int nwords = ok ? (((row * p.G + g1) + 1) >> 1) - w0 : sw;
-    for (int k = lane % L; k < nwords; k += L) {
-      const int bytes = ok ? min(4, 2 * (total_halves - 2 * (w0 + k))) : 0;
-      cp4(SCsm + ar * sw + k, bytes > 0 ? base + w0 + k : reinterpret_cast<const uint32_t*>(p.sc), bytes > 0 ? bytes : 0);
+// MODE: 0 dense, 1 = 1:4, 2 = 2:4. Dense columns per stored value = 4 / n (dense: 1).
+template <int MODE> struct Mode {
+  static constexpr int DPS = MODE == 0 ? 1 : 4 / MODE;  // dense columns per stored value
+  static constexpr int UPC = 16 * DPS;                   // 16-byte activation units per chunk (8 columns each)
+  static constexpr int SH = MODE == 0 ? 2 : (MODE == 2 ? 3 : 4);  // log2 of units per (lane t) slot
+};
+
+// Shared-memory address (in 16-byte units) of activation unit `unit` (chunk-relative bits preserved) of batch row b:
+// XOR the lane-slot bits into the bank bits so the four lanes t of a quad (and even/odd rows) hit distinct banks.
+template <int MODE>
+__device__ __forceinline__ int swz(int unit, int b) {
+  return unit ^ ((((unit >> Mode<MODE>::SH) & 3) << 1) ^ (b & 1));
+}
+
+constexpr int MAX_WARPS = 16;  // warps per block (a runtime choice: 4, 8 or 16) split the block's K range
+constexpr int U = 2;  // chunks per register stage; two stages (double buffering)
+
+// One register stage: U chunks x RT tiles x 2 rows (g, g+8) of packed words, indices and group scale/offset.
+template <int RT> struct Stage {
+  uint4 wq[U][RT][2];
+  uint2 wi[U][RT][2];
+  __half s16[U][RT][2], o16[U][RT][2];
+};
+
+// Per-lane row pointers, computed once: rows g and g+8 of each of the warp's RT tiles (null past the last row).
+template <int RT> struct Rows {
+  const uint4* q[RT][2];
+  const uint2* ix[RT][2];
+  const __half* s[RT][2];
+  const __half* o[RT][2];
+};
+
+template <int MODE, bool SYM, int RT>
+__device__ __forceinline__ void row_ptrs(Rows<RT>& rp, const Params& p, int row0, int g) {
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + r * 16 + g + 8 * h;
+      const bool ok = row < p.N;
+      rp.q[r][h] = ok ? reinterpret_cast<const uint4*>(p.qw + (size_t)row * p.KW) : nullptr;
+      rp.ix[r][h] = ok && MODE != 0 ? reinterpret_cast<const uint2*>(p.idx + (size_t)row * (p.KC / 4)) : nullptr;
+      rp.s[r][h] = ok ? p.sc + (size_t)row * p.G : nullptr;
+      rp.o[r][h] = ok && !SYM ? p.of + (size_t)row * p.G : nullptr;
     }
+}
+
+template <int MODE, bool SYM, int RT>
+__device__ __forceinline__ void load_stage(Stage<RT>& st, const Rows<RT>& rp, const Params& p, int cb, int c1, int t,
+                                           int nw) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int c = cb + u * nw;
+    const int v16 = c * 4 + t;  // 16-byte unit of the row (4 words); the same index addresses 8 index bytes
+    const bool cok = c < c1 && v16 * 4 < p.KW;
+    const int gi = p.gshift < 0 ? 0 : min((c * 128 + 32 * t) >> p.gshift, p.G - 1);
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const bool ok = cok && rp.q[r][h] != nullptr;
+        // The group scale is the row's whatever part of the chunk this lane holds: a lane past the end of the
+        // row still applies it to the mma result it holds (LATE), which includes the other lanes' columns.
+        const bool sok = c < c1 && rp.q[r][h] != nullptr;
+        st.wq[u][r][h] = ok ? __ldcs(rp.q[r][h] + v16) : make_uint4(0, 0, 0, 0);
+        if (MODE != 0) st.wi[u][r][h] = ok ? __ldcs(rp.ix[r][h] + v16) : make_uint2(0, 0);
+        st.s16[u][r][h] = sok ? rp.s[r][h][gi] : __float2half(0.f);
+        if (!SYM) st.o16[u][r][h] = sok ? rp.o[r][h][gi] : __float2half(0.f);
+      }
   }
 }
 
@@ -228,12 +211,13 @@ __device__ __forceinline__ void copy_scales(uint32_t* SCsm, const Params& p, int
 // scale is applied once per chunk in fp32: y += s * sum((BASE + q) x) + (o - BASE s) * sum(x), with sum(x) per
 // chunk computed while staging. Saves the per-weight HSUB2 + HFMA2; the cancellation of BASE * sum(x) happens in
 // fp32 (about 10 of its 24 bits).
-// NWMAX: 4 (blocks of 4 warps, several resident per SM) or 16 (blocks of 8 or 16 warps).
-template <typename T, int MODE, int NT, bool SYM, bool LATE, int NWMAX>
-__global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 5 : 1) w4_kernel(Params p) {
+// NWMAX: 4 (blocks of 4 warps; register cap for 5 resident blocks per SM when dense, so a grid of many row tiles
+// runs in one wave) or 16 (blocks of 8 or 16 warps; 128 registers).
+template <typename T, int MODE, int NT, bool SYM, int RT, bool LATE, int NWMAX>
+__global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) : 1) w4_kernel(Params p) {
   using T2 = typename Tr<T>::T2;
   using MD = Mode<MODE>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ uint4 xs[];  // [M][units] activations, then reused for the cross-warp reduction
   __shared__ uint4 lut[Lut<MODE>::N];
   __shared__ int last_flag;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -241,52 +225,14 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 5 : 1) w4_kernel(Para
   const int nchunks = (p.KC + 127) >> 7;
   const int c0 = blockIdx.y * p.cps;
   const int c1 = min(c0 + p.cps, nchunks);
-  const int units = p.cps * MD::UPC;  // smem row length of the activation slice, in 16-byte units
-  const int row0 = blockIdx.x * 16;
-  const Smem sp = smem_plan(p, MODE, nw, NT);
-  uint4* Wsm = reinterpret_cast<uint4*>(smem + sp.w);
-  uint2* IXsm = reinterpret_cast<uint2*>(smem + sp.ix);
-  uint32_t* SCsm = reinterpret_cast<uint32_t*>(smem + sp.sc);
-  uint4* xs = reinterpret_cast<uint4*>(smem + sp.x);
-  float* xsum = reinterpret_cast<float*>(smem + sp.xsum);
+  const int units = p.cps * MD::UPC;  // smem row length in units
+  const int row0 = blockIdx.x * (16 * RT);
+  // The first weight loads go out before the activation staging, so their DRAM latency overlaps it.
+  Rows<RT> rp;
+  row_ptrs<MODE, SYM, RT>(rp, p, row0, g);
+  Stage<RT> cur;
+  load_stage<MODE, SYM, RT>(cur, rp, p, c0 + warp, c1, t, nw);
 
-  // 1. Before anything that depends on earlier kernels: the block's whole share of the (static) weights goes out
-  //    as asynchronous copies, so all its bytes are in flight at once (Little's law: a DRAM round trip of ~1 us at
-  //    ~4 TB/s needs ~30 KB in flight per SM; a block's share is 12-90 KB).
-  //    Scales/offsets: the 32-bit words covering the block's groups of each row (all threads, strided) = group 0.
-  const int g0 = p.gshift < 0 ? 0 : (c0 * 128) >> p.gshift;
-  const int g1 = p.gshift < 0 ? 1 : min(p.G, (((c1 * 128) - 1) >> p.gshift) + 1);
-  //    Weights (and indices): lane (g, t) of warp w copies exactly what it will read: chunks c0 + w + i * nw, rows g
-  //    and g + 8, 16-byte unit t. One commit group per chunk, so the compute loop can start on the first chunk to
-  //    arrive. Group 0 also holds the scale/offset words (copied by all lanes after the first chunk's copies).
-  const uint4* wrow[2];
-  const uint2* irow[2];
-  bool rok[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = row0 + g + 8 * h;
-    rok[h] = row < p.N;
-    wrow[h] = reinterpret_cast<const uint4*>(p.qw + (rok[h] ? (size_t)row * p.KW : 0));
-    irow[h] = reinterpret_cast<const uint2*>(p.idx + (MODE != 0 && rok[h] ? (size_t)row * (p.KC / 4) : 0));
-  }
-  int nmine = 0;
-  for (int c = c0 + warp; c < c1; c += nw, ++nmine) {
-    const int v16 = c * 4 + t;
-    const bool uok = v16 * 4 < p.KW;
-    uint4* wd = Wsm + ((c - c0) * 16 + g) * 4 + t;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const bool ok = rok[h] && uok;
-      cp16(wd + 32 * h, wrow[h] + (ok ? v16 : 0), ok ? 16 : 0);
-      if (MODE != 0) cp8(IXsm + ((c - c0) * 16 + g + 8 * h) * 4 + t, irow[h] + (ok ? v16 : 0), ok ? 8 : 0);
-    }
-    if (nmine == 0) copy_scales<SYM>(SCsm, p, sp.sw, row0, g0, g1, warp, lane, nw);
-    cp_commit();
-  }
-  if (nmine == 0) {  // a warp without chunks still copies its share of the scales
-    copy_scales<SYM>(SCsm, p, sp.sw, row0, g0, g1, warp, lane, nw);
-    cp_commit();
-  }
   if (MODE != 0) {
     for (int v = threadIdx.x; v < 256; v += nw * 32) {
       if (MODE == 2) {  // two groups per byte; each group: two 2-bit positions (first kept value in the low bits)
@@ -301,53 +247,51 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 5 : 1) w4_kernel(Para
       }
     }
   }
-  // 2. Let the next kernel in the stream launch now (PDL: its blocks start their own weight copies while this one
-  //    works), then wait for the previous kernel (it writes x, and may read y or the split-K scratch).
+  // PDL: the first weight stage (above) and the tables do not depend on earlier kernels; x does (and y and the
+  // split-K scratch may still be read by them), so wait here; let the next kernel launch as early as possible.
   pdl_launch_dependents();
   pdl_wait();
-
   // Stage x[:, block columns] once (permuted for dense, swizzled for all). Columns past K are zero. Dense also
   // records sum(x) per (row of x, chunk) for the LATE scaling: a half-warp holds exactly one chunk (16 units).
+  float* xsum = reinterpret_cast<float*>(xs + p.M * units);  // [M][cps]
   {
+    const int col0 = c0 * MD::UPC * 8;
     const int nunits = (c1 - c0) * MD::UPC;
     const int total = p.M * nunits;  // a multiple of 16
     const uint4* xg = reinterpret_cast<const uint4*>(p.x);
-    // One unit per lane per pass, spread over all warps (measured: four units per lane per pass concentrated the
-    // staging on the first warps and made every block wait longer at the barrier below, +1 us on H100).
-    constexpr int XU = 1;
-    for (int i0 = warp * 32 * XU; i0 < total; i0 += nw * 32 * XU) {  // warp-uniform trip count (shuffles below)
-      uint4 xv4[XU];
-#pragma unroll
-      for (int q = 0; q < XU; ++q) {
-        const int i = i0 + q * 32 + lane;
-        const int b = p.M == 1 ? 0 : i / nunits, u = i - b * nunits;
-        const int col = c0 * MD::UPC * 8 + u * 8;
-        xv4[q] = make_uint4(0, 0, 0, 0);
-        if (i < total && col < p.K) xv4[q] = __ldcg(xg + ((size_t)b * p.K + col) / 8);  // L2: PDL may overlap the writer
-      }
-#pragma unroll
-      for (int q = 0; q < XU; ++q) {
-        const int i = i0 + q * 32 + lane;
-        const int b = p.M == 1 ? 0 : i / nunits, u = i - b * nunits;
-        uint4 v = xv4[q];
-        float part = 0.f;
+    for (int i0 = warp * 32; i0 < total; i0 += nw * 32) {  // warp-uniform trip count (shuffles below)
+      const int i = i0 + lane;
+      const int b = i / nunits, u = i - b * nunits;
+      float part = 0.f;
+      if (i < total) {
+        const int col = col0 + u * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (col < p.K) v = __ldcg(xg + ((size_t)b * p.K + col) / 8);  // L2: with PDL x is written during our start
         if (MODE == 0) {  // (x0,x1),(x2,x3),(x4,x5),(x6,x7) -> (x0,x4),(x1,x5),(x2,x6),(x3,x7)
           const float2 a = Tr<T>::f2(v.x), bb = Tr<T>::f2(v.y), c = Tr<T>::f2(v.z), d = Tr<T>::f2(v.w);
           part = ((a.x + a.y) + (bb.x + bb.y)) + ((c.x + c.y) + (d.x + d.y));
           v = make_uint4(prmt(v.x, v.z, 0x5410), prmt(v.x, v.z, 0x7632), prmt(v.y, v.w, 0x5410), prmt(v.y, v.w, 0x7632));
         }
-        if (i < total) xs[b * units + swz<MODE>(u, b)] = v;
-        if (MODE == 0 && LATE) {
+        xs[b * units + swz<MODE>(u, b)] = v;
+      }
+      if (MODE == 0 && LATE) {
 #pragma unroll
-          for (int o = 8; o >= 1; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
-          if (i < total && (lane & 15) == 0) xsum[b * p.cps + u / 16] = part;
-        }
+        for (int o = 8; o >= 1; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+        if (i < total && (lane & 15) == 0) xsum[b * p.cps + u / 16] = part;
       }
     }
   }
-  cp_wait(nmine - 1);  // group 0 (first chunk + scales) of this thread; the barrier shares every thread's copies
   __syncthreads();
 
+  float acc[RT][NT][4];
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][n][e] = 0.f;
+
+  const T2 base = Tr<T>::base(SYM);
   // Per-lane activation addressing, hoisted out of the loop. A lane of n-tile n reads row b = 8n + g (clamped to a
   // real row: columns of y past M are computed from finite data and never stored). swz() only flips the three low
   // bits, with a per-lane constant (t, b), so unit ^ xk splits into a lane part and a compile-time part.
@@ -362,159 +306,165 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 5 : 1) w4_kernel(Para
     xa[n] = ((4 * t * MD::DPS) ^ (xk & ~LO));
     xl[n] = xk & LO;
   }
-  // Scale/offset half index of this lane's rows (g, g + 8) at group g0 (the words start at an even half).
-  const __half* sch = reinterpret_cast<const __half*>(SCsm);
-  int sbase[2];
+  // Two partial accumulators, alternated between consecutive mmas, so the mma chain is two independent chains.
+  float part[2][RT][NT][4];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int rl = g + 8 * h;
-    sbase[h] = rl * sp.sw * 2 + (((row0 + rl) * p.G + g0) & 1) - g0;
-  }
-  const int ooff = 16 * sp.sw * 2;  // offsets array, in halves
+  for (int k = 0; k < 2; ++k)
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[k][r][n][e] = 0.f;
 
-  float acc[NT][4];
-  // Four partial accumulators (by word parity and mma parity), so consecutive mmas form four independent chains.
-  float part[4][NT][4];
+  for (int cb = c0 + warp; cb < c1; cb += nw * U) {
+    // Double buffering: the next stage's loads are in flight while this stage is dequantized and multiplied.
+    Stage<RT> nxt;
+    load_stage<MODE, SYM, RT>(nxt, rp, p, cb + nw * U, c1, t, nw);
+    const auto& wq = cur.wq;
+    const auto& wi = cur.wi;
+    const auto& s16 = cur.s16;
+    const auto& o16 = cur.o16;
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+    for (int u = 0; u < U; ++u) {
+      const int c = cb + u * nw;
+      if (c >= c1) break;
+      const int lc = c - c0;  // chunk index within the block's activation slice
+      auto& D0 = part[0];
+      auto& D1 = part[1];
+      T2 s2[RT][2], o2[RT][2];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[n][e] = part[0][n][e] = part[1][n][e] = part[2][n][e] = part[3][n][e] = 0.f;
-  const T2 base = Tr<T>::base(SYM);
-
-  int i = 0;
-  for (int c = c0 + warp; c < c1; c += nw, ++i) {
-    cp_wait(nmine - 1 - i);  // this chunk's copies (issued by this very lane) have landed
-    const int lc = c - c0;
-    const int gi = p.gshift < 0 ? 0 : min((c * 128 + 32 * t) >> p.gshift, p.G - 1);
-    uint4 wq[2];
-    uint2 wi[2];
-    __half s16[2], o16[2];
-    T2 s2[2], o2[2];
+      for (int r = 0; r < RT; ++r)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      wq[h] = Wsm[(lc * 16 + g + 8 * h) * 4 + t];
-      if (MODE != 0) wi[h] = IXsm[(lc * 16 + g + 8 * h) * 4 + t];
-      s16[h] = sch[sbase[h] + gi];
-      o16[h] = SYM ? __float2half(0.f) : sch[ooff + sbase[h] + gi];
-      s2[h] = Tr<T>::from_half(s16[h]);
-      o2[h] = Tr<T>::from_half(o16[h]);
-    }
+        for (int h = 0; h < 2; ++h) {
+          s2[r][h] = Tr<T>::from_half(s16[u][r][h]);
+          o2[r][h] = Tr<T>::from_half(o16[u][r][h]);
+        }
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {  // word j of the lane's 16 bytes
-      auto& D0 = part[2 * (j & 1)];
-      auto& D1 = part[2 * (j & 1) + 1];
-      // Activation units this word needs (DPS units per word), per n-tile.
-      uint4 xv[NT][MD::DPS];
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-#pragma unroll
-        for (int d = 0; d < MD::DPS; ++d) xv[n][d] = xrow[n][lc * MD::UPC + xa[n] + ((j * MD::DPS + d) ^ xl[n])];
-      }
-      uint32_t w[2], ix[2];
-      w[0] = (&wq[0].x)[j];
-      w[1] = (&wq[1].x)[j];
-      ix[0] = (j < 2 ? wi[0].x : wi[0].y) >> (16 * (j & 1));
-      ix[1] = (j < 2 ? wi[1].x : wi[1].y) >> (16 * (j & 1));
-      if (MODE == 0) {
-        uint32_t a[2][4];
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-          for (int k = 0; k < 4; ++k)
-            a[h][k] = LATE ? lop_magic(w[h] >> (4 * k), Tr<T>::MAGIC)
-                           : dq<T>(lop_magic(w[h] >> (4 * k), Tr<T>::MAGIC), base, s2[h], o2[h], SYM);
+      for (int j = 0; j < 4; ++j) {  // word j of the lane's 16 bytes
+        // Activation units this word needs (DPS units per word), per n-tile.
+        uint4 xv[NT][MD::DPS];
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
-          mma<T>(D0[n], a[0][0], a[1][0], a[0][1], a[1][1], xv[n][0].x, xv[n][0].y);
-          mma<T>(D1[n], a[0][2], a[1][2], a[0][3], a[1][3], xv[n][0].z, xv[n][0].w);
+#pragma unroll
+          for (int d = 0; d < MD::DPS; ++d) xv[n][d] = xrow[n][lc * MD::UPC + xa[n] + ((j * MD::DPS + d) ^ xl[n])];
         }
-      } else {
-        // Kept values 2grp and 2grp+1 of the word, dequantized as one pair: byte grp of w -> byte 0, byte grp of
-        // w>>4 -> byte 2, so nibbles (2grp, 2grp+1) sit at bits 0 and 16 for the magic-number LOP3.
-        // 2:4: the pair is group grp (its two kept values); 1:4: groups 2grp (low half) and 2grp+1 (high half).
-        const uint32_t w4[2] = {w[0] >> 4, w[1] >> 4};
-        uint4 L[2];  // 2:4: the table entry of the current index byte (groups grp, grp+1), per row
 #pragma unroll
-        for (int grp = 0; grp < 4; ++grp) {
-          uint32_t e[2][4];  // per row: two (2:4) or four (1:4) expanded registers
+        for (int r = 0; r < RT; ++r) {
+          uint32_t w[2], ix[2];
+          w[0] = (&wq[u][r][0].x)[j];
+          w[1] = (&wq[u][r][1].x)[j];
+          ix[0] = (j < 2 ? wi[u][r][0].x : wi[u][r][0].y) >> (16 * (j & 1));
+          ix[1] = (j < 2 ? wi[u][r][1].x : wi[u][r][1].y) >> (16 * (j & 1));
+          if (MODE == 0) {
+            uint32_t a[2][4];
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const uint32_t pr = prmt(w[h], w4[h], grp | ((4 + grp) << 8));
-            const uint32_t v = dq<T>(lop_magic(pr, Tr<T>::MAGIC), base, s2[h], o2[h], SYM);
-            const uint32_t byte = (ix[h] >> (8 * (grp >> 1))) & 255;
-            if (MODE == 2) {
-              if ((grp & 1) == 0) L[h] = lut[byte];
-              e[h][0] = prmt(v, 0u, (grp & 1) ? L[h].z : L[h].x);
-              e[h][1] = prmt(v, 0u, (grp & 1) ? L[h].w : L[h].y);
-            } else {
-              const uint4 sel = lut[2 * byte + (grp & 1)];
-              e[h][0] = prmt(v, 0u, sel.x);
-              e[h][1] = prmt(v, 0u, sel.y);
-              e[h][2] = prmt(v, 0u, sel.z);
-              e[h][3] = prmt(v, 0u, sel.w);
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+              for (int i = 0; i < 4; ++i)
+                a[h][i] = LATE ? lop_magic(w[h] >> (4 * i), Tr<T>::MAGIC)
+                               : dq<T>(lop_magic(w[h] >> (4 * i), Tr<T>::MAGIC), base, s2[r][h], o2[r][h], SYM);
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+              mma<T>(D0[r][n], a[0][0], a[1][0], a[0][1], a[1][1], xv[n][0].x, xv[n][0].y);
+              mma<T>(D1[r][n], a[0][2], a[1][2], a[0][3], a[1][3], xv[n][0].z, xv[n][0].w);
             }
-          }
+          } else {
+            // Kept values 2grp and 2grp+1 of the word, dequantized as one pair: byte grp of w -> byte 0, byte grp of
+            // w>>4 -> byte 2, so nibbles (2grp, 2grp+1) sit at bits 0 and 16 for the magic-number LOP3.
+            // 2:4: the pair is group grp (its two kept values); 1:4: groups 2grp (low half) and 2grp+1 (high half).
+            const uint32_t w4[2] = {w[0] >> 4, w[1] >> 4};
+            uint4 L[2];  // 2:4: the table entry of the current index byte (groups grp, grp+1), per row
 #pragma unroll
-          for (int n = 0; n < NT; ++n) {
-            if (MODE == 2) {  // group grp: activation unit grp/2, half grp&1
-              const uint4 xu = xv[n][grp >> 1];
-              mma<T>(part[2 * (j & 1) + (grp & 1)][n], e[0][0], e[1][0], e[0][1], e[1][1], (grp & 1) ? xu.z : xu.x,
-                     (grp & 1) ? xu.w : xu.y);
-            } else {  // groups 2grp and 2grp+1: activation unit grp, halves 0 and 1
-              const uint4 xu = xv[n][grp];
-              mma<T>(D0[n], e[0][0], e[1][0], e[0][1], e[1][1], xu.x, xu.y);
-              mma<T>(D1[n], e[0][2], e[1][2], e[0][3], e[1][3], xu.z, xu.w);
+            for (int grp = 0; grp < 4; ++grp) {
+              uint32_t e[2][4];  // per row: two (2:4) or four (1:4) expanded registers
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const uint32_t pr = prmt(w[h], w4[h], grp | ((4 + grp) << 8));
+                const uint32_t v = dq<T>(lop_magic(pr, Tr<T>::MAGIC), base, s2[r][h], o2[r][h], SYM);
+                const uint32_t byte = (ix[h] >> (8 * (grp >> 1))) & 255;
+                if (MODE == 2) {
+                  if ((grp & 1) == 0) L[h] = lut[byte];
+                  e[h][0] = prmt(v, 0u, (grp & 1) ? L[h].z : L[h].x);
+                  e[h][1] = prmt(v, 0u, (grp & 1) ? L[h].w : L[h].y);
+                } else {
+                  const uint4 sel = lut[2 * byte + (grp & 1)];
+                  e[h][0] = prmt(v, 0u, sel.x);
+                  e[h][1] = prmt(v, 0u, sel.y);
+                  e[h][2] = prmt(v, 0u, sel.z);
+                  e[h][3] = prmt(v, 0u, sel.w);
+                }
+              }
+#pragma unroll
+              for (int n = 0; n < NT; ++n) {
+                if (MODE == 2) {  // group grp: activation unit grp/2, half grp&1
+                  const uint4 xu = xv[n][grp >> 1];
+                  mma<T>(part[grp & 1][r][n], e[0][0], e[1][0], e[0][1], e[1][1], (grp & 1) ? xu.z : xu.x,
+                         (grp & 1) ? xu.w : xu.y);
+                } else {  // groups 2grp and 2grp+1: activation unit grp, halves 0 and 1
+                  const uint4 xu = xv[n][grp];
+                  mma<T>(D0[r][n], e[0][0], e[1][0], e[0][1], e[1][1], xu.x, xu.y);
+                  mma<T>(D1[r][n], e[0][2], e[1][2], e[0][3], e[1][3], xu.z, xu.w);
+                }
+              }
             }
           }
         }
       }
-    }
-    if (LATE) {  // apply this chunk's group scale/offset once, in fp32
+      if (LATE) {  // apply this chunk's group scale/offset once, in fp32
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        float xsm[2];
+        for (int n = 0; n < NT; ++n) {
+          float xsm[2];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int b = n * 8 + 2 * t + e;
-          xsm[e] = b < p.M ? xsum[b * p.cps + lc] : 0.f;
-        }
+          for (int e = 0; e < 2; ++e) {
+            const int b = n * 8 + 2 * t + e;
+            xsm[e] = b < p.M ? xsum[b * p.cps + lc] : 0.f;
+          }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float sf = __half2float(s16[e >> 1]);
-          const float of = SYM ? -8.f * sf : __half2float(o16[e >> 1]);
-          acc[n][e] = fmaf(sf, (part[0][n][e] + part[1][n][e]) + (part[2][n][e] + part[3][n][e]),
-                           fmaf(of - Tr<T>::BASE * sf, xsm[e & 1], acc[n][e]));
-          part[0][n][e] = part[1][n][e] = part[2][n][e] = part[3][n][e] = 0.f;
+          for (int r = 0; r < RT; ++r)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float sf = __half2float(s16[u][r][e >> 1]);
+              const float of = SYM ? -8.f * sf : __half2float(o16[u][r][e >> 1]);
+              acc[r][n][e] = fmaf(sf, part[0][r][n][e] + part[1][r][n][e], fmaf(of - Tr<T>::BASE * sf, xsm[e & 1], acc[r][n][e]));
+              part[0][r][n][e] = part[1][r][n][e] = 0.f;
+            }
         }
       }
     }
+    cur = nxt;
   }
 
   if (!LATE) {
 #pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[r][n][e] = part[0][r][n][e] + part[1][r][n][e];
+  }
+  // Cross-warp reduction through shared memory (the activation slice is no longer needed).
+  constexpr int NV = RT * NT * 4;
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(xs);
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[n][e] = (part[0][n][e] + part[1][n][e]) + (part[2][n][e] + part[3][n][e]);
-  }
-  // Cross-warp reduction through shared memory (weights and activations are no longer needed).
-  constexpr int NV = NT * 4;
-  __syncthreads();
-  float* red = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int n = 0; n < NT; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) red[((warp * NV) + n * 4 + e) * 32 + lane] = acc[n][e];
+      for (int e = 0; e < 4; ++e) red[((warp * NV) + (r * NT + n) * 4 + e) * 32 + lane] = acc[r][n][e];
   __syncthreads();
   const bool split = p.S > 1;
-  for (int v = warp; v < NV; v += nw) {
-    float s = 0.f;
-    for (int w2 = 0; w2 < nw; ++w2) s += red[(w2 * NV + v) * 32 + lane];
-    const int n = v / 4, e = v % 4;
-    const int row = row0 + g + 8 * (e >> 1);
+  for (int i = warp; i < NV; i += nw) {
+    float v = 0.f;
+#pragma unroll
+    for (int w2 = 0; w2 < nw; ++w2) v += red[(w2 * NV + i) * 32 + lane];
+    const int r = i / (NT * 4), n = (i / 4) % NT, e = i % 4;
+    const int row = row0 + r * 16 + g + 8 * (e >> 1);
     const int b = n * 8 + 2 * t + (e & 1);
     if (row < p.N && b < p.M) {
-      if (split) p.ws[((size_t)blockIdx.y * p.M + b) * p.N + row] = s;
-      else reinterpret_cast<T*>(p.y)[(size_t)b * p.N + row] = Tr<T>::to_t(s);
+      if (split) p.ws[((size_t)blockIdx.y * p.M + b) * p.N + row] = v;
+      else reinterpret_cast<T*>(p.y)[(size_t)b * p.N + row] = Tr<T>::to_t(v);
     }
   }
   if (!split) return;
@@ -527,9 +477,9 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 5 : 1) w4_kernel(Para
   __syncthreads();
   if (!last_flag) return;
   __threadfence();
-  const int rows = min(16, p.N - row0);
-  for (int k = threadIdx.x; k < rows * p.M; k += nw * 32) {
-    const int b = k / rows, row = row0 + k % rows;
+  const int rows = min(16 * RT, p.N - row0);
+  for (int i = threadIdx.x; i < rows * p.M; i += nw * 32) {
+    const int b = i / rows, row = row0 + i % rows;
     float v = 0.f;
     for (int s = 0; s < p.S; ++s) v += __ldcg(p.ws + ((size_t)s * p.M + b) * p.N + row);
     reinterpret_cast<T*>(p.y)[(size_t)b * p.N + row] = Tr<T>::to_t(v);
@@ -537,27 +487,21 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? 5 : 1) w4_kernel(Para
   if (threadIdx.x == 0) p.counters[blockIdx.x] = 0;
 }
 
-constexpr int SMEM_MAX = 200 * 1024;  // dynamic shared memory one block may take (static LUT/flag sit on top)
-
-template <typename T, int MODE, int NT, bool SYM, bool LATE>
+template <typename T, int MODE, int NT, bool SYM, int RT, bool LATE>
 int launch_t(const Params& p, int nw, bool pdl, cudaStream_t stream) {
-  void (*kern)(Params) = nw <= 4 ? w4_kernel<T, MODE, NT, SYM, LATE, 4> : w4_kernel<T, MODE, NT, SYM, LATE, 16>;
-  const Smem sp = smem_plan(p, MODE, nw, NT);
-  const size_t smem = sp.total;
-  if (smem > SMEM_MAX) return -5;
-  static size_t allowed[2] = {0, 0};  // raised once per kernel
+  void (*kern)(Params) = nw <= 4 ? w4_kernel<T, MODE, NT, SYM, RT, LATE, 4> : w4_kernel<T, MODE, NT, SYM, RT, LATE, 16>;
+  const size_t xbytes = (size_t)p.M * p.cps * Mode<MODE>::UPC * 16 + (((size_t)p.M * p.cps * 4 + 15) / 16) * 16;
+  const size_t rbytes = (size_t)nw * RT * NT * 4 * 32 * 4;
+  const size_t smem = xbytes > rbytes ? xbytes : rbytes;
+  static size_t allowed[2] = {40 * 1024, 40 * 1024};  // raised once per kernel (static shared memory sits on top)
   size_t& al = allowed[nw <= 4 ? 0 : 1];
   if (smem > al) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_MAX);
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(smem + 16 * 1024));
     if (e != cudaSuccess) return (int)e;
-    // Every variant asks for the largest shared-memory carveout: kernels of a chain then share one L1/shared split,
-    // so an SM can hold blocks of consecutive kernels at once (PDL) without reconfiguring. x is read through L2.
-    e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
-    if (e != cudaSuccess) return (int)e;
-    al = SMEM_MAX;
+    al = smem + 16 * 1024;
   }
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((p.N + 15) / 16, p.S);
+  cfg.gridDim = dim3((p.N + 16 * RT - 1) / (16 * RT), p.S);
   cfg.blockDim = dim3(nw * 32);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
@@ -575,18 +519,26 @@ template <typename T, int MODE>
 int launch_m(const Params& p, int sym, int rt, int nw, bool pdl, cudaStream_t s) {
   const bool two = p.M > 8;
   if (MODE != 0 && two) return -2;
-  if (rt != 1) return -3;
-  if (nw != 4 && nw != 8 && nw != 16) return -4;
+#define EGT_W4_CASE(NT_, SYM_, RT_)                                                 \
+  if ((NT_ == 2) == two && sym == SYM_ && rt == RT_)                                \
+    return late ? launch_t<T, MODE, NT_, SYM_, RT_, MODE == 0>(p, nw, pdl, s) : launch_t<T, MODE, NT_, SYM_, RT_, false>(p, nw, pdl, s);
   const bool late = MODE == 0 && (p.gshift < 0 || p.gshift >= 7);  // every chunk lies inside one group
-#define EGT_W4_CASE(NT_, SYM_)                          \
-  if ((NT_ == 2) == two && sym == SYM_)                 \
-    return late ? launch_t<T, MODE, NT_, SYM_, MODE == 0>(p, nw, pdl, s) : launch_t<T, MODE, NT_, SYM_, false>(p, nw, pdl, s);
-  EGT_W4_CASE(1, 0) EGT_W4_CASE(1, 1)
+  if (nw != 4 && nw != 8 && nw != 16) return -4;
+  EGT_W4_CASE(1, 0, 1) EGT_W4_CASE(1, 1, 1)
   if constexpr (MODE == 0) {
-    EGT_W4_CASE(2, 0) EGT_W4_CASE(2, 1)
+    EGT_W4_CASE(2, 0, 1) EGT_W4_CASE(2, 1, 1)
   }
 #undef EGT_W4_CASE
   return -3;
+}
+
+// Dynamic shared memory (bytes) of one block: the activation slice (+ sum(x) per chunk), or the cross-warp
+// reduction if larger. The Python side mirrors it (egt.kernels.smem_bytes) to pick split-K.
+inline size_t smem_bytes(const Params& p, int mode, int nw, int nt) {
+  const size_t upc = 16 * (mode == 0 ? 1 : 4 / mode);
+  const size_t xbytes = (size_t)p.M * p.cps * upc * 16 + (((size_t)p.M * p.cps * 4 + 15) / 16) * 16;
+  const size_t rbytes = (size_t)nw * nt * 4 * 32 * 4;
+  return xbytes > rbytes ? xbytes : rbytes;
 }
 
 }  // namespace egt_w4
@@ -609,14 +561,10 @@ int egt_w4_gemv(const egt_w4::Params* p, int dtype, int mode, int sym, int rt, i
   }
   return -1;
 }
-// Dynamic shared memory (bytes) one block of this call takes; the Python side picks split-K so that it fits.
 int egt_w4_smem_bytes(const egt_w4::Params* p, int mode, int nw) {
-  return egt_w4::smem_plan(*p, mode, nw, p->M > 8 ? 2 : 1).total;
+  return (int)egt_w4::smem_bytes(*p, mode, nw, p->M > 8 ? 2 : 1);
 }
-const char* egt_w4_error_string(int e) {
-  if (e == -5) return "shared memory plan over the cap (more split-K needed)";
-  return e >= 0 ? cudaGetErrorString((cudaError_t)e) : "configuration not compiled (row tiles 1; warps 4, 8 or 16)";
-}
+const char* egt_w4_error_string(int e) { return e >= 0 ? cudaGetErrorString((cudaError_t)e) : "configuration not compiled (row tiles 1; warps 4, 8 or 16)"; }
 int egt_w4_num_sms(int device) {
   int v = 0;
   cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device);
