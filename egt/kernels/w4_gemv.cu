@@ -15,8 +15,9 @@
 // - The reduction order inside an mma is free, so the K positions a thread owns are mapped to the mma's logical
 //   k indices however is cheapest: dense words give nibble pairs (i, i+4), and the activations are staged once per
 //   block in shared memory already permuted to match; sparse groups are expanded in registers to their 4 dense
-//   columns with byte permutes whose selectors come from a table indexed by a whole index byte (2:4: two groups,
-//   1:4: two pairs of groups per byte).
+//   columns with byte permutes whose selectors come from a 16-entry table indexed by the group's 2-bit positions
+//   (a 256-entry table keyed by whole index bytes issued fewer instructions but was slower: shared-memory bank
+//   conflicts, H100 profile in bench/results/quant_kernels.notes.md).
 // - Split-K across blocks (grid.y) writes fp32 partials; the last block of a row tile to arrive (an arrival
 //   counter, reset by that block) adds them in a fixed order, so results are deterministic and nothing needs
 //   zeroing between calls. No floating-point atomics.
@@ -115,25 +116,6 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
-__device__ __forceinline__ uint32_t sel24(int i0, int i1, int half) {  // columns 2*half, 2*half+1 of a 2:4 group
-  uint32_t r = 0;
-  for (int k = 0; k < 2; ++k) {
-    const int c = 2 * half + k;
-    r |= (c == i0 ? 0x10u : (c == i1 ? 0x32u : 0x54u)) << (8 * k);
-  }
-  return r;
-}
-__device__ __forceinline__ uint32_t sel14(int i, int hi, int half) {  // a 1:4 group whose value is half `hi` of v
-  uint32_t r = 0;
-  for (int k = 0; k < 2; ++k) r |= ((2 * half + k) == i ? (hi ? 0x32u : 0x10u) : 0x54u) << (8 * k);
-  return r;
-}
-template <int MODE> struct Lut {
-  // 2:4: per index byte (two groups), the PRMT selectors (dense columns 0-1, 2-3) of the low group then the high one.
-  // 1:4: per index byte (four groups), two entries: groups (0, 1) then (2, 3) of the byte, each {lo01, lo23, hi01,
-  // hi23} (lo = the even group, its kept value in the low half of the dequantized pair; hi = the odd group).
-  static constexpr int N = MODE == 0 ? 1 : (MODE == 2 ? 256 : 512);
-};
 
 // MODE: 0 dense, 1 = 1:4, 2 = 2:4. Dense columns per stored value = 4 / n (dense: 1).
 template <int MODE> struct Mode {
@@ -218,7 +200,7 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
   using T2 = typename Tr<T>::T2;
   using MD = Mode<MODE>;
   extern __shared__ uint4 xs[];  // [M][units] activations, then reused for the cross-warp reduction
-  __shared__ uint4 lut[Lut<MODE>::N];
+  __shared__ uint4 lut[16];
   __shared__ int last_flag;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -233,19 +215,29 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
   Stage<RT> cur;
   load_stage<MODE, SYM, RT>(cur, rp, p, c0 + warp, c1, t, nw);
 
-  if (MODE != 0) {
-    for (int v = threadIdx.x; v < 256; v += nw * 32) {
-      if (MODE == 2) {  // two groups per byte; each group: two 2-bit positions (first kept value in the low bits)
-        const int lo = v & 15, hi = v >> 4;
-        lut[v] = make_uint4(sel24(lo & 3, lo >> 2, 0), sel24(lo & 3, lo >> 2, 1), sel24(hi & 3, hi >> 2, 0),
-                            sel24(hi & 3, hi >> 2, 1));
-      } else {  // four groups per byte, one 2-bit position each
-        for (int pr = 0; pr < 2; ++pr) {
-          const int ie = (v >> (4 * pr)) & 3, io = (v >> (4 * pr + 2)) & 3;
-          lut[2 * v + pr] = make_uint4(sel14(ie, 0, 0), sel14(ie, 0, 1), sel14(io, 1, 0), sel14(io, 1, 1));
-        }
+  if (MODE != 0 && threadIdx.x < 16) {
+    const int v = threadIdx.x;
+    uint32_t s[4];
+    for (int c = 0; c < 4; ++c) {
+      if (MODE == 2) {  // two kept values (V.lo at i0, V.hi at i1)
+        const int i0 = v & 3, i1 = v >> 2;
+        s[c] = c == i0 ? 0x10u : (c == i1 ? 0x32u : 0x54u);
+      } else {  // one kept value per group; entry serves the lo-half group (v&3) and the hi-half group (v>>2)
+        s[c] = c == (v & 3) ? 0x10u : 0x54u;
       }
     }
+    uint4 e;
+    e.x = s[0] | (s[1] << 8);
+    e.y = s[2] | (s[3] << 8);
+    if (MODE == 1) {
+      uint32_t h[4];
+      for (int c = 0; c < 4; ++c) h[c] = c == (v >> 2) ? 0x32u : 0x54u;
+      e.z = h[0] | (h[1] << 8);
+      e.w = h[2] | (h[3] << 8);
+    } else {
+      e.z = e.w = 0;
+    }
+    lut[v] = e;
   }
   // PDL: the first weight stage (above) and the tables do not depend on earlier kernels; x does (and y and the
   // split-K scratch may still be read by them), so wait here; let the next kernel launch as early as possible.
@@ -369,43 +361,48 @@ __global__ void __launch_bounds__(NWMAX * 32, NWMAX == 4 ? (MODE == 0 ? 5 : 4) :
               mma<T>(D0[r][n], a[0][0], a[1][0], a[0][1], a[1][1], xv[n][0].x, xv[n][0].y);
               mma<T>(D1[r][n], a[0][2], a[1][2], a[0][3], a[1][3], xv[n][0].z, xv[n][0].w);
             }
-          } else {
-            // Kept values 2grp and 2grp+1 of the word, dequantized as one pair: byte grp of w -> byte 0, byte grp of
-            // w>>4 -> byte 2, so nibbles (2grp, 2grp+1) sit at bits 0 and 16 for the magic-number LOP3.
-            // 2:4: the pair is group grp (its two kept values); 1:4: groups 2grp (low half) and 2grp+1 (high half).
-            const uint32_t w4[2] = {w[0] >> 4, w[1] >> 4};
-            uint4 L[2];  // 2:4: the table entry of the current index byte (groups grp, grp+1), per row
+          } else if (MODE == 2) {
+            uint32_t w4[2] = {w[0] >> 4, w[1] >> 4};
 #pragma unroll
             for (int grp = 0; grp < 4; ++grp) {
-              uint32_t e[2][4];  // per row: two (2:4) or four (1:4) expanded registers
+              uint32_t d01[2], d23[2];
 #pragma unroll
               for (int h = 0; h < 2; ++h) {
+                // byte grp of w -> byte 0, byte grp of w>>4 -> byte 2: nibbles (2grp, 2grp+1) at bits 0 and 16
                 const uint32_t pr = prmt(w[h], w4[h], grp | ((4 + grp) << 8));
                 const uint32_t v = dq<T>(lop_magic(pr, Tr<T>::MAGIC), base, s2[r][h], o2[r][h], SYM);
-                const uint32_t byte = (ix[h] >> (8 * (grp >> 1))) & 255;
-                if (MODE == 2) {
-                  if ((grp & 1) == 0) L[h] = lut[byte];
-                  e[h][0] = prmt(v, 0u, (grp & 1) ? L[h].z : L[h].x);
-                  e[h][1] = prmt(v, 0u, (grp & 1) ? L[h].w : L[h].y);
-                } else {
-                  const uint4 sel = lut[2 * byte + (grp & 1)];
-                  e[h][0] = prmt(v, 0u, sel.x);
-                  e[h][1] = prmt(v, 0u, sel.y);
-                  e[h][2] = prmt(v, 0u, sel.z);
-                  e[h][3] = prmt(v, 0u, sel.w);
-                }
+                const uint2 sel = *reinterpret_cast<const uint2*>(&lut[(ix[h] >> (4 * grp)) & 15]);
+                d01[h] = prmt(v, 0u, sel.x);
+                d23[h] = prmt(v, 0u, sel.y);
+              }
+              const int d = grp >> 1;
+#pragma unroll
+              for (int n = 0; n < NT; ++n) {
+                const uint32_t b0 = (grp & 1) ? xv[n][d].z : xv[n][d].x;
+                const uint32_t b1 = (grp & 1) ? xv[n][d].w : xv[n][d].y;
+                mma<T>(part[grp & 1][r][n], d01[0], d01[1], d23[0], d23[1], b0, b1);
+              }
+            }
+          } else {  // MODE == 1
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {  // nibble pair (i, i+4) = groups i and i+4 of this word
+              uint32_t dl01[2], dl23[2], dh01[2], dh23[2];
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const uint32_t v = dq<T>(lop_magic(w[h] >> (4 * i), Tr<T>::MAGIC), base, s2[r][h], o2[r][h], SYM);
+                const uint32_t key = ((ix[h] >> (2 * i)) & 3) | ((ix[h] >> (2 * i + 6)) & 12);
+                const uint4 sel = lut[key];
+                dl01[h] = prmt(v, 0u, sel.x);
+                dl23[h] = prmt(v, 0u, sel.y);
+                dh01[h] = prmt(v, 0u, sel.z);
+                dh23[h] = prmt(v, 0u, sel.w);
               }
 #pragma unroll
               for (int n = 0; n < NT; ++n) {
-                if (MODE == 2) {  // group grp: activation unit grp/2, half grp&1
-                  const uint4 xu = xv[n][grp >> 1];
-                  mma<T>(part[grp & 1][r][n], e[0][0], e[1][0], e[0][1], e[1][1], (grp & 1) ? xu.z : xu.x,
-                         (grp & 1) ? xu.w : xu.y);
-                } else {  // groups 2grp and 2grp+1: activation unit grp, halves 0 and 1
-                  const uint4 xu = xv[n][grp];
-                  mma<T>(D0[r][n], e[0][0], e[1][0], e[0][1], e[1][1], xu.x, xu.y);
-                  mma<T>(D1[r][n], e[0][2], e[1][2], e[0][3], e[1][3], xu.z, xu.w);
-                }
+                // group m of the word: activation unit m/2, half m&1
+                const uint4 xl = xv[n][i >> 1], xh = xv[n][(i + 4) >> 1];
+                mma<T>(D0[r][n], dl01[0], dl01[1], dl23[0], dl23[1], (i & 1) ? xl.z : xl.x, (i & 1) ? xl.w : xl.y);
+                mma<T>(D1[r][n], dh01[0], dh01[1], dh23[0], dh23[1], (i & 1) ? xh.z : xh.x, (i & 1) ? xh.w : xh.y);
               }
             }
           }
