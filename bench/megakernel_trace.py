@@ -16,7 +16,9 @@ from egt.models import SHAPES, random_model  # noqa: E402
 from egt.megakernel.runtime import MegaKernelDecoder  # noqa: E402
 
 POINTS = ["qkv wait start", "qkv wait end", "qkv done", "attn start", "attn done", "attn wait end", "o done",
-          "gateup wait end", "gateup done", "down wait end", "down done"]
+          "gateup wait end", "gateup done", "down wait end", "down done",
+          # stamped by the blocks that run attention items, for their first item only
+          "att: qkv ready", "att: q/k/v roped", "att: first K/V in", "att: scores+PV", "att: item end"]
 
 
 def main():
@@ -42,8 +44,10 @@ def main():
         rel = (t[:, :len(POINTS)] - t0) / 1e3
         print(f"== {name} {a.weights} layer {a.layer} (us from earliest qkv-wait start) ==")
         for i, p in enumerate(POINTS):
-            col = rel[:, i].sort().values
-            print(f"  {p:16s} min {col[0]:7.2f}  med {col[len(col) // 2]:7.2f}  max {col[-1]:7.2f}")
+            col = rel[t[:, i] > 0, i].sort().values  # blocks that stamped this point
+            if len(col):
+                print(f"  {p:18s} min {col[0]:7.2f}  med {col[len(col) // 2]:7.2f}  max {col[-1]:7.2f}  "
+                      f"({len(col)} blocks)")
         del model, dec, cache
         torch.cuda.empty_cache()
 

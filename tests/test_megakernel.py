@@ -109,6 +109,42 @@ def test_generated_source_bakes_the_schedule():
         generate_source(bad)
 
 
+def test_attention_head_slices_and_counters():
+    from egt.megakernel.codegen import counter_layout
+    from egt.megakernel.schedule import attn_check
+    s = SHAPES["qwen2.5-1.5b"]  # 12 query heads on 2 kv heads: groups of 6
+    whole, sliced = AttnSchedule(8, 128, 0, 128), AttnSchedule(8, 128, 0, 128, hpi=2)
+    assert whole.heads_per_item(s) == 6 and whole.pairs(s, 3) == 3 * 2
+    assert sliced.pairs(s, 3) == 3 * 2 * 3
+    assert attn_check(s, AttnSchedule(8, 128, 0, 128, hpi=4), 256) == "heads per item must divide the GQA group"
+    p = search(s, 1, "h100", max_plans=1)[0]
+    assert p.attn.heads_per_item(s) == 6  # the default search keeps whole groups (slices measured slower)
+    q = MegaPlan(**{**p.__dict__, "attn": sliced})
+    lay = counter_layout(q)
+    assert lay["TOTAL"] - lay["ARR"] == s.layers * 6  # one arrival counter per (b, kv head, slice) and layer
+    assert "ATT_HPI = 2" in generate_source(q) and q.plan_hash() != p.plan_hash()
+    # slices are offered only on request
+    assert all(pl.attn.heads_per_item(s) == 6 for pl in search(s, 1, "h100", max_plans=3))
+    assert any(pl.attn.heads_per_item(s) < 6 for pl in search(s, 1, "h100", max_plans=8, attn_slices=True,
+                                                               attn_filter=lambda a: a.hpi == 1))
+
+
+def test_bulk_copy_is_a_plan_option_and_tensor_core_int4_counts_its_sums():
+    from egt.megakernel.schedule import INT4, INT4_TC, MATVEC_OPS, matvec_page_bytes, matvec_ops
+    s = SHAPES["smollm2-135m"]
+    p = search(s, 1, "h100", max_plans=1)[0]
+    b = search(s, 1, "h100", max_plans=1, bulk_copy=True)[0]
+    assert not p.bulk_copy and b.bulk_copy and b.plan_hash() != p.plan_hash()
+    assert "EGT_MK_BULK_COPY" in generate_source(b) and "EGT_MK_BULK_COPY" not in generate_source(p)
+    assert MegaPlan.from_dict(json.loads(json.dumps(b.to_dict()))).bulk_copy
+    # the tensor-core INT4 page holds float sums of x per 32 columns of each K part besides the activations
+    ops = matvec_ops(s, "dense-bf16", {k: INT4 for k in MATVEC_OPS})
+    tc = matvec_ops(s, "dense-bf16", {k: INT4_TC for k in MATVEC_OPS})
+    sch = MatvecSchedule(16, 576, 4, 1, 8, 0)
+    assert (matvec_page_bytes(tc["gateup"], sch, 2, 256, 132) - matvec_page_bytes(ops["gateup"], sch, 2, 256, 132)
+            == 4 * 2 * 576 // 32)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_nvcc_builds_a_plan(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from ..models import ModelShape
 
 MATVEC_OPS = ("qkv", "o", "gateup", "down", "lm_head")
+MAX_RING = 8  # ring stages at most: one mbarrier each (and one for attention) in static shared memory (csrc)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,14 @@ class AttnSchedule:
     sub: int = 128
     rot: int = 0
     min_chunk: int = 256  # cache rows per split at least: short contexts use fewer splits (one: no combine)
+    hpi: int = 0  # query heads per work item (a divisor of the GQA group); 0: the whole group
+
+    def heads_per_item(self, shape: ModelShape) -> int:
+        return self.hpi or shape.heads // shape.kv_heads
+
+    def pairs(self, shape: ModelShape, batch: int) -> int:
+        """(batch row, kv head, head slice) pairs: attention outputs, each combined over its splits."""
+        return batch * shape.kv_heads * (shape.heads // shape.kv_heads // self.heads_per_item(shape))
 
 
 @dataclass(frozen=True)
@@ -145,13 +154,14 @@ def matvec_page_bytes(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int,
     nt = ceil_div(op.n, s.tr)
     maxt = ceil_div(nt, blocks)
     xs = batch * (op.k // s.ksplit) // 8 * 16
+    xsum = batch * (op.k // s.ksplit) // 32 if op.weight_kind == INT4_TC else 0  # Q4TC: sum x per 32 columns
     red = nw * rpw * op.nmat * batch if s.wpr > 1 else 0
     acc = maxt * s.tr * batch * op.nmat if s.ksplit > 1 else 0
-    return xs + 4 * (red + acc)
+    return xs + 4 * (xsum + red + acc)
 
 
 def attn_page_bytes(shape: ModelShape, a: AttnSchedule, threads: int) -> int:
-    g = shape.heads // shape.kv_heads
+    g = a.heads_per_item(shape)
     hd = shape.head_dim
     tg = threads // (hd // 2)
     krow = hd + 8
@@ -162,7 +172,7 @@ def attn_page_bytes(shape: ModelShape, a: AttnSchedule, threads: int) -> int:
 
 
 def static_smem_bytes(batch: int, threads: int, residual_rows: int = 0) -> int:
-    return batch * 8 + (threads // 32) * batch * 8 + 16 + residual_rows * batch * 2
+    return batch * 8 + (threads // 32) * batch * 8 + 16 + residual_rows * batch * 2 + 8 * (MAX_RING + 1)
 
 
 def attn_check(shape: ModelShape, a: AttnSchedule, threads: int) -> str | None:
@@ -170,8 +180,11 @@ def attn_check(shape: ModelShape, a: AttnSchedule, threads: int) -> str | None:
         return "SUB must not exceed the thread count"
     if threads % (shape.head_dim // 2):
         return "threads must be a multiple of head_dim/2"
-    if shape.heads // shape.kv_heads > threads // 32:
-        return "GQA group larger than the warp count"
+    group = shape.heads // shape.kv_heads
+    if a.hpi < 0 or group % a.heads_per_item(shape):
+        return "heads per item must divide the GQA group"
+    if a.heads_per_item(shape) > threads // 32:
+        return "more heads per item than warps"
     return None
 
 
@@ -184,6 +197,7 @@ class MegaPlan:
     compression: str = "none"  # label of the weight formats: "none" (all dense), "w4a16", ...
     weights: dict[str, str] = field(default_factory=dict)  # op -> weight kind where not dense-{dtype}
     prefetch_kb: int = 48  # weight bytes a block issues for the next op before waiting on its dependency
+    bulk_copy: bool = False  # sm_90: stream weights and K/V rows with cp.async.bulk + mbarriers (else cp.async)
     threads: int = 512
     blocks: int = 132
     ops: dict[str, MatvecSchedule] = field(default_factory=dict)
@@ -209,6 +223,7 @@ class MegaPlan:
                                              "vocab", "rms_eps", "qkv_bias", "qk_norm")},
                 "batch": self.batch, "dtype": self.dtype, "compression": self.compression,
                 "weights": dict(sorted(self.weights.items())), "prefetch_kb": self.prefetch_kb,
+                "bulk_copy": self.bulk_copy,
                 "threads": self.threads,
                 "blocks": self.blocks, "ops": {k: asdict(v) for k, v in sorted(self.ops.items())},
                 "attn": asdict(self.attn)}
@@ -275,7 +290,8 @@ class MegaPlan:
     def to_dict(self) -> dict:
         return {"key": self.key(), "plan_hash": self.plan_hash(), "model": asdict(self.model), "batch": self.batch,
                 "profile": self.profile, "dtype": self.dtype, "compression": self.compression,
-                "weights": self.weights, "prefetch_kb": self.prefetch_kb, "threads": self.threads, "blocks": self.blocks,
+                "weights": self.weights, "prefetch_kb": self.prefetch_kb, "bulk_copy": self.bulk_copy,
+                "threads": self.threads, "blocks": self.blocks,
                 "ops": {k: asdict(v) for k, v in self.ops.items()}, "attn": asdict(self.attn), "smem": self.smem,
                 "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "notes": self.notes}
 
@@ -285,7 +301,7 @@ class MegaPlan:
         model = ModelShape(**{k: v for k, v in d["model"].items() if k in names})
         return cls(model=model, batch=d["batch"], profile=d["profile"], dtype=d.get("dtype", "bf16"),
                    compression=d.get("compression", "none"), weights=dict(d.get("weights", {})),
-                   prefetch_kb=d.get("prefetch_kb", 48),
+                   prefetch_kb=d.get("prefetch_kb", 48), bulk_copy=d.get("bulk_copy", False),
                    threads=d["threads"], blocks=d["blocks"],
                    ops={k: MatvecSchedule(**v) for k, v in d["ops"].items()}, attn=AttnSchedule(**d["attn"]),
                    smem=d.get("smem", {}), predicted_ms=d.get("predicted_ms"), measured_ms=d.get("measured_ms"),

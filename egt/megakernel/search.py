@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (INT4, INT4_TC, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
+from .schedule import (INT4, INT4_TC, MAX_RING, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
                        compression_label, is_dense, matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes,
                        stage_bytes, static_smem_bytes, weight_bytes_per_elem)
 
@@ -84,11 +84,11 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
     if is_dense(op.weight_kind):
         ops_per_elem = 2 * batch + 1  # unpack + one FMA per batch row
     elif op.weight_kind == INT4_TC:
-        # per weight pair: shift, mask|OR, exact bf16 subtract, bf16 FMA; scales per 32 columns; the MMA does the
-        # products on the tensor cores. Warps past the stage's 64-column quads idle.
+        # per weight pair: shift + LOP3 into raw bf16 codes; the MMA does the products on the tensor cores; the
+        # scale is folded per run of a scale block (per 64 columns at worst). Warps past the stage's quads idle.
         quads = s.tk // 64
         util = quads / (ceil_div(quads, s.wpr) * s.wpr)
-        ops_per_elem = 2.3 / util
+        ops_per_elem = 1.1 / util
     else:
         # INT4: byte-permute + subtract per code, one FMA per batch row, and the activation unpack + group sum
         # (2 per batch row) shared by the rows and matrices a warp holds; lanes past the stage's vectors idle
@@ -107,16 +107,16 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
 def cost_attention(shape: ModelShape, a: AttnSchedule, batch: int, prof: GpuProfile, blocks: int,
                    context: int = NOMINAL_CONTEXT) -> float:
     se = max(1, min(a.splits, ceil_div(context, a.min_chunk)))  # splits in use at this context
-    items = batch * shape.kv_heads * se
+    items = a.pairs(shape, batch) * se
     per_block = ceil_div(items, blocks)
     share = ceil_div(context, se)
-    kv_bytes = share * shape.head_dim * 2 * 2
+    kv_bytes = share * shape.head_dim * 2 * 2  # every head slice of a kv head reads its K/V rows
     bw_sm = min(prof.bandwidth_gbs * 1e3 / min(items, blocks), 1.6 * prof.bandwidth_gbs * 1e3 / prof.sms)
     passes = ceil_div(share, a.sub)
-    g = shape.heads // shape.kv_heads
+    hpi = a.heads_per_item(shape)
     # fixed part (traced): q/k/v from L2 with RoPE, softmax barriers, output write, arrival; the combine adds an
     # atomic and a second L2 round trip
-    t_item = 4.0 + kv_bytes / bw_sm + passes * 0.8 + share * g * shape.head_dim * 2 / FMA_PER_SM_PER_US
+    t_item = 4.0 + kv_bytes / bw_sm + passes * 0.8 + share * hpi * shape.head_dim * 2 / FMA_PER_SM_PER_US
     return per_block * t_item + (2.5 if se > 1 else 0.0)
 
 
@@ -133,17 +133,24 @@ def predict_ms(plan: MegaPlan, prof: GpuProfile, context: int = NOMINAL_CONTEXT)
     return total / 1e3
 
 
-def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem_limit: int):
-    pairs = batch * shape.kv_heads
-    for splits in (1, 2, 4, 8, 16, 32):
+def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem_limit: int, slices: bool = False):
+    """slices: also offer head slices (hpi < the GQA group). Measured slower on an H100 at every shape at contexts
+    140 and 1000 (bench/results/megakernel/ab_h100.md): a work item's time is its K/V loads and fixed latency, not
+    its heads, so slices add items without shortening any; the default keeps whole groups."""
+    group = shape.heads // shape.kv_heads
+    hpis = [h for h in range(1, group + 1) if group % h == 0] if slices else [group]
+    for hpi, splits in itertools.product(hpis, (1, 2, 4, 8, 16, 32)):
+        pairs = AttnSchedule(hpi=hpi).pairs(shape, batch)
         if pairs * splits > 4 * blocks or (splits > 1 and pairs * splits // 2 >= blocks):
             continue
         # one split never helps when the grid has room for more: a larger S with min_chunk above the context
         # runs the same single item at short contexts and still splits long ones
         if splits == 1 and pairs * 2 <= blocks:
             continue
+        # min_chunk below 128 measured slower at context 140 (more items, each with the combine's extra round
+        # trip) than the cost model predicts (bench/results/megakernel/ab_h100.md), so it is not offered
         for sub, minc in itertools.product((64, 128, 256), (128, 256, 512)):
-            a = AttnSchedule(splits, sub, 0, minc)
+            a = AttnSchedule(splits, sub, 0, minc, hpi)
             if attn_check(shape, a, threads):
                 continue
             if attn_page_bytes(shape, a, threads) + static_smem_bytes(batch, threads) > smem_limit:
@@ -152,7 +159,7 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
 
 
 INT4_PATHS = ("cuda-core", "tensor-core", "auto")
-MAX_STAGES = 8
+MAX_STAGES = MAX_RING
 
 
 def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
@@ -201,10 +208,12 @@ def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: st
 
 def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
            keep_per_op: int = 3, max_plans: int = 8, thread_options=(256, 512),
-           weights: dict[str, str] | None = None, int4_path: str | None = None) -> list[MegaPlan]:
+           weights: dict[str, str] | None = None, int4_path: str | None = None, attn_filter=None,
+           attn_slices: bool = False, bulk_copy: bool = False) -> list[MegaPlan]:
     """Candidate plans, best predicted first; each carries predicted_ms and its smem report.
     weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops).
-    int4_path: how INT4 ops run (see `int4_variants`)."""
+    int4_path: how INT4 ops run (see `int4_variants`). A/B options: attn_filter keeps only the attention
+    schedules it accepts; attn_slices offers head slices (`_attn_options`); bulk_copy sets the plan's copy path."""
     prof = get_profile(profile)
     blocks = prof.sms
     wanted = int4_variants(dict(weights or {}), batch, dtype, int4_path)
@@ -239,7 +248,8 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
                         break
             best[name] = sorted(picks, key=lambda x: x[0])[:max(keep_per_op, 4)]
         ascored = sorted(((cost_attention(shape, a, batch, prof, blocks), a)
-                          for a in _attn_options(shape, batch, threads, blocks, prof.smem_per_block)),
+                          for a in _attn_options(shape, batch, threads, blocks, prof.smem_per_block, attn_slices)
+                          if attn_filter is None or attn_filter(a)),
                          key=lambda x: (x[0], -x[1].splits))
         attn = ascored[:2]
         for tier in (0.25, 0.4, 0.6):  # the attention page aliases the matvec page: keep a small one too
@@ -261,7 +271,7 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
                 sched[n] = MatvecSchedule(s.tr, s.tk, s.stages, s.ksplit, s.wpr, (i * blocks) // len(names))
             plan = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype,
                             compression=compression_label(kinds), weights=kinds, threads=threads,
-                            blocks=blocks, ops=sched, attn=attn[combo[-1]][1])
+                            blocks=blocks, ops=sched, attn=attn[combo[-1]][1], bulk_copy=bulk_copy)
             if plan.check(prof.smem_per_block):
                 continue
             plan = deepen_int4_rings(plan, prof.smem_per_block)

@@ -1,14 +1,17 @@
 // egt MegaKernel opcode: decode attention over the KV cache, split across blocks, with RoPE and the KV append.
 //
 // Contract:
-// - Work items are (batch row b, kv head g, split s); split s covers an equal share of the row's valid cache rows
-//   [attn_start[b], slot]. The number of splits S is fixed by the plan; the share is computed from the run-time
-//   context length, so the schedule is static while the context grows.
+// - Work items are (batch row b, kv head g, head slice h, split s). A head slice is HPI of the G query heads that
+//   share kv head g: slices multiply the blocks working on a short context (one block per kv head leaves most
+//   of the grid idle and runs G heads serially), at the price of each slice reading the group's K/V rows.
+//   Split s covers an equal share of the row's valid cache rows [attn_start[b], slot]. The number of splits S is
+//   fixed by the plan; the share is computed from the run-time context length, so the schedule is static while
+//   the context grows.
 // - An item loads its first sub-block of cached K/V rows with cp.async *before* waiting for the QKV projection:
 //   past keys and values do not depend on this step (Ada-MK's "earlier KV loads").
-// - The item that covers the new row `slot` rotates the new key, writes key and value into the cache, and uses
-//   them from shared memory (the cache row is never read back in the same launch).
-// - With S > 1, the last item of (b, g) to finish (arrival counter) combines the S partial softmax states in
+// - Every item that covers the new row `slot` rotates the new key and uses key and value from shared memory (the
+//   cache row is never read back in the same launch); the one of head slice 0 writes them into the cache.
+// - With S > 1, the last item of (b, g, h) to finish (arrival counter) combines the S partial softmax states in
 //   fixed split order, so the combine is deterministic.
 // - Numerics follow the torch reference: q and k are rotated with bf16/fp16-rounded cos/sin and rounded after
 //   each product and the sum; softmax and the weighted sum of V run in float32.
@@ -17,17 +20,20 @@
 
 namespace egt {
 
-template <int NH_, int NKV_, int HD_, int S_, int SUB_, int ROT_, int MINC_> struct AttnCfg {
-  static constexpr int NH = NH_, NKV = NKV_, HD = HD_, S = S_, SUB = SUB_, ROT = ROT_, MINC = MINC_;
+template <int NH_, int NKV_, int HD_, int S_, int SUB_, int ROT_, int MINC_, int HPI_> struct AttnCfg {
+  static constexpr int NH = NH_, NKV = NKV_, HD = HD_, S = S_, SUB = SUB_, ROT = ROT_, MINC = MINC_, HPI = HPI_;
 };
 
 template <class C> struct Attention {
-  static constexpr int G = C::NH / C::NKV;
+  static constexpr int GQ = C::NH / C::NKV;      // query heads per kv head
+  static constexpr int G = C::HPI;              // query heads per item (one head slice)
+  static constexpr int HS = GQ / G;             // head slices per kv head
+  static constexpr int PAIRS = NB * C::NKV * HS;  // (b, g, h): one attention output each, combined over splits
   static constexpr int HD = C::HD;
   static constexpr int HP = HD / 2;             // dimension pairs handled by one thread in P.V
   static constexpr int TG = NTHR / HP;          // position groups in P.V
   static constexpr int KROW = HD + 8;           // padded row (16 bytes) keeps per-thread row reads conflict-free
-  static constexpr int ITEMS = NB * C::NKV * C::S;
+  static constexpr int ITEMS = PAIRS * C::S;
   static constexpr int NQKV = (C::NH + 2 * C::NKV) * HD;
   // shared-memory layout of the attention page (aliases the matvec activation page)
   static constexpr int OFF_Q = 0;                                  // float [G][HD]
@@ -39,24 +45,56 @@ template <class C> struct Attention {
   static constexpr int OFF_K = OFF_RED + 4 * TG * G * HD;          // T [SUB][KROW]
   static constexpr int OFF_V = OFF_K + 2 * C::SUB * KROW;          // T [SUB][KROW]
   static constexpr int REGION_BYTES = OFF_V + 2 * C::SUB * KROW;
-  static_assert(NTHR % HP == 0 && C::NH % C::NKV == 0 && HD % 8 == 0 && G <= NTHR / 32, "attention layout");
+  static_assert(NTHR % HP == 0 && C::NH % C::NKV == 0 && GQ % G == 0 && HD % 8 == 0 && G <= NTHR / 32,
+                "attention layout");
   static_assert(C::SUB <= NTHR, "one thread per position in a sub-block");
   static_assert(4 * TG * G * HD >= 2 * (G + 2) * HD, "the reduction area holds the raw q/k/v rows");
 
-  __device__ static __forceinline__ void issue_kv(unsigned char* pg, const mk_t* kc, const mk_t* vc, int t0, int cnt,
-                                                  int slot) {
+  // K/V rows [t0, t0 + cnt) but the new row `slot` into the page. Bulk (sm_90): warp 0 issues one copy a row on
+  // mbarrier MAX_RING; cp.async: every thread 16 bytes, one group. Each issue is waited on once by wait_kv.
+  __device__ static __forceinline__ void issue_kv(Ring& ring, unsigned char* pg, const mk_t* kc, const mk_t* vc,
+                                                  int t0, int cnt, int slot) {
     mk_t* ks = reinterpret_cast<mk_t*>(pg + OFF_K);
     mk_t* vs = reinterpret_cast<mk_t*>(pg + OFF_V);
+#if MK_BULK
+    if (threadIdx.x < 32) {
+      const int rows = cnt - ((slot >= t0 && slot < t0 + cnt) ? 1 : 0);
+      if (threadIdx.x == 0) mbar_expect(ring.bar + MAX_RING, (unsigned)(rows * HD * 2 * 2));
+      fence_proxy_async();  // the page held the previous op's activations (generic stores)
+      __syncwarp();
+      for (int q = threadIdx.x; q < cnt; q += 32) {
+        const int t = t0 + q;
+        if (t != slot) {
+          bulk_g2s_keep(ks + q * KROW, kc + (long long)t * HD, HD * 2, ring.bar + MAX_RING);
+          bulk_g2s_keep(vs + q * KROW, vc + (long long)t * HD, HD * 2, ring.bar + MAX_RING);
+        }
+      }
+    }
+#else
     constexpr int VR = HD / 8;
     for (int v = threadIdx.x; v < cnt * VR; v += NTHR) {
-      const int p = v / VR, c = v - p * VR;
-      const int t = t0 + p;
+      const int q = v / VR, c = v - q * VR;
+      const int t = t0 + q;
       if (t != slot) {
-        cp_async16(ks + p * KROW + c * 8, kc + (long long)t * HD + c * 8);
-        cp_async16(vs + p * KROW + c * 8, vc + (long long)t * HD + c * 8);
+        cp_async16(ks + q * KROW + c * 8, kc + (long long)t * HD + c * 8);
+        cp_async16(vs + q * KROW + c * 8, vc + (long long)t * HD + c * 8);
       }
     }
     cp_commit();
+#endif
+  }
+  // pend: cp.async groups committed after the K/V group that may stay in flight (a weight prefill)
+  template <int PEND> __device__ static __forceinline__ void wait_kv(Ring& ring, bool first) {
+#if MK_BULK
+    mbar_wait(ring.bar + MAX_RING, (ring.phase >> MAX_RING) & 1u);
+    ring.phase ^= 1u << MAX_RING;
+#else
+    if (first) {
+      cp_wait<PEND>();
+    } else {
+      cp_wait<0>();
+    }
+#endif
   }
 
   // Rotate element d of a head whose raw values (in shared memory) start at `src` (HF rotate-half convention).
@@ -69,9 +107,11 @@ template <class C> struct Attention {
     return rnd<mk_t>(rnd<mk_t>(x * c) + rnd<mk_t>(y * s));
   }
 
-  // The last split of (b, g) to finish merges the `se` partial softmax states in split order (deterministic).
-  __device__ static void combine(int b, int g, int se, const float* part_o, const float* part_ml, mk_t* attn_out) {
-    const long long cbase = ((long long)b * C::NKV + g) * C::S * G;
+  // The last split of (b, g, h) to finish merges the `se` partial softmax states in split order (deterministic).
+  // pr: the (b, g, h) pair; its G heads are query heads h0 .. h0 + G - 1.
+  __device__ static void combine(int b, int pr, int h0, int se, const float* part_o, const float* part_ml,
+                                 mk_t* attn_out) {
+    const long long cbase = (long long)pr * C::S * G;
     for (int i = threadIdx.x; i < G * HD; i += NTHR) {
       const int gh = i / HD, d = i - gh * HD;
       float M = -INFINITY;
@@ -83,7 +123,7 @@ template <class C> struct Attention {
         L += w * __ldcg(part_ml + (cbase + j * G + gh) * 2 + 1);
         O += w * __ldcg(part_o + (cbase + j * G + gh) * HD + d);
       }
-      attn_out[(long long)b * C::NH * HD + (g * G + gh) * HD + d] = from_f<mk_t>(O / L);
+      attn_out[(long long)b * C::NH * HD + (h0 + gh) * HD + d] = from_f<mk_t>(O / L);
     }
   }
 
@@ -91,7 +131,7 @@ template <class C> struct Attention {
   // pre(): the next op's weight prefill (PEND cp.async groups). It is issued right after this block's first K/V
   // loads, so the first wait can leave those groups in flight instead of serialising attention behind them.
   template <int PEND, class PRE>
-  __device__ static void run(int l, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out, float* part_o,
+  __device__ static void run(int l, Ring& ring, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out, float* part_o,
                              float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done, unsigned E1,
                              const float* inv_freq, int* ctl, const PRE& pre) {
     int first = (int)((blockIdx.x + NBLK - (C::ROT % NBLK)) % NBLK);
@@ -117,19 +157,22 @@ template <class C> struct Attention {
     bool waited = false;
 #pragma unroll 1
     for (int item = first; item < ITEMS; item += NBLK) {
-      const int b = item / (C::NKV * C::S);
-      const int g = (item / C::S) % C::NKV;
+      const int pr = item / C::S;  // (b, g, h) pair
+      const int b = pr / (C::NKV * HS);
+      const int g = (pr / HS) % C::NKV;
+      const int hsl = pr % HS;
+      const int h0 = g * GQ + hsl * G;  // first query head of the item
       const int s = item % C::S;
       const int len = slot + 1;
       const int st = __ldcg(p.attn_start + b);
       const int n = len - st;
-      // Splits in use at this context: short contexts run in one item per (b, g) and skip the combine.
+      // Splits in use at this context: short contexts run in one item per (b, g, h) and skip the combine.
       const int se = max(1, min(C::S, (n + C::MINC - 1) / C::MINC));
       const int chunk = (n + se - 1) / se;
       const int t0 = st + s * chunk;
       const int t1 = min(len, t0 + chunk);
       const int cnt = max(0, t1 - t0);
-      if (s >= se) {  // idle split: only keeps the arrival count of (b, g) consistent; may run the combine
+      if (s >= se) {  // idle split: only keeps the arrival count of (b, g, h) consistent; may run the combine
         if (!pre_done) {
           pre();
           pre_done = true;
@@ -137,12 +180,12 @@ template <class C> struct Attention {
         if constexpr (C::S > 1) {
           __syncthreads();
           if (tid == 0) {
-            const unsigned old = atom_add_acq_rel(arrive + b * C::NKV + g, 1u);
+            const unsigned old = atom_add_acq_rel(arrive + pr, 1u);
             *flag = (se > 1 && old == E1 * C::S - 1);
           }
           __syncthreads();
           if (*flag) {
-            combine(b, g, se, part_o, part_ml, attn_out);
+            combine(b, pr, h0, se, part_o, part_ml, attn_out);
             block_arrive(att_done);
           }
           __syncthreads();
@@ -152,7 +195,7 @@ template <class C> struct Attention {
       const long long base = ((((long long)l * NB + b) * C::NKV + g) * p.maxlen) * HD;
       mk_t* kc = p.kc + base;
       mk_t* vc = p.vc + base;
-      issue_kv(pg, kc, vc, t0, min(cnt, C::SUB), slot);
+      issue_kv(ring, pg, kc, vc, t0, min(cnt, C::SUB), slot);
       if (!pre_done) {
         pre();
         pre_done = true;
@@ -161,16 +204,17 @@ template <class C> struct Attention {
       if (!waited) {
         block_wait(qkv_done, E1 * NBLK, ctl, p.timeout_ns);
         waited = true;
+        MK_STAMP(11);
       }
       const mk_t* qrow = qkv + (long long)b * NQKV;
       const bool has_new = (slot >= t0 && slot < t1);
-      // The q heads of the group (and, for the item holding the new row, k and v) come to shared memory with one
+      // The item's q heads (and, for the item holding the new row, k and v) come to shared memory with one
       // 16-byte load per thread, so the rotation below costs one L2 round trip, not one per element it reads.
       const int rows = has_new ? G + 2 : G;
       mk_t* raw = reinterpret_cast<mk_t*>(pg + OFF_RED);  // free until the P.V reduction
       for (int v = tid; v < rows * (HD / 8); v += NTHR) {
         const int r = v / (HD / 8), c = v - r * (HD / 8);
-        const mk_t* src = r < G ? qrow + (g * G + r) * HD : qrow + (C::NH + (r - G) * C::NKV + g) * HD;
+        const mk_t* src = r < G ? qrow + (h0 + r) * HD : qrow + (C::NH + (r - G) * C::NKV + g) * HD;
         reinterpret_cast<uint4*>(raw)[v] = __ldcg(reinterpret_cast<const uint4*>(src) + c);
       }
       __syncthreads();
@@ -181,17 +225,18 @@ template <class C> struct Attention {
         } else if (gh == G) {
           const float k = rope(raw + gh * HD, d, pos, inv_freq, (float)p.rope_scale);
           kn[d] = k;
-          kc[(long long)slot * HD + d] = from_f<mk_t>(k);
+          if (hsl == 0) kc[(long long)slot * HD + d] = from_f<mk_t>(k);
         } else {
           const mk_t vv = raw[gh * HD + d];
           vn[d] = to_f(vv);
-          vc[(long long)slot * HD + d] = vv;
+          if (hsl == 0) vc[(long long)slot * HD + d] = vv;
         }
       }
       if (tid < G) {
         mrun[tid] = -INFINITY;
         lrun[tid] = 0.f;
       }
+      if (item == first) MK_STAMP(12);
       const int dp = tid % HP, tg = tid / HP;
       float acc[G][2];
 #pragma unroll
@@ -199,14 +244,11 @@ template <class C> struct Attention {
 #pragma unroll 1
       for (int sb = t0; sb < t1; sb += C::SUB) {
         const int cs = min(C::SUB, t1 - sb);
-        if (sb != t0) issue_kv(pg, kc, vc, sb, cs, slot);
-        if (first_wait && sb == t0) {
-          cp_wait<PEND>();  // this item's K/V group, not the prefill queued after it
-        } else {
-          cp_wait<0>();
-        }
-        first_wait = false;
+        if (sb != t0) issue_kv(ring, pg, kc, vc, sb, cs, slot);
+        wait_kv<PEND>(ring, first_wait && sb == t0);  // not the prefill queued after the first K/V group
         __syncthreads();
+        if (first_wait) MK_STAMP(13);
+        first_wait = false;
         for (int q = tid; q < cs; q += NTHR) {
           const int t = sb + q;
           float dot[G];
@@ -279,20 +321,21 @@ template <class C> struct Attention {
         }
         __syncthreads();
       }
+      if (item == first) MK_STAMP(14);
 #pragma unroll
       for (int gh = 0; gh < G; ++gh) {
         red[(tg * G + gh) * HD + 2 * dp] = acc[gh][0];
         red[(tg * G + gh) * HD + 2 * dp + 1] = acc[gh][1];
       }
       __syncthreads();
-      const long long pbase = (((long long)b * C::NKV + g) * C::S + s) * G;
+      const long long pbase = ((long long)pr * C::S + s) * G;
       for (int i = tid; i < G * HD; i += NTHR) {
         const int gh = i / HD, d = i - gh * HD;
         float o = 0.f;
 #pragma unroll 4
         for (int w = 0; w < TG; ++w) o += red[(w * G + gh) * HD + d];
         if (se == 1) {
-          attn_out[(long long)b * C::NH * HD + (g * G + gh) * HD + d] = from_f<mk_t>(o / lrun[gh]);
+          attn_out[(long long)b * C::NH * HD + (h0 + gh) * HD + d] = from_f<mk_t>(o / lrun[gh]);
         } else {
           part_o[(pbase + gh) * HD + d] = o;
           if (d == 0) {
@@ -304,22 +347,23 @@ template <class C> struct Attention {
       if (se == 1) {
         block_arrive(att_done);
         if constexpr (C::S > 1) {
-          if (tid == 0) atomicAdd(arrive + b * C::NKV + g, 1u);  // keep (b, g)'s arrival count per launch at S
+          if (tid == 0) atomicAdd(arrive + pr, 1u);  // keep the pair's arrival count per launch at S
         }
       } else {
         __syncthreads();
         if (tid == 0) {
           __threadfence();
-          const unsigned old = atom_add_acq_rel(arrive + b * C::NKV + g, 1u);
+          const unsigned old = atom_add_acq_rel(arrive + pr, 1u);
           *flag = (old == E1 * C::S - 1);
         }
         __syncthreads();
         if (*flag) {
-          combine(b, g, se, part_o, part_ml, attn_out);
+          combine(b, pr, h0, se, part_o, part_ml, attn_out);
           block_arrive(att_done);
         }
       }
       __syncthreads();
+      if (item == first) MK_STAMP(15);
     }
     if (!pre_done) pre();
   }

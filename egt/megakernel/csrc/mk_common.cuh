@@ -47,6 +47,67 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
+// ---- bulk copies (sm_90: cp.async.bulk + mbarrier) ------------------------------------------------------------
+// One instruction moves a whole contiguous run into shared memory and its completion is counted in bytes on an
+// mbarrier. Why: per-thread 16-byte cp.async keeps too few bytes in flight per SM (traced on an H100: an INT4
+// block share streamed at ~10 GB/s per SM), and issuing thousands of them delays the block's own wake-up.
+// It is a plan option (EGT_MK_BULK_COPY, codegen): measured slower than cp.async on an H100 so far
+// (bench/results/megakernel/). Other architectures (sm_80, sm_89) always use cp.async; MK_BULK says which path
+// a device pass compiles.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(EGT_MK_BULK_COPY)
+#define MK_BULK 1
+#else
+#define MK_BULK 0
+#endif
+constexpr int MAX_RING = 8;  // ring stages at most (one mbarrier each); mbarrier MAX_RING is attention's K/V
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() {
+#if MK_BULK
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// The producer's single arrival, announcing the bytes the phase's copies will deliver.
+__device__ __forceinline__ void mbar_expect(uint64_t* bar, unsigned bytes) {
+#if MK_BULK
+  asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(smem_u32(bar)),
+               "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+#if MK_BULK
+  asm volatile(
+      "{\n .reg .pred done;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      " @!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)), "r"(parity) : "memory");
+#endif
+}
+// Generic-proxy accesses to shared memory before async-proxy (bulk) writes to the same bytes: order them.
+__device__ __forceinline__ void fence_proxy_async() {
+#if MK_BULK
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Weights are read once per step: evict them first, so activations and the KV cache stay in L2.
+__device__ __forceinline__ void bulk_g2s(void* smem, const void* gmem, unsigned bytes, uint64_t* bar) {
+#if MK_BULK
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
+          smem_u32(smem)), "l"(gmem), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
+#endif
+}
+// The same without the eviction hint (KV rows: the head slices of a kv head read them at about the same time).
+__device__ __forceinline__ void bulk_g2s_keep(void* smem, const void* gmem, unsigned bytes, uint64_t* bar) {
+#if MK_BULK
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_u32(smem)), "l"(gmem), "r"(bytes), "r"(smem_u32(bar)) : "memory");
+#endif
+}
+
 // ---- inter-block synchronisation through global counters -------------------------------------------------------
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
@@ -101,13 +162,11 @@ __device__ __forceinline__ void block_wait(const unsigned* c, unsigned target, i
   __syncthreads();
 }
 
-// All of this block's global writes become visible before the counter moves.
+// All of this block's global writes become visible before the counter moves: the barrier orders the block's
+// writes before thread 0's release, and a gpu-scope release is cumulative over them (no extra fence.sc).
 __device__ __forceinline__ void block_arrive(unsigned* c) {
   __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    red_release(c, 1u);
-  }
+  if (threadIdx.x == 0) red_release(c, 1u);
 }
 
 template <typename T> __device__ __forceinline__ T warp_sum(T v) {
@@ -136,3 +195,15 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
 }
 
 }  // namespace egt
+
+// Trace builds (EGT_MK_TRACE = layer): thread 0 stamps %globaltimer into p.trace[block][i] (needs `p` and `l`).
+#ifdef EGT_MK_TRACE
+#define MK_STAMP(i)                                                                                    \
+  do {                                                                                                 \
+    if (p.trace && threadIdx.x == 0 && l == EGT_MK_TRACE) p.trace[blockIdx.x * 32 + (i)] = global_ns(); \
+  } while (0)
+#else
+#define MK_STAMP(i) \
+  do {              \
+  } while (0)
+#endif

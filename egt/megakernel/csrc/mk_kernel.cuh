@@ -37,7 +37,7 @@ struct Params {
 
 namespace egt {
 
-using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT, ATT_MINC>;
+using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT, ATT_MINC, ATT_HPI>;
 
 // Per-layer table (u64 each). Dense ops: row pointers of q/k/v, o, gate/up, down. INT4 ops: TBL_WQ, TBL_WO, TBL_WG
 // and TBL_WD hold the op's chunk buffer instead (q/k/v and gate/up packed together), and TBL_LG the log2 of each
@@ -249,20 +249,10 @@ struct EpiLM {
 
 using namespace egt;
 
-#ifdef EGT_MK_TRACE
-#define MK_STAMP(i)                                                                                    \
-  do {                                                                                                 \
-    if (p.trace && threadIdx.x == 0 && l == EGT_MK_TRACE) p.trace[blockIdx.x * 32 + (i)] = global_ns(); \
-  } while (0)
-#else
-#define MK_STAMP(i) \
-  do {              \
-  } while (0)
-#endif
-
 extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  uint4* ring = reinterpret_cast<uint4*>(smem);
+  __shared__ __align__(8) uint64_t s_bar[MAX_RING + 1];
+  Ring ring{reinterpret_cast<uint4*>(smem), s_bar, 0u};
   unsigned char* page = smem + RING_BYTES;
   __shared__ int s_tok[NB];
   __shared__ float s_rstd[NB];
@@ -271,7 +261,11 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   __shared__ mk_t s_res[RES_ROWS * NB];
   __shared__ unsigned s_e1;
   __shared__ int s_last;
-  if (threadIdx.x == 0) s_e1 = (unsigned)__ldcg(p.ctl) + 1u;
+  if (threadIdx.x == 0) {
+    s_e1 = (unsigned)__ldcg(p.ctl) + 1u;
+    for (int i = 0; i <= MAX_RING; ++i) mbar_init(s_bar + i, 1);  // one producer arrival (with its bytes) a fill
+    mbar_init_fence();
+  }
   if (threadIdx.x < NB) s_tok[threadIdx.x] = __ldcg(p.tokens_in + threadIdx.x);
   __syncthreads();
   const unsigned E1 = s_e1;
@@ -321,11 +315,12 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     MK_STAMP(3);
     {
       auto pre_o = [&]() { Matvec<MvO, WO>::prefill(ring, src_o(lt)); };
-      Attention<AttnC>::run<Matvec<MvO, WO>::PF>(l, page, p, qkv, att, part_o, part_ml, c_qkv + l,
-                                                  c_arr + (long long)l * NB * NKV, c_att + l, E1, inv_freq, p.ctl, pre_o);
+      Attention<AttnC>::run<Matvec<MvO, WO>::PF_GROUPS>(l, ring, page, p, qkv, att, part_o, part_ml, c_qkv + l,
+                                                        c_arr + (long long)l * Attention<AttnC>::PAIRS, c_att + l, E1,
+                                                        inv_freq, p.ctl, pre_o);
     }
     MK_STAMP(4);
-    block_wait(c_att + l, E1 * NB * NKV, p.ctl, p.timeout_ns);
+    block_wait(c_att + l, E1 * Attention<AttnC>::PAIRS, p.ctl, p.timeout_ns);
     MK_STAMP(5);
     // O projection + residual
     {

@@ -17,6 +17,13 @@
 
 namespace egt {
 
+// The weight ring: ST stage slots in shared memory (an op's stage size) and, for bulk copies, one mbarrier per slot.
+struct Ring {
+  uint4* buf;
+  uint64_t* bar;   // [MAX_RING + 1] in shared memory: one per slot, then attention's K/V
+  unsigned phase;  // bit i: parity of mbarrier i's next completion (every thread tracks the same value)
+};
+
 template <int N_, int K_, int NMAT_, int TR_, int TK_, int ST_, int KS_, int WPR_, int ROT_>
 struct MvCfg {
   static constexpr int N = N_, K = K_, NMAT = NMAT_, TR = TR_, TK = TK_, ST = ST_, KS = KS_, WPR = WPR_, ROT = ROT_;
@@ -53,6 +60,8 @@ template <class C> struct LaneAcc {
 // Dense bf16/fp16 rows, read in place. Source: a row map rp(m, n) -> first 16-byte vector of row n of matrix m.
 template <typename T> struct DenseW {
   template <class C> using Acc = LaneAcc<C>;
+  template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
+  template <class C> __device__ static __forceinline__ void after_stage(const uint4*, float*) {}
   template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * (C::TK / 8); }
   template <class C, class RP>
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const RP& rp, int first) {
@@ -65,6 +74,20 @@ template <typename T> struct DenseW {
       const int c = rem - r * VPR;
       const int n = tile * C::TR + r;
       if (n < C::N) cp_async16(buf + v, rp(m, n) + col0 + c);
+    }
+  }
+  // sm_90: one bulk copy per row run of the stage, issued by the lanes of one warp.
+  template <class C, class RP>
+  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const RP& rp,
+                                                    int lane) {
+    constexpr int VPR = C::TK / 8;
+    const int col0 = (kp * C::KP + ch * C::TK) / 8;
+    const int rows = min(C::TR, C::N - tile * C::TR);
+    if (lane == 0) mbar_expect(bar, (unsigned)(C::NMAT * rows * C::TK * 2));
+    __syncwarp();
+    for (int i = lane; i < C::NMAT * rows; i += 32) {
+      const int m = i / rows, r = i - m * rows;
+      bulk_g2s(buf + (m * C::TR + r) * VPR, rp(m, tile * C::TR + r) + col0, C::TK * 2, bar);
     }
   }
   template <class C, class RP>
@@ -112,6 +135,8 @@ struct Q4Src {
 };
 template <typename T> struct Q4W {
   template <class C> using Acc = LaneAcc<C>;
+  template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
+  template <class C> __device__ static __forceinline__ void after_stage(const uint4*, float*) {}
   template <class C> __host__ __device__ static constexpr int code_vec() { return C::NMAT * C::TR * (C::TK / 32); }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return code_vec<C>() + (C::NMAT * C::TR * (C::TK / 32) * 4 + 15) / 16; }
   template <class C, class SRC>
@@ -119,6 +144,17 @@ template <typename T> struct Q4W {
     const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
     const int n = code_vec<C>() + (C::NMAT * C::TR * (C::TK >> src.lg) * 4 + 15) / 16;
     for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16(buf + v, chunk + v);
+  }
+  // sm_90: the stage's chunk is one contiguous run: one bulk copy.
+  template <class C, class SRC>
+  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const SRC& src,
+                                                    int lane) {
+    if (lane == 0) {
+      const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
+      const unsigned bytes = 16u * (code_vec<C>() + (C::NMAT * C::TR * (C::TK >> src.lg) * 4 + 15) / 16);
+      mbar_expect(bar, bytes);
+      bulk_g2s(buf, chunk, bytes, bar);
+    }
   }
   // Code -> float without an int->float conversion: put the nibble in the mantissa of 2^23 (one byte permute from
   // a word of isolated nibbles), subtract 2^23 (exact). Even codes come from w & 0x0F0F0F0F, odd from w >> 4.
@@ -193,20 +229,27 @@ template <typename T> struct Q4W {
 };
 
 // INT4 on tensor cores (bf16 activations, batch <= 2): each warp owns 16 rows (RPW == 16) and its share of the
-// stage's 64-column quads; mma.m16n8k16 multiplies bf16 weights by the activations with float32 accumulation.
+// stage's 64-column quads; mma.m16n8k16 multiplies the raw codes by the activations with float32 accumulation.
 // Chunk codes (operands.py, layout "tc"): [NMAT][TR/16][TK/64 quads][32 lanes] x uint4; word i of a lane holds the
 // 8 codes of its A-fragment registers for k-step 4q+i, nibble p = low and p+4 = high half of register p, so one
-// shift + mask + OR of 0x4300 (bf16 128) yields bf16x2 (128+lo, 128+hi). (128+q) - 136 = q - 8 is exact in bf16;
-// one bf16x2 FMA applies the scale and the offset (+8 scale folded in: w = s(q-8) + (o + 8s)), rounding each
-// weight to bf16 once. Pairs region as in Q4W.
+// shift and one LOP3 (mask | OR of 0x4300, bf16 128) yield bf16x2 (128+lo, 128+hi), exact.
+// Late scaling: the MMA accumulates T = sum (128 + q) x over a run of one scale block into a temporary fragment,
+// and the run is folded in float32 as s*T + (o - 128 s) * sum x (w = s q + o). That is one LOP3 (+ shift) per two
+// weights instead of a dequantization to bf16 per weight; sum x per 32 columns is computed once per staged
+// activation part (`after_stage`). The 128 x sum cancels in float32 (products exact, ~10 of 24 bits lost).
+// Pairs region as in Q4W.
 template <typename T> struct Q4TC {
+  static constexpr float BASE = 128.f;
   template <class C> struct Acc {
-    float c[C::NMAT][4];
+    float c[C::NMAT][4];  // folded (scaled) sums
+    float t[C::NMAT][4];  // raw-code sums of the current run
+    float x[2];           // sum x of the current run, batch rows 2t and 2t+1
     __device__ __forceinline__ void clear() {
 #pragma unroll
       for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) c[m][i] = 0.f;
+        for (int i = 0; i < 4; ++i) c[m][i] = t[m][i] = 0.f;
+      x[0] = x[1] = 0.f;
     }
     // C fragment: c0, c1 = (row g, batch 2t, 2t+1), c2, c3 = (row g+8, ...): the lane-partial form finish_tile sums
     __device__ __forceinline__ void rows(float (&acc)[C::RPW][C::NMAT][NB], int lane) const {
@@ -221,46 +264,73 @@ template <typename T> struct Q4TC {
   };
   template <class C> __host__ __device__ static constexpr int code_vec() { return Q4W<T>::template code_vec<C>(); }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
+  // float sums of x per 32 columns of the staged part, [NB][KP/32], after the activations in the op's page
+  template <class C> __host__ __device__ static constexpr int extra_floats() { return NB * C::KP / 32; }
   template <class C, class SRC>
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
     Q4W<T>::template issue<C>(buf, tile, kp, ch, src, first);
   }
-  __device__ static __forceinline__ uint32_t bf2(float x) {
-    const __nv_bfloat162 h = __float2bfloat162_rn(x);
-    return *reinterpret_cast<const uint32_t*>(&h);
+  template <class C, class SRC>
+  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const SRC& src,
+                                                    int lane) {
+    Q4W<T>::template issue_bulk<C>(buf, bar, tile, kp, ch, src, lane);
   }
-  __device__ static __forceinline__ uint32_t deq(uint32_t word, int p, uint32_t s, uint32_t o) {
-    const uint32_t v = ((word >> (4 * p)) & 0x000F000Fu) | 0x43004300u;
-    const __nv_bfloat162 q = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&v), __nv_bfloat162(__float2bfloat16(136.f), __float2bfloat16(136.f)));
-    const __nv_bfloat162 w = __hfma2(q, *reinterpret_cast<const __nv_bfloat162*>(&s), *reinterpret_cast<const __nv_bfloat162*>(&o));
-    return *reinterpret_cast<const uint32_t*>(&w);
+  template <class C> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xsum) {
+    constexpr int NBLK32 = C::KP / 32;
+    for (int i = threadIdx.x; i < NB * NBLK32; i += NTHR) {
+      const int b = i / NBLK32, c = i - b * NBLK32;
+      float sum = 0.f;
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        float f[8];
+        unpack8<T>(xs[b * (C::KP / 8) + c * 4 + v], f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sum += f[e];
+      }
+      xsum[i] = sum;
+    }
+    __syncthreads();
+  }
+  __device__ static __forceinline__ uint32_t raw(uint32_t word, int p) {
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "n"(0x000F000F), "n"(0x43004300));
+    return r;
+  }
+  // Fold the run into the scaled sums with the (scale, offset) of scale block `blk` of rows g and g+8.
+  template <class C>
+  __device__ static __forceinline__ void fold(Acc<C>& st, const __half2* pairs, int slot, int g, int sps, int blk) {
+#pragma unroll
+    for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float2 so = __half22float2(pairs[(m * C::TR + slot * 16 + g + 8 * r) * sps + blk]);
+        const float off = fmaf(-BASE, so.x, so.y);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          st.c[m][2 * r + e] = fmaf(so.x, st.t[m][2 * r + e], fmaf(off, st.x[e], st.c[m][2 * r + e]));
+          st.t[m][2 * r + e] = 0.f;
+        }
+      }
+    st.x[0] = st.x[1] = 0.f;
   }
   template <class C, class SRC>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, const SRC& src, Acc<C>& st) {
     static_assert(C::RPW == 16 && C::TK % 64 == 0 && NB <= 2, "tensor-core INT4: 16 rows a warp, 64-column quads");
-    constexpr int QUADS = C::TK / 64, RG = C::TR / 16;
+    constexpr int QUADS = C::TK / 64;
     const int g = lane >> 2, t = lane & 3;
     const int sps = C::TK >> src.lg;
+    const int bmask = (1 << src.lg) - 1;
     const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
+    const float* xsum = reinterpret_cast<const float*>(xs + NB * C::KP / 8);
 #pragma unroll 1
     for (int q = wi; q < QUADS; q += C::WPR) {
       uint4 wv[C::NMAT];
 #pragma unroll
-      for (int m = 0; m < C::NMAT; ++m) wv[m] = buf[((m * RG + slot) * QUADS + q) * 32 + lane];
+      for (int m = 0; m < C::NMAT; ++m) wv[m] = buf[((m * (C::TR / 16) + slot) * QUADS + q) * 32 + lane];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {  // two 32-column halves: one scale block each at least (2^lg >= 32)
-        const int blk = (q * 64 + h * 32) >> src.lg;
-        uint32_t sc[C::NMAT][2], of[C::NMAT][2];
-#pragma unroll
-        for (int m = 0; m < C::NMAT; ++m)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const float2 so = __half22float2(pairs[(m * C::TR + slot * 16 + g + 8 * r) * sps + blk]);
-            sc[m][r] = bf2(so.x);
-            of[m][r] = bf2(fmaf(8.f, so.x, so.y));
-          }
+      for (int h = 0; h < 2; ++h) {  // two 32-column halves (a scale block holds at least one)
 #pragma unroll
         for (int i2 = 0; i2 < 2; ++i2) {
           const int i = h * 2 + i2;
@@ -273,15 +343,21 @@ template <typename T> struct Q4TC {
 #pragma unroll
           for (int m = 0; m < C::NMAT; ++m) {
             const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
-            const uint32_t a0 = deq(word, 0, sc[m][0], of[m][0]), a1 = deq(word, 1, sc[m][1], of[m][1]);
-            const uint32_t a2 = deq(word, 2, sc[m][0], of[m][0]), a3 = deq(word, 3, sc[m][1], of[m][1]);
             asm volatile(
                 "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                 "{%0,%1,%2,%3};\n"
-                : "+f"(st.c[m][0]), "+f"(st.c[m][1]), "+f"(st.c[m][2]), "+f"(st.c[m][3])
-                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+                : "+f"(st.t[m][0]), "+f"(st.t[m][1]), "+f"(st.t[m][2]), "+f"(st.t[m][3])
+                : "r"(raw(word, 0)), "r"(raw(word, 1)), "r"(raw(word, 2)), "r"(raw(word, 3)), "r"(b0), "r"(b1));
           }
         }
+        const int c32 = (ch * C::TK + q * 64 + h * 32) >> 5;  // 32-column block within the K part
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          if (2 * t + e < NB) st.x[e] += xsum[(2 * t + e) * (C::KP / 32) + c32];
+        // A run ends at a scale-block boundary, and where this warp's next quad is not the adjacent one.
+        const int next = q * 64 + (h + 1) * 32;
+        if ((next & bmask) == 0 || (h == 1 && (C::WPR > 1 || q + C::WPR >= QUADS)))
+          fold<C>(st, pairs, slot, g, sps, (q * 64 + h * 32) >> src.lg);
       }
     }
   }
@@ -297,17 +373,20 @@ template <class C, class WF> struct Matvec {
   static constexpr int MAXT = (NT + NBLK - 1) / NBLK;
   static constexpr int XVEC = NB * KP / 8;
   static constexpr int RING_BYTES = C::ST * STAGE_VEC * 16;
-  // Stages issued ahead of the dependency wait: enough to cover a grid sync, no more, because a deep prefill
-  // queues behind the poll of the counter and delays the wake-up itself (seen in traces on the H100).
+  // Stages issued ahead of the dependency wait. cp.async (sm_80/89): enough to cover a grid sync, no more,
+  // because issuing a deep prefill 16 bytes a thread delays the wake-up itself (seen in traces on the H100).
+  // Bulk copies (sm_90) cost one instruction a run: the whole ring but the stage the loop refills first.
   static constexpr int PF_WANT = (PREFETCH_BYTES + STAGE_VEC * 16 - 1) / (STAGE_VEC * 16);
-  static constexpr int PF = PF_WANT < 1 ? 1 : (PF_WANT > C::ST - 1 ? C::ST - 1 : PF_WANT);
+  static constexpr int PF = MK_BULK ? C::ST - 1 : (PF_WANT < 1 ? 1 : (PF_WANT > C::ST - 1 ? C::ST - 1 : PF_WANT));
+  static constexpr int PF_GROUPS = MK_BULK ? 0 : PF;  // cp.async groups a prefill leaves pending
   static constexpr int XS_BYTES = XVEC * 16;
+  static constexpr int EXTRA_FLOATS = WF::template extra_floats<C>();  // the policy's per-part data (after xs)
   static constexpr int RED_FLOATS = (C::WPR > 1) ? NW * RPW * C::NMAT * NB : 0;
   static constexpr int ACC_FLOATS = (C::KS > 1) ? MAXT * C::TR * NB * C::NMAT : 0;
-  static constexpr int REGION_BYTES = XS_BYTES + 4 * (RED_FLOATS + ACC_FLOATS);
+  static constexpr int REGION_BYTES = XS_BYTES + 4 * (EXTRA_FLOATS + RED_FLOATS + ACC_FLOATS);
   static_assert(C::K % C::KS == 0 && KP % C::TK == 0 && C::TK % 8 == 0, "K, KS, TK must tile");
   static_assert(NW % C::WPR == 0 && C::TR % SLOTS == 0 && RPW >= 1, "TR must be a multiple of warps/WPR");
-  static_assert(C::ST >= 2, "at least two stages");
+  static_assert(C::ST >= 2 && C::ST <= MAX_RING, "two to MAX_RING stages");
 
   __device__ static __forceinline__ void tiles(int& t0, int& t1) {
     const int b = (blockIdx.x + C::ROT) % NBLK;
@@ -320,17 +399,38 @@ template <class C, class WF> struct Matvec {
     tl = r % nt;
     kp = r / nt;
   }
-  // first: threads below it issue nothing (warp 0 stays free to poll the dependency counter during a prefill)
+  // Stage s of the block's sequence into ring slot s % ST. cp.async: threads from `first` on issue 16 bytes
+  // each and commit one group per stage (empty past the end), so wait_group<ST-2> finds stage s complete.
+  // Bulk: warp 0 issues; slot i's mbarrier completes once per fill, its parity tracked in ring.phase.
   template <class SRC>
-  __device__ static __forceinline__ void issue(uint4* ring, int s, int t0, int nt, const SRC& src, int first = 0) {
+  __device__ static __forceinline__ void issue(Ring& ring, int s, int t0, int nt, const SRC& src, int first = 0) {
+#if MK_BULK
+    if (s < nt * C::KS * CP && threadIdx.x < 32) {
+      int kp, tl, ch;
+      decode(s, nt, kp, tl, ch);
+      WF::template issue_bulk<C>(ring.buf + (s % C::ST) * STAGE_VEC, ring.bar + s % C::ST, t0 + tl, kp, ch, src,
+                                 threadIdx.x);
+    }
+#else
     if (s < nt * C::KS * CP && (int)threadIdx.x >= first) {
       int kp, tl, ch;
       decode(s, nt, kp, tl, ch);
-      WF::template issue<C>(ring + (s % C::ST) * STAGE_VEC, t0 + tl, kp, ch, src, first);
+      WF::template issue<C>(ring.buf + (s % C::ST) * STAGE_VEC, t0 + tl, kp, ch, src, first);
     }
     cp_commit();
+#endif
   }
-  template <class SRC> __device__ static __forceinline__ void prefill(uint4* ring, const SRC& src) {
+  __device__ static __forceinline__ void wait(Ring& ring, int s) {
+#if MK_BULK
+    const int i = s % C::ST;
+    mbar_wait(ring.bar + i, (ring.phase >> i) & 1u);
+    ring.phase ^= 1u << i;
+#else
+    cp_wait<C::ST - 2>();
+#endif
+  }
+  // first: threads below it issue nothing (warp 0 stays free to poll the dependency counter during a prefill)
+  template <class SRC> __device__ static __forceinline__ void prefill(Ring& ring, const SRC& src) {
     int t0, t1;
     tiles(t0, t1);
 #pragma unroll 1
@@ -341,13 +441,14 @@ template <class C, class WF> struct Matvec {
   // stage(xs, kp): writes activation part kp and syncs.
   // epi(n, b, v[NMAT]): consumes a finished output element (called by exactly one thread per (n, b)).
   template <class SRC, class XS, class EPI>
-  __device__ static __forceinline__ void run(uint4* ring, unsigned char* region, const SRC& src, const XS& stage, EPI& epi) {
+  __device__ static __forceinline__ void run(Ring& ring, unsigned char* region, const SRC& src, const XS& stage, EPI& epi) {
     int t0, t1;
     tiles(t0, t1);
     const int nt = t1 - t0;
     const int ns = nt * C::KS * CP;
     uint4* xs = reinterpret_cast<uint4*>(region);
-    float* red = reinterpret_cast<float*>(region + XS_BYTES);
+    float* extra = reinterpret_cast<float*>(region + XS_BYTES);
+    float* red = extra + EXTRA_FLOATS;
     float* accs = red + RED_FLOATS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int slot = warp / C::WPR, wi = warp % C::WPR;
@@ -359,16 +460,22 @@ template <class C, class WF> struct Matvec {
     }
 #pragma unroll 1
     for (int s = PF; s < C::ST - 1; ++s) issue(ring, s, t0, nt, src);  // the stages prefill left out
-    if (ns > 0) stage(xs, 0);
+    if (ns > 0) {
+      stage(xs, 0);
+      WF::template after_stage<C>(xs, extra);
+    }
 #pragma unroll 1
     for (int s = 0; s < ns; ++s) {
-      cp_wait<C::ST - 2>();
+      wait(ring, s);
       __syncthreads();
       issue(ring, s + C::ST - 1, t0, nt, src);  // refills the stage everyone finished last iteration
       int kp, tl, ch;
       decode(s, nt, kp, tl, ch);
-      if (kp > 0 && tl == 0 && ch == 0) stage(xs, kp);
-      WF::template accumulate<C>(ring + (s % C::ST) * STAGE_VEC, xs, ch, slot, wi, lane, src, st);
+      if (kp > 0 && tl == 0 && ch == 0) {
+        stage(xs, kp);
+        WF::template after_stage<C>(xs, extra);
+      }
+      WF::template accumulate<C>(ring.buf + (s % C::ST) * STAGE_VEC, xs, ch, slot, wi, lane, src, st);
       if (ch == CP - 1) {
         float acc[RPW][C::NMAT][NB];
         st.rows(acc, lane);
@@ -376,7 +483,9 @@ template <class C, class WF> struct Matvec {
         st.clear();
       }
     }
+    #if !MK_BULK
     cp_wait<0>();
+#endif
     __syncthreads();
   }
 

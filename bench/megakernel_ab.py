@@ -1,0 +1,171 @@
+"""A/B of MegaKernel variants in one run on one card: each variant is the search's best plan under a constraint
+(INT4 kernel path, attention fields), checked against the torch reference and timed.
+
+    python bench/megakernel_ab.py [--shapes a,b] [--weights bf16,w4a16] [--variants SPEC] [--build-only]
+
+SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `copy=bulk` (sm_90 bulk copies),
+`slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none), and
+AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk` (an exact value, or `>=N` /
+`<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints.
+Correctness per variant: logits at contexts 1 and 1000 against the torch engine (bf16 weights: the bf16 torch
+path; INT4: the same QuantLinear modules in float32), relative error < megakernel_check.REL_TOL.
+Timing: ms per decode step at contexts ~140 and ~1000 (one launch per step, device-fed tokens, median of 5 x 100).
+Writes $OUT/megakernel_ab.json and .md. `--build-only` compiles the variants' kernels into the build cache and
+exits (run it where nvcc is, then carry the cache).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from egt.models import SHAPES  # noqa: E402
+from egt.megakernel.codegen import build  # noqa: E402
+from egt.megakernel.profiles import get_profile  # noqa: E402
+from egt.megakernel.schedule import MATVEC_OPS  # noqa: E402
+from egt.megakernel.schedule import MegaPlan, compression_label  # noqa: E402
+from egt.megakernel.search import PlanStore, search  # noqa: E402
+
+DEFAULT_VARIANTS = ("default;minc128:min_chunk=>=128;stored:stored=1;bulk:copy=bulk;"
+                    "tc:int4=tensor-core;tc-bulk:int4=tensor-core,copy=bulk")
+
+
+def parse_variants(spec: str) -> list[tuple[str, dict]]:
+    out = []
+    for item in filter(None, spec.split(";")):
+        name, _, rest = item.partition(":")
+        kv = dict(p.split("=", 1) for p in filter(None, rest.split(",")))
+        out.append((name, kv))
+    return out
+
+
+def _ok(value: int, cond: str) -> bool:
+    if cond.startswith(">="):
+        return value >= int(cond[2:])
+    if cond.startswith("<="):
+        return value <= int(cond[2:])
+    return value == int(cond)
+
+
+def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1):
+    """The best plan under the variant's constraints, or None when the variant does not apply (INT4 path on bf16)."""
+    weights = {k: "int4" for k in MATVEC_OPS} if weights_label == "w4a16" else {}
+    if "int4" in kv and not weights:
+        return None
+    group = shape.heads // shape.kv_heads
+    want = {k: (str(group) if k == "hpi" and kv[k] == "0" else kv[k])
+            for k in ("hpi", "splits", "sub", "min_chunk") if k in kv}
+
+    def accept(a) -> bool:
+        return all(_ok(a.heads_per_item(shape) if k == "hpi" else getattr(a, k), c) for k, c in want.items())
+
+    if kv.get("stored"):
+        probe = MegaPlan(model=shape, batch=batch, profile=prof.name, blocks=prof.sms,
+                         compression=compression_label(weights), weights=weights)
+        return PlanStore().get(probe.key())
+    plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"),
+                   attn_filter=accept, attn_slices=bool(kv.get("slices")), bulk_copy=kv.get("copy") == "bulk")
+    if not plans:
+        raise ValueError(f"no plan satisfies {kv}")
+    return plans[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--weights", default="bf16,w4a16")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS)
+    ap.add_argument("--profile", default=None, help="plan profile (default: this GPU; h100 with --build-only)")
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
+    a = ap.parse_args()
+    prof = get_profile(a.profile or ("h100" if a.build_only else None))
+    variants = parse_variants(a.variants)
+    jobs = []
+    for name in a.shapes.split(","):
+        for w in a.weights.split(","):
+            for vname, kv in variants:
+                p = variant_plan(SHAPES[name], w, kv, prof)
+                if p is not None:
+                    jobs.append((name, w, vname, kv, p))
+    t0 = time.time()
+    with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 2))) as ex:
+        list(ex.map(lambda j: build(j[4]), jobs))
+    print(f"built {len(jobs)} plans in {time.time() - t0:.0f} s", flush=True)
+    if a.build_only:
+        return
+
+    import torch
+
+    from bench.megakernel_check import REL_TOL, clone, compress_int4, prefill, ref_step, rel, weight_bytes
+    from bench.megakernel_search import time_decoder
+    from egt.megakernel.runtime import MegaKernelDecoder
+    from egt.models import random_model
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    out = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "command": "python bench/megakernel_ab.py " + " ".join(sys.argv[1:]), "rel_tol": REL_TOL, "rows": []}
+    current = None
+    for name, w, vname, kv, plan in jobs:
+        if current != (name, w):
+            model = random_model(name, device="cuda")
+            if w == "w4a16":
+                compress_int4(model)
+            ref_model = copy.deepcopy(model).float() if w == "w4a16" else model
+            nbytes = weight_bytes(model)
+            current = (name, w)
+        row = {"model": name, "weights": w, "variant": vname, "constraints": kv, "plan_hash": plan.plan_hash(),
+               "attn": vars(plan.attn), "ops": {k: vars(v) for k, v in plan.ops.items()}, "weight_bytes": nbytes,
+               "smem_peak": plan.smem.get("peak"), "plan": plan.to_dict()}
+        try:
+            dec = MegaKernelDecoder(model, batch=1, plan=plan)
+            errs = []
+            for ctx in (1, 1000):
+                cache = model.setup_cache(1, ctx + 8)
+                rcache = cache if ref_model is model else ref_model.setup_cache(1, ctx + 8)
+                if ctx > 1:
+                    toks = torch.randint(0, model.shape.vocab, (1, ctx - 1), device="cuda", generator=gen)
+                    prefill(model, cache, toks)
+                    if rcache is not cache:
+                        prefill(ref_model, rcache, toks)
+                tok = torch.randint(0, model.shape.vocab, (1,), device="cuda", generator=gen)
+                mk_cache = clone(cache)
+                ref = ref_step(ref_model, rcache, tok, ctx - 1)
+                _, lg = dec.step(tok, [ctx - 1], [0], ctx - 1, mk_cache)
+                errs.append(rel(lg, ref))
+                del cache, rcache, mk_cache
+            row["rel_err"] = errs
+            row["pass"] = all(e < REL_TOL for e in errs)
+            row["ms_ctx140"], _ = time_decoder(dec, model, 1, ctx=140)
+            row["ms_ctx1000"], _ = time_decoder(dec, model, 1, ctx=1000)
+            del dec
+        except Exception as e:  # one failing variant must not hide the others' figures
+            row["error"] = repr(e)[:500]
+            row["pass"] = False
+        print(f"{name:14s} {w:6s} {vname:16s} attn hpi={plan.attn.hpi} S={plan.attn.splits} minc={plan.attn.min_chunk} "
+              f"sub={plan.attn.sub} | rel {row.get('rel_err')} | ms@140 {row.get('ms_ctx140')} "
+              f"ms@1000 {row.get('ms_ctx1000')} {row.get('error', '')}", flush=True)
+        out["rows"].append(row)
+        torch.cuda.empty_cache()
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "megakernel_ab.json").write_text(json.dumps(out, indent=1))
+    lines = [f"# MegaKernel A/B ({out['device']}, {out['date']})", "", f"Command: `{out['command']}`", "",
+             "| model | weights | variant | attention (hpi/S/min_chunk/sub) | rel err ctx 1, 1000 | pass | ms ctx 140 | "
+             "ms ctx 1000 |", "|---|---|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        at = r["attn"]
+        errs = ", ".join(f"{e:.2e}" for e in r.get("rel_err", []))
+        lines.append(f"| {r['model']} | {r['weights']} | {r['variant']} | {at['hpi']}/{at['splits']}/{at['min_chunk']}/"
+                     f"{at['sub']} | {errs} | {r['pass']} | {r.get('ms_ctx140', r.get('error', ''))} | "
+                     f"{r.get('ms_ctx1000', '')} |")
+    (Path(a.out) / "megakernel_ab.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
