@@ -257,3 +257,12 @@ def test_cpu_dense_cache_follows_buffer_changes():
         y2 = m(x)
         torch.testing.assert_close(y2, x @ m.dequantize().T + lin.bias)
         assert not torch.allclose(y1, y2)
+
+
+def test_gemv_pdl_is_opt_in(monkeypatch):
+    """PDL measured no gain in the torch-graph decode step (bench/results/quant_kernels.notes.md): off unless asked."""
+    from egt import kernels
+    monkeypatch.delenv("EGT_GEMV_PDL", raising=False)
+    assert not kernels.default_pdl()
+    monkeypatch.setenv("EGT_GEMV_PDL", "1")
+    assert kernels.default_pdl()

@@ -208,6 +208,14 @@ def heuristic_config(out_f: int, kept: int, m: int, n: int, sms: int, group: int
 _cc: dict[int, bool] = {}
 
 
+def default_pdl() -> bool:
+    """Whether the model-facing wrappers (QuantLinear, the sparse modules) launch with PDL: only with
+    EGT_GEMV_PDL=1. Their weights are static buffers (the contract above holds), but in the torch-graph decode step
+    most GEMVs follow a torch kernel that never triggers its dependents, and PDL measured no gain there (H100,
+    llama-3.2-1b w4a16 1.838 vs 1.858 ms, qwen2.5-1.5b 3.514 vs 3.412 ms; bench/results/quant_kernels.notes.md)."""
+    return os.environ.get("EGT_GEMV_PDL", "0") == "1"
+
+
 def _pdl_ok(device: int) -> bool:
     """Programmatic dependent launch needs sm_90+ (the .cu compiles griddepcontrol only there)."""
     if device not in _cc:

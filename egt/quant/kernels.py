@@ -14,8 +14,9 @@ bench/results/quant_kernels.notes.md); the time went to nibble unpacking and int
 The CUDA kernel dequantizes two weights per LOP3 (magic-number trick; the group scale is applied once per 128
 columns in fp32 for groups >= 128, per weight pair with HSUB2 + HFMA2 for groups 32/64) and feeds mma.sync, which
 Triton cannot express (register-level byte permutes, fragment layouts).
-Measured (bench/results/quant_kernels.md, H200, 2026-11-27): M=1 60-66% of a same-size copy, 24-26% of the large
-copy bandwidth (goal 75%: missed; profile in the notes), 1.5-2.0x faster than fp16 cuBLAS; M=16 slower than cuBLAS.
+Programmatic dependent launch on sm_90 is opt-in (EGT_GEMV_PDL=1, `egt.kernels.default_pdl`).
+Measured (bench/results/quant_kernels.md, H100, 2026-11-27): M=1 31-35% of the copy bandwidth on the 1.5B shapes
+(63-69% of a same-size copy; goal 75%: missed), 1.8-1.9x faster than fp16 cuBLAS; M=16 slower than cuBLAS.
 """
 from __future__ import annotations
 
@@ -41,4 +42,4 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
         raise ValueError(f"x must be [M, {in_features}], got {tuple(x.shape)}")
     if x.shape[0] > MAX_M:
         raise ValueError(f"w4a16_matmul handles M <= {MAX_M}; got M={x.shape[0]}")
-    return _k.w4_gemv(x, qweight, None, scales, offsets, 4, group, config)
+    return _k.w4_gemv(x, qweight, None, scales, offsets, 4, group, config, pdl=_k.default_pdl())

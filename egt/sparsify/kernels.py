@@ -12,7 +12,8 @@ Contract:
 How (egt/kernels/w4_gemv.cu): the same streaming loop as the dense kernel; each group of 4 columns is expanded
 in registers from its kept values to 4 dense values with two byte permutes whose selectors come from a 16-entry
 table indexed by the group's 2-bit positions, then multiplied on the tensor cores with the unmodified activations.
-Only the packed bytes (4 bits per kept value + 2 bits of position) stream from DRAM.
+Only the packed bytes (4 bits per kept value + 2 bits of position) stream from DRAM. Programmatic dependent launch
+on sm_90 is opt-in (EGT_GEMV_PDL=1, `egt.kernels.default_pdl`).
 """
 from __future__ import annotations
 
@@ -35,4 +36,4 @@ def sparse_w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor
     """y [B, out] = x [B, in] @ W^T; see the module docstring."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= _k.MAX_M_SPARSE:
         raise ValueError(f"x must be [B, in] with 1 <= B <= {_k.MAX_M_SPARSE}, got {tuple(x.shape)}")
-    return _k.w4_gemv(x, qweight, indices, scales, offsets, n, group, config)
+    return _k.w4_gemv(x, qweight, indices, scales, offsets, n, group, config, pdl=_k.default_pdl())
