@@ -2,12 +2,12 @@
 //
 // Contract:
 // - Work items are (batch row b, kv head g, head slice h, split s). A head slice is HPI of the G query heads that
-//   share kv head g: slices multiply the blocks working on a short context (one block per kv head leaves most
-//   of the grid idle and runs G heads serially), at the price of each slice reading the group's K/V rows.
+//   share kv head g (a plan option: more blocks on a short context, each slice reading the group's K/V rows;
+//   measured slower on an H100, so plans default to one slice, HPI = G).
 //   Split s covers an equal share of the row's valid cache rows [attn_start[b], slot]. The number of splits S is
 //   fixed by the plan; the share is computed from the run-time context length, so the schedule is static while
 //   the context grows.
-// - An item loads its first sub-block of cached K/V rows with cp.async *before* waiting for the QKV projection:
+// - An item loads its first sub-block of cached K/V rows (cp.async or bulk) *before* waiting for the QKV projection:
 //   past keys and values do not depend on this step (Ada-MK's "earlier KV loads").
 // - Every item that covers the new row `slot` rotates the new key and uses key and value from shared memory (the
 //   cache row is never read back in the same launch); the one of head slice 0 writes them into the cache.
@@ -131,9 +131,9 @@ template <class C> struct Attention {
   // pre(): the next op's weight prefill (PEND cp.async groups). It is issued right after this block's first K/V
   // loads, so the first wait can leave those groups in flight instead of serialising attention behind them.
   template <int PEND, class PRE>
-  __device__ static void run(int l, Ring& ring, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out, float* part_o,
-                             float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done, unsigned E1,
-                             const float* inv_freq, int* ctl, const PRE& pre) {
+  __device__ static void run(int l, Ring& ring, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out,
+                             float* part_o, float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done,
+                             unsigned E1, const float* inv_freq, int* ctl, const PRE& pre) {
     int first = (int)((blockIdx.x + NBLK - (C::ROT % NBLK)) % NBLK);
     if (first >= ITEMS) {
       pre();

@@ -9,9 +9,11 @@
 // - The activation x (B x K) is staged in shared memory KS parts at a time ("K-split"): KS>1 cuts the
 //   activation footprint by KS at the cost of keeping per-row partial sums in shared memory.
 // - Reductions run in a fixed order, so the result does not depend on timing (bit-identical reruns).
-// - The weight format is the policy `WF` (an operand kind): how one stage is fetched (`issue`) and multiplied
-//   (`accumulate`). `DenseW` reads bf16/fp16 rows in place; `Q4W` reads the INT4 chunk layout of
-//   egt/megakernel/operands.py. The schedule, the ring and the epilogues are the same for every kind.
+// - The weight format is the policy `WF` (an operand kind): how one stage is fetched (`issue` with cp.async, or
+//   `issue_bulk` with sm_90 bulk copies when the plan asks for them) and multiplied (`accumulate`), plus any
+//   per-part activation data it needs (`extra_floats`, `after_stage`). `DenseW` reads bf16/fp16 rows in place;
+//   `Q4W` and `Q4TC` read the INT4 chunk layout of egt/megakernel/operands.py on CUDA cores / tensor cores. The
+//   schedule, the ring and the epilogues are the same for every kind.
 #pragma once
 #include "mk_common.cuh"
 
