@@ -129,6 +129,15 @@ def test_attention_head_slices_and_counters():
                                                                attn_filter=lambda a: a.hpi == 1))
 
 
+def test_cli_plan_shows_weight_kinds_copy_path_and_attention(capsys):
+    from egt.megakernel.cli import main
+    assert main(["plan", "--model", "llama-3.2-1b", "--weights", "w4a16"]) == 0
+    out = capsys.readouterr().out
+    # the stored H100 winner for llama w4a16 runs its INT4 ops on tensor cores (bench/results/megakernel/ab_h100.md)
+    assert "|w4a16|bf16|h100|b1" in out and "int4-tc" in out and "cp.async" in out
+    assert "query heads per item" in out
+
+
 def test_bulk_copy_is_a_plan_option_and_tensor_core_int4_counts_its_sums():
     from egt.megakernel.schedule import INT4, INT4_TC, MATVEC_OPS, matvec_page_bytes, matvec_ops
     s = SHAPES["smollm2-135m"]

@@ -13,6 +13,7 @@ from collections import Counter
 from ..models import SHAPES
 from .dag import build_dag, check_phases
 from .profiles import PROFILES
+from .schedule import INT4, MATVEC_OPS
 from .search import PlanStore, plan_for
 
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--profile", default="h100", choices=sorted(PROFILES))
+    p.add_argument("--weights", default="bf16", choices=("bf16", "w4a16"),
+                   help="w4a16: egt INT4 in every projection and the LM head (issue 9)")
     p.add_argument("--json", action="store_true")
     d = sub.add_parser("dag", help="task DAG summary of one decode step")
     d.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     shape = SHAPES[a.model]
     if a.cmd == "plan":
-        plan = plan_for(shape, a.batch, a.profile, store=PlanStore())
+        weights = {op: INT4 for op in MATVEC_OPS} if a.weights == "w4a16" else {}
+        plan = plan_for(shape, a.batch, a.profile, store=PlanStore(), weights=weights)
         rep = plan.smem_report()
         if a.json:
             print(json.dumps(plan.to_dict(), indent=1, sort_keys=True))
@@ -42,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grid {plan.blocks} blocks x {plan.threads} threads; predicted {plan.predicted_ms or float('nan'):.3f} ms")
         print(f"shared memory peak {rep['peak'] / 1024:.1f} KB (without K-split {rep['peak_without_ksplit'] / 1024:.1f} KB)"
               f" of {PROFILES[a.profile].smem_per_block / 1024:.0f} KB")
+        print(f"weights streamed with {'bulk copies (sm_90)' if plan.bulk_copy else 'cp.async'}")
+        kinds = plan.matvec_op_table()
         for name, s in plan.ops.items():
-            print(f"  {name:8s} TR={s.tr:<3d} TK={s.tk:<5d} stages={s.stages} K-split={s.ksplit} warps/row={s.wpr}")
-        print(f"  attention splits<={plan.attn.splits} (>= {plan.attn.min_chunk} rows each) sub-block {plan.attn.sub}")
+            print(f"  {name:8s} {kinds[name].weight_kind:10s} TR={s.tr:<3d} TK={s.tk:<5d} stages={s.stages} "
+                  f"K-split={s.ksplit} warps/row={s.wpr}")
+        print(f"  attention splits<={plan.attn.splits} (>= {plan.attn.min_chunk} rows each) sub-block {plan.attn.sub}, "
+              f"{plan.attn.heads_per_item(shape)} query heads per item")
         return 0
     dag = build_dag(shape, batch=a.batch, attn_splits=a.splits)
     ops = Counter(t.op for t in dag.tasks.values())
