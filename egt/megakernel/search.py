@@ -22,9 +22,9 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (INT4, INT4_TC, MAX_RING, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
-                       compression_label, is_dense, matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes,
-                       stage_bytes, static_smem_bytes, weight_bytes_per_elem)
+from .schedule import (INT4, INT4_TC, MAX_RING, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
+                       attn_page_bytes, ceil_div, compression_label, is_dense, matvec_check, matvec_ops,
+                       matvec_page_bytes, matvec_ring_bytes, stage_bytes, static_smem_bytes, weight_bytes_per_elem)
 
 NOMINAL_CONTEXT = 256  # context the attention term is costed at (short ad prompts + a few dozen generated tokens)
 FMA_PER_SM_PER_US = 128 * 1.6e3  # fp32 lanes x clock (MHz): FMA issue rate of one SM per microsecond
@@ -159,11 +159,10 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
 
 
 INT4_PATHS = ("cuda-core", "tensor-core", "auto")
-MAX_STAGES = MAX_RING
 
 
 def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
-    """Give every INT4 op a ring deep enough to hold the block's whole share of the op (up to MAX_STAGES), and
+    """Give every INT4 op a ring deep enough to hold the block's whole share of the op (up to MAX_RING), and
     prefetch all of it before the dependency wait, as far as shared memory allows.
 
     Why: an INT4 block share is only 9-125 KB, 4-5 stages of ~25 KB; with the cost model's 3-4 stages, too few
@@ -182,7 +181,7 @@ def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
             continue
         s = deep[name]
         share = ceil_div(ceil_div(op.n, s.tr), plan.blocks) * s.ksplit * (op.k // s.ksplit // s.tk)
-        for st in range(min(MAX_STAGES, share + 1), s.stages, -1):
+        for st in range(min(MAX_RING, share + 1), s.stages, -1):
             trial = MegaPlan(**{**plan.__dict__, "ops": {**deep, name: MatvecSchedule(s.tr, s.tk, st, s.ksplit,
                                                                                       s.wpr, s.rot)}})
             if not trial.check(smem_limit):
