@@ -70,7 +70,8 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1):
                          compression=compression_label(weights), weights=weights)
         return PlanStore().get(probe.key())
     plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"),
-                   attn_filter=accept, attn_slices=bool(kv.get("slices")), bulk_copy=kv.get("copy") == "bulk")
+                   attn_filter=accept, attn_slices=bool(kv.get("slices")) or kv.get("hpi", "0") != "0",
+                   bulk_copy=kv.get("copy") == "bulk")
     if not plans:
         raise ValueError(f"no plan satisfies {kv}")
     return plans[0]
