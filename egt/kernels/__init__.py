@@ -18,9 +18,10 @@ Contract:
   activation slice (`smem_bytes`) would pass SMEM_CAP.
 - `pdl=True` launches with programmatic dependent launch (sm_90+; ignored on older GPUs): the kernel may start
   while the previous kernel in the stream finishes, issuing its first weight loads early, and waits
-  (griddepcontrol.wait) before it reads x or writes y. Correct inside CUDA graphs (tests/test_w4_gemv.py). Contract: the weight tensors
-  must not have been written by the kernels since the last non-PDL kernel in the stream (static model weights are
-  fine; freshly computed ones need a normal launch or a sync in between).
+  (griddepcontrol.wait) before it reads x or writes y. Correct inside CUDA graphs (tests/test_w4_gemv.py).
+  Contract: the weight tensors must not have been written by the kernels since the last non-PDL kernel in the
+  stream (static model weights are fine; freshly computed ones need a normal launch or a sync in between). The
+  model-facing wrappers use it only with EGT_GEMV_PDL=1 (`default_pdl`).
 Build: `egt/kernels/w4_gemv.cu` -> a shared library cached under $EGT_CACHE (default ~/.cache/egt)/kernels, named by
 the sha256 of the source and the target list (sm_80 and sm_90 machine code; EGT_GEMV_ARCHS="80;90" to change),
 loaded with ctypes. Scratch (fp32 split-K partials and arrival counters) is kept per (device, stream), so two
