@@ -14,6 +14,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine)"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensor ops on the 2 shared cores: OpenMP threads spin-waiting against other processes ran 5-20x slower
+    than one thread. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def default_engine():
     """The embedded default model on CPU in float32 (loaded once per test session)."""

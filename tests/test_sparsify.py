@@ -10,13 +10,7 @@ from egt.sparsify import assign as A
 from egt.sparsify import pattern as P
 from egt.sparsify.modules import SparseLinear, SparseQuantLinear
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensor ops: OpenMP spin-waits on a shared 2-core machine made these tests ~20x slower with 2 threads.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 shapes = st.tuples(st.integers(1, 9), st.integers(1, 6).map(lambda k: 16 * k), st.sampled_from([1, 2]),

@@ -6,14 +6,7 @@ import torch
 
 from egt.verify import Catalog, CostModel, Targeter
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: two OpenMP threads fighting other processes run 5-10x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ENTRIES = ["Sports", "Running shoes", "Fitness and exercise", "Travel", "Cooking", "Video games", "Fashion",
            "Personal finance", "Pets", "Home and garden", "Cars", "Parenting"]

@@ -8,14 +8,7 @@ import torch
 from egt.models import ModelShape, build_model
 from egt.verify import CostModel, TokenTrie, TreeSearch, Trigger
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: two OpenMP threads fighting other processes run 5-10x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 END = 2
 VOCAB = 40
