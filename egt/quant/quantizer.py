@@ -56,9 +56,8 @@ def _grouped(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
     n = -(-in_f // g)
     pad = n * g - in_f
     wp = torch.nn.functional.pad(w, (0, pad)) if pad else w
-    valid = torch.ones(n * g, dtype=torch.bool, device=w.device)
-    if pad:
-        valid[in_f:] = False
+    # a comparison, not `valid[in_f:] = False`: that assignment copies a host scalar, which CUDA graph capture forbids
+    valid = torch.arange(n * g, device=w.device) < in_f
     return wp.reshape(out_f, n, g), valid.view(n, g)
 
 

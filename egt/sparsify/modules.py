@@ -109,7 +109,7 @@ class SparseQuantLinear(_SparseBase):
     def from_codes(cls, lp: LinearPlan, codes: QuantizedGroups, idx: torch.Tensor, in_features: int,
                    bias: torch.Tensor | None = None) -> "SparseQuantLinear":
         out_f = codes.q.shape[0]
-        m = cls(lp, out_f, in_features, bias is not None)
+        m = cls(lp, out_f, in_features, bias is not None).to(codes.q.device)  # where the codes are (CPU or GPU)
         if codes.q.shape != (out_f, m.kept) or codes.scale.shape != m.scales.shape:
             raise ValueError(f"codes {tuple(codes.q.shape)} / scales {tuple(codes.scale.shape)} do not match the plan")
         if (codes.offset is None) != lp.symmetric:

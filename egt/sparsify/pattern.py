@@ -169,7 +169,7 @@ def compact(w: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, 
     if not bool((counts == n).all()):
         raise ValueError(f"mask is not {n}:4: a group keeps {int(counts[counts != n][0])} values")
     # Positions of the kept entries in ascending order: sort (not-kept, position) keys.
-    pos = torch.arange(M).expand_as(g)
+    pos = torch.arange(M, device=g.device).expand_as(g)
     key = (~g).to(torch.int64) * M + pos
     idx = key.sort(-1).indices[..., :n]  # [out, groups, n]
     vals = torch.gather(w.reshape(out_f, in_f // M, M), -1, idx)
