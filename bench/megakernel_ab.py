@@ -5,8 +5,12 @@
 
 SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `copy=bulk` (sm_90 bulk copies),
 `slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none), and
-AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk` (an exact value, or `>=N` /
-`<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints.
+AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk`, `qk_lanes`, `fold` (an exact
+value, or `>=N` / `<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints;
+with `from=NAME` it is instead the plan of the earlier variant NAME (same shape and weights) with the given
+AttnSchedule fields set to exact values, everything else unchanged (a one-option A/B).
+`--trace NAMES` also runs a traced build of those variants (layer 2, context 140) and prints where the layer's
+time goes, as bench/megakernel_trace.py does.
 Correctness per variant: logits at contexts 1 and 1000 against the torch engine (bf16 weights: the bf16 torch
 path; INT4: the same QuantLinear modules in float32), relative error < megakernel_check.REL_TOL.
 Timing: ms per decode step at contexts ~140 and ~1000 (one launch per step, device-fed tokens, median of 5 x 100).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -30,7 +35,7 @@ from egt.megakernel.codegen import build  # noqa: E402
 from egt.megakernel.profiles import get_profile  # noqa: E402
 from egt.megakernel.schedule import MATVEC_OPS  # noqa: E402
 from egt.megakernel.schedule import MegaPlan, compression_label  # noqa: E402
-from egt.megakernel.search import PlanStore, search  # noqa: E402
+from egt.megakernel.search import PlanStore, predict_ms, search  # noqa: E402
 
 DEFAULT_VARIANTS = ("default;minc128:min_chunk=>=128;stored:stored=1;bulk:copy=bulk;"
                     "tc:int4=tensor-core;tc-bulk:int4=tensor-core,copy=bulk")
@@ -53,14 +58,30 @@ def _ok(value: int, cond: str) -> bool:
     return value == int(cond)
 
 
-def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1):
-    """The best plan under the variant's constraints, or None when the variant does not apply (INT4 path on bf16)."""
+ATTN_FIELDS = ("hpi", "splits", "sub", "min_chunk", "qk_lanes", "fold")
+
+
+def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earlier: dict | None = None):
+    """The best plan under the variant's constraints, or None when the variant does not apply (INT4 path on bf16).
+    earlier: variant name -> plan of this shape and weights, for `from=NAME`."""
     weights = {k: "int4" for k in MATVEC_OPS} if weights_label == "w4a16" else {}
     if "int4" in kv and not weights:
         return None
+    if "from" in kv:
+        src = (earlier or {}).get(kv["from"])
+        if src is None:
+            return None
+        attn = dataclasses.replace(src.attn, **{k: int(kv[k]) for k in ATTN_FIELDS if k in kv})
+        plan = MegaPlan(**{**src.__dict__, "attn": attn, "smem": {}, "predicted_ms": None, "measured_ms": None})
+        errs = plan.check(prof.smem_per_block)
+        if errs:
+            raise ValueError(f"{kv}: {errs}")
+        plan.predicted_ms = predict_ms(plan, prof)
+        plan.smem_report()
+        return plan
     group = shape.heads // shape.kv_heads
     want = {k: (str(group) if k == "hpi" and kv[k] == "0" else kv[k])
-            for k in ("hpi", "splits", "sub", "min_chunk") if k in kv}
+            for k in ATTN_FIELDS if k in kv}
 
     def accept(a) -> bool:
         return all(_ok(a.heads_per_item(shape) if k == "hpi" else getattr(a, k), c) for k, c in want.items())
@@ -77,6 +98,31 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1):
     return plans[0]
 
 
+TRACE_LAYER = 2
+
+
+def trace_points(model, plan, ctx: int = 140) -> list[str]:
+    """Earliest / median / latest block at each stamped point of layer TRACE_LAYER (bench/megakernel_trace.py)."""
+    from bench.megakernel_trace import POINTS  # stamp index -> name
+    from egt.megakernel.runtime import MegaKernelDecoder
+    dec = MegaKernelDecoder(model, batch=1, plan=plan, trace_layer=TRACE_LAYER)
+    cache = model.setup_cache(1, ctx + 64)
+    dec.set_inputs([1], [ctx], [0], ctx)
+    for _ in range(10):
+        dec.launch(cache, logits=False, advance=True)
+    dec.check()
+    t = dec.trace.cpu().double()
+    rel = (t - t[:, 0].min()) / 1e3
+    out = []
+    for i, pt in POINTS.items():
+        col = rel[t[:, i] > 0, i].sort().values
+        if len(col):
+            out.append(f"  {pt:18s} min {col[0]:7.2f}  med {col[len(col) // 2]:7.2f}  max {col[-1]:7.2f}  "
+                       f"({len(col)} blocks)")
+    del dec, cache
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default=",".join(SHAPES))
@@ -84,6 +130,7 @@ def main():
     ap.add_argument("--variants", default=DEFAULT_VARIANTS)
     ap.add_argument("--profile", default=None, help="plan profile (default: this GPU; h100 with --build-only)")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--trace", default="", help="variant names to also trace (layer 2, context 140)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     a = ap.parse_args()
     prof = get_profile(a.profile or ("h100" if a.build_only else None))
@@ -91,13 +138,17 @@ def main():
     jobs = []
     for name in a.shapes.split(","):
         for w in a.weights.split(","):
+            earlier = {}
             for vname, kv in variants:
-                p = variant_plan(SHAPES[name], w, kv, prof)
+                p = variant_plan(SHAPES[name], w, kv, prof, earlier=earlier)
                 if p is not None:
                     jobs.append((name, w, vname, kv, p))
+                    earlier[vname] = p
     t0 = time.time()
+    traced = set(filter(None, a.trace.split(",")))
+    builds = [(j[4], None) for j in jobs] + [(j[4], TRACE_LAYER) for j in jobs if j[2] in traced]
     with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 2))) as ex:
-        list(ex.map(lambda j: build(j[4]), jobs))
+        list(ex.map(lambda b: build(b[0], trace_layer=b[1]), builds))
     print(f"built {len(jobs)} plans in {time.time() - t0:.0f} s", flush=True)
     if a.build_only:
         return
@@ -146,24 +197,31 @@ def main():
             row["ms_ctx140"], _ = time_decoder(dec, model, 1, ctx=140)
             row["ms_ctx1000"], _ = time_decoder(dec, model, 1, ctx=1000)
             del dec
+            if vname in traced:
+                try:  # a failing trace does not fail the variant's checks and timings
+                    row["trace"] = trace_points(model, plan)
+                    print(f"== trace {name} {w} {vname} layer {TRACE_LAYER} ctx 140 (us from earliest qkv-wait start)")
+                    print("\n".join(row["trace"]), flush=True)
+                except Exception as e:
+                    row["trace_error"] = repr(e)[:300]
         except Exception as e:  # one failing variant must not hide the others' figures
             row["error"] = repr(e)[:500]
             row["pass"] = False
         print(f"{name:14s} {w:6s} {vname:16s} attn hpi={plan.attn.hpi} S={plan.attn.splits} minc={plan.attn.min_chunk} "
-              f"sub={plan.attn.sub} | rel {row.get('rel_err')} | ms@140 {row.get('ms_ctx140')} "
+              f"sub={plan.attn.sub} ql={plan.attn.qk_lanes} fold={plan.attn.fold} | rel {row.get('rel_err')} | ms@140 {row.get('ms_ctx140')} "
               f"ms@1000 {row.get('ms_ctx1000')} {row.get('error', '')}", flush=True)
         out["rows"].append(row)
         torch.cuda.empty_cache()
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "megakernel_ab.json").write_text(json.dumps(out, indent=1))
     lines = [f"# MegaKernel A/B ({out['device']}, {out['date']})", "", f"Command: `{out['command']}`", "",
-             "| model | weights | variant | attention (hpi/S/min_chunk/sub) | rel err ctx 1, 1000 | pass | ms ctx 140 | "
-             "ms ctx 1000 |", "|---|---|---|---|---|---|---|---|"]
+             "| model | weights | variant | attention (hpi/S/min_chunk/sub/qk_lanes/fold) | rel err ctx 1, 1000 | pass | "
+             "ms ctx 140 | ms ctx 1000 |", "|---|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
         at = r["attn"]
         errs = ", ".join(f"{e:.2e}" for e in r.get("rel_err", []))
         lines.append(f"| {r['model']} | {r['weights']} | {r['variant']} | {at['hpi']}/{at['splits']}/{at['min_chunk']}/"
-                     f"{at['sub']} | {errs} | {r['pass']} | {r.get('ms_ctx140', r.get('error', ''))} | "
+                     f"{at['sub']}/{at.get('qk_lanes', 1)}/{at.get('fold', 0)} | {errs} | {r['pass']} | {r.get('ms_ctx140', r.get('error', ''))} | "
                      f"{r.get('ms_ctx1000', '')} |")
     (Path(a.out) / "megakernel_ab.md").write_text("\n".join(lines) + "\n")
 

@@ -315,3 +315,50 @@ def test_int4_rings_deepen_within_shared_memory(monkeypatch):
     assert f"PREFETCH_BYTES = {deep.prefetch_kb * 1024}" in generate_source(deep)
     dense = search(SHAPES["smollm2-135m"], 1, "h100", max_plans=1)[0]
     assert dense.prefetch_kb == 48  # bf16 plans keep the traced default
+
+
+def test_attention_qk_lanes_and_fold_are_plan_options():
+    import dataclasses
+
+    from egt.megakernel.schedule import attn_check, attn_page_bytes
+    from egt.megakernel.search import _attn_options
+    s = SHAPES["smollm2-135m"]  # head_dim 64: 8 chunks of 16 bytes a row
+    base = AttnSchedule(8, 128, 0, 128)
+    assert (base.qk_lanes, base.fold) == (1, 0)  # old plans (JSON without the fields) keep the old code
+    assert attn_check(s, dataclasses.replace(base, qk_lanes=8), 256) is None
+    assert "q.k lanes" in attn_check(s, dataclasses.replace(base, qk_lanes=16), 256)
+    assert "q.k lanes" in attn_check(s, dataclasses.replace(base, qk_lanes=3), 256)
+    assert "fold" in attn_check(s, dataclasses.replace(base, fold=2), 256)
+    # neither option changes the attention page
+    assert attn_page_bytes(s, dataclasses.replace(base, qk_lanes=4, fold=1), 256) == attn_page_bytes(s, base, 256)
+    p = search(s, 1, "h100", max_plans=1, attn_filter=lambda a: a.fold == 1)[0]
+    p = MegaPlan(**{**p.__dict__, "attn": dataclasses.replace(p.attn, qk_lanes=4)})
+    assert (p.attn.qk_lanes, p.attn.fold) == (4, 1)
+    assert "ATT_QL = 4, ATT_FOLD = 1" in generate_source(p)
+    q = MegaPlan.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert q.attn == p.attn and q.plan_hash() == p.plan_hash()
+    assert MegaPlan(**{**p.__dict__, "attn": dataclasses.replace(p.attn, fold=0)}).plan_hash() != p.plan_hash()
+    # the search offers both combines, one lane a row (more measured no faster) and min_chunk >= 128
+    opts = list(_attn_options(s, 1, 256, 132, 227 * 1024))
+    assert {a.qk_lanes for a in opts} == {1} and {a.fold for a in opts} == {0, 1}
+    assert min(a.min_chunk for a in opts) == 128
+    # measured on H100/H200 (ab_h100.md runs 4, 5): the folded combine with min_chunk 128 is the default
+    for name in ("smollm2-135m", "llama-3.2-1b", "qwen2.5-1.5b"):
+        d = search(SHAPES[name], 1, "h100", max_plans=1)[0].attn
+        assert (d.fold, d.min_chunk, d.qk_lanes) == (1, 128, 1), name
+
+
+def test_ab_bench_variants_constrain_the_attention_options():
+    import importlib.util
+    from pathlib import Path
+
+    from egt.megakernel.profiles import get_profile
+    spec = importlib.util.spec_from_file_location("mk_ab", Path(__file__).parents[1] / "bench" / "megakernel_ab.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    (name, kv), (n2, kv2) = ab.parse_variants("f:fold=1,min_chunk=>=256;l4:from=f,qk_lanes=4,min_chunk=64,sub=64")
+    p = ab.variant_plan(SHAPES["qwen2.5-1.5b"], "bf16", kv, get_profile("h100"))
+    assert name == "f" and p.attn.fold == 1 and p.attn.min_chunk >= 256
+    # from=: the earlier variant's plan with exact attention fields (values the search does not offer too)
+    q = ab.variant_plan(SHAPES["qwen2.5-1.5b"], "bf16", kv2, get_profile("h100"), earlier={"f": p})
+    assert (q.attn.qk_lanes, q.attn.fold, q.attn.min_chunk, q.attn.sub) == (4, 1, 64, 64) and q.ops == p.ops

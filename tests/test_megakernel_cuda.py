@@ -154,3 +154,84 @@ def test_a_dependency_that_never_arrives_becomes_an_error(model):
         dec.step([1], [0], [0], 0, cache)
     nxt, logits = dec.step([1], [0], [0], 0, cache)
     assert torch.isfinite(logits).all() and int(nxt[0]) == int(logits[0].argmax())
+
+
+# ---- attention plan options (issue 6): q.k lanes per cache row, split combine folded into the O staging ----------
+ATTN_OPTIONS = {"lanes4-fold-minc32": {"qk_lanes": 4, "fold": 1, "min_chunk": 32},
+                "fold-minc64": {"qk_lanes": 1, "fold": 1, "min_chunk": 64},
+                "lanes8": {"qk_lanes": 8, "fold": 0}}
+
+
+def _attn_plan(model, want: dict):
+    """The search's best h100 plan (h100 so a prebuilt library is found) with the wanted attention fields set."""
+    import dataclasses
+
+    from egt.megakernel.runtime import weight_kinds
+    from egt.megakernel.schedule import MegaPlan
+    from egt.megakernel.search import search
+    p = search(model.shape, 1, "h100", weights=weight_kinds(model, model.dtype), max_plans=1)[0]
+    return MegaPlan(**{**p.__dict__, "attn": dataclasses.replace(p.attn, **want)})
+
+
+@pytest.fixture(scope="module", params=sorted(ATTN_OPTIONS))
+def attn_decoder(model, request):
+    from egt.megakernel.runtime import MegaKernelDecoder
+    if model.egt_test_variant in ("w4a16-tc", "w4a16-mix"):
+        pytest.skip("the attention code is the same as w4a16's")
+    return MegaKernelDecoder(model, batch=1, plan=_attn_plan(model, ATTN_OPTIONS[request.param]))
+
+
+def _prefilled(model, reference, ctx, max_len, seed):
+    from egt.transformer import KVCache
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    V = model.shape.vocab
+    cache, rcache = _caches(model, reference, max_len)
+    if ctx > 1:
+        s = torch.arange(ctx - 1, device="cuda")
+        toks = torch.randint(0, V, (1, ctx - 1), device="cuda", generator=g)
+        model(toks, s.view(1, -1), s, cache)
+        if rcache is not cache:
+            reference(toks, s.view(1, -1), s, rcache)
+    mk = KVCache(cache.k.clone(), cache.v.clone())
+    mk.k[:, :, :, ctx - 1:] = float("nan")  # poison: the new row must come from this step, later rows unread
+    mk.v[:, :, :, ctx - 1:] = float("nan")
+    return mk, rcache, torch.randint(0, V, (1,), device="cuda", generator=g)
+
+
+@pytest.mark.parametrize("ctx", [1, 64, 300, 1000])
+@torch.inference_mode()
+def test_attention_options_match_reference(model, reference, attn_decoder, ctx):
+    """At 1000 rows min_chunk 32 runs all 32 splits, at 300 ten: the folded combine sees 1, 2, 10 and 32 partials."""
+    from egt.transformer import KVCache
+    mk, rcache, tok = _prefilled(model, reference, ctx, 1024, ctx + 7)
+    ref = _ref_step(reference, rcache, tok, ctx - 1)
+    nxt, logits = attn_decoder.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))
+    assert torch.isfinite(logits).all()
+    assert _rel(logits, ref) < REL_TOL
+    assert int(nxt[0]) == int(logits[0].argmax())
+    again = [attn_decoder.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()
+             for _ in range(2)]
+    assert torch.equal(again[0], logits) and torch.equal(again[1], logits)  # a changing result is a race
+
+
+@torch.inference_mode()
+def test_folded_combine_is_bit_identical_to_the_last_arriver_combine(model, reference):
+    """The same schedule with fold on and off: the O staging's combine uses the last arriver's split order and
+    arithmetic, so the logits must be equal bit for bit (contexts with 1, 4, 10 and 32 splits in use: the
+    all-loads-at-once path up to 4 splits, the two-pass one above)."""
+    import dataclasses
+
+    from egt.megakernel.runtime import MegaKernelDecoder
+    from egt.megakernel.schedule import MegaPlan
+    from egt.transformer import KVCache
+    if model.egt_test_variant in ("w4a16-tc", "w4a16-mix"):
+        pytest.skip("the attention code is the same as w4a16's")
+    folded = _attn_plan(model, {"qk_lanes": 4, "fold": 1, "min_chunk": 32})
+    plain = MegaPlan(**{**folded.__dict__, "attn": dataclasses.replace(folded.attn, fold=0)})
+    assert plain.plan_hash() != folded.plan_hash()
+    da, db = MegaKernelDecoder(model, batch=1, plan=folded), MegaKernelDecoder(model, batch=1, plan=plain)
+    for ctx in (1, 100, 300, 1000):
+        mk, rcache, tok = _prefilled(model, reference, ctx, 1024, ctx)
+        la = da.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()
+        lb = db.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()
+        assert torch.isfinite(la).all() and torch.equal(la, lb), ctx

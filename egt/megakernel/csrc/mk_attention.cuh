@@ -12,7 +12,13 @@
 // - Every item that covers the new row `slot` rotates the new key and uses key and value from shared memory (the
 //   cache row is never read back in the same launch); the one of head slice 0 writes them into the cache.
 // - With S > 1, the last item of (b, g, h) to finish (arrival counter) combines the S partial softmax states in
-//   fixed split order, so the combine is deterministic.
+//   fixed split order, so the combine is deterministic. FOLD (a plan option) drops that step: every item arrives
+//   on att_done as soon as its partial (m, l, o) is written, and each O-projection block combines the partials of
+//   the columns it stages (`OStage`, same split order and arithmetic, so the same bf16 input), which takes one
+//   atomic, one wait and two dependent L2 round trips off the critical path. Measured faster on every shape
+//   (H100/H200, bench/results/megakernel/ab_h100.md runs 4-6); the search's default.
+// - q.k: QL lanes (a plan option, 1 = one thread per cache row) share a cache row, each a 1/QL slice of the
+//   head dimension, summed with a butterfly of shuffles. Measured equal or slower (run 4), so plans keep QL = 1.
 // - Numerics follow the torch reference: q and k are rotated with bf16/fp16-rounded cos/sin and rounded after
 //   each product and the sum; softmax and the weighted sum of V run in float32.
 #pragma once
@@ -20,8 +26,11 @@
 
 namespace egt {
 
-template <int NH_, int NKV_, int HD_, int S_, int SUB_, int ROT_, int MINC_, int HPI_> struct AttnCfg {
+template <int NH_, int NKV_, int HD_, int S_, int SUB_, int ROT_, int MINC_, int HPI_, int QL_ = 1, int FOLD_ = 0>
+struct AttnCfg {
   static constexpr int NH = NH_, NKV = NKV_, HD = HD_, S = S_, SUB = SUB_, ROT = ROT_, MINC = MINC_, HPI = HPI_;
+  static constexpr int QL = QL_;        // lanes per cache row in q.k
+  static constexpr bool FOLD = FOLD_;   // the split combine runs in the O projection's staging
 };
 
 template <class C> struct Attention {
@@ -34,6 +43,7 @@ template <class C> struct Attention {
   static constexpr int TG = NTHR / HP;          // position groups in P.V
   static constexpr int KROW = HD + 8;           // padded row (16 bytes) keeps per-thread row reads conflict-free
   static constexpr int ITEMS = PAIRS * C::S;
+  static constexpr int DONE = C::FOLD ? ITEMS : PAIRS;  // att_done arrivals per launch: items, or combined pairs
   static constexpr int NQKV = (C::NH + 2 * C::NKV) * HD;
   // shared-memory layout of the attention page (aliases the matvec activation page)
   static constexpr int OFF_Q = 0;                                  // float [G][HD]
@@ -48,6 +58,8 @@ template <class C> struct Attention {
   static_assert(NTHR % HP == 0 && C::NH % C::NKV == 0 && GQ % G == 0 && HD % 8 == 0 && G <= NTHR / 32,
                 "attention layout");
   static_assert(C::SUB <= NTHR, "one thread per position in a sub-block");
+  static_assert(C::QL >= 1 && C::QL <= 32 && (C::QL & (C::QL - 1)) == 0 && (HD / 8) % C::QL == 0,
+                "q.k lanes: a power of two dividing the row's 16-byte chunks");
   static_assert(4 * TG * G * HD >= 2 * (G + 2) * HD, "the reduction area holds the raw q/k/v rows");
 
   // K/V rows [t0, t0 + cnt) but the new row `slot` into the page. Bulk (sm_90): warp 0 issues one copy a row on
@@ -127,6 +139,109 @@ template <class C> struct Attention {
     }
   }
 
+  // The O projection's activation stager (Matvec's stage(xs, kp)): part kp of the K = NH * HD attention output of
+  // every batch row. FOLD: rows whose context ran in one split read the written output; the others combine their
+  // se partial states here, in split order with the arithmetic of combine(), so each O block gets the same bf16
+  // input the last-arriver path would have written. Without FOLD it only copies the written output. The split
+  // count of each row is read at construction, before the caller waits on att_done, to keep that load off the
+  // critical path.
+  template <int KS> struct OStage {
+    static constexpr int K = C::NH * HD, KP = K / KS, VP = KP / 8;
+    // up to RJ splits: all loads in registers at once (10 floats a split; 2 under the 128-register cap of 512
+    // threads, where 4 spilled)
+    static constexpr int RJ = NTHR > 256 ? 2 : 4;
+    // split j's share of the combine, the arithmetic of combine() (so fold on and off give the same bits)
+    __device__ static __forceinline__ void accumulate(float2 ml, float4 oa, float4 ob, float M, float& L,
+                                                      float (&O)[8]) {
+      const float w = (ml.x == -INFINITY) ? 0.f : expf(ml.x - M);
+      L += w * ml.y;
+      O[0] += w * oa.x;
+      O[1] += w * oa.y;
+      O[2] += w * oa.z;
+      O[3] += w * oa.w;
+      O[4] += w * ob.x;
+      O[5] += w * ob.y;
+      O[6] += w * ob.z;
+      O[7] += w * ob.w;
+    }
+    static_assert(K % KS == 0 && KP % 8 == 0 && HD % 8 == 0, "O staging parts");
+    const mk_t* att;
+    const float* part_o;
+    const float* part_ml;
+    int se[NB];
+    __device__ OStage(const mk_t* a, const float* po, const float* pml, const Params& p)
+        : att(a), part_o(po), part_ml(pml) {
+#pragma unroll
+      for (int b = 0; b < NB; ++b) se[b] = 1;
+      if constexpr (C::FOLD && C::S > 1) {
+        const int len = __ldcg(p.slot) + 1;
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          const int n = len - __ldcg(p.attn_start + b);
+          se[b] = max(1, min(C::S, (n + C::MINC - 1) / C::MINC));
+        }
+      }
+    }
+    __device__ void operator()(uint4* xs, int kp) const {
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        if (se[b] == 1) {
+          const uint4* src = reinterpret_cast<const uint4*>(att + (long long)b * K + kp * KP);
+          for (int c = threadIdx.x; c < VP; c += NTHR) xs[b * VP + c] = __ldcg(src + c);
+          continue;
+        }
+        const int nse = se[b];
+        for (int c = threadIdx.x; c < VP; c += NTHR) {
+          const int e0 = kp * KP + c * 8;  // first of 8 columns: query head h, dimensions d0 .. d0 + 7
+          const int h = e0 / HD, d0 = e0 - h * HD;
+          const int g = h / GQ, r = h - g * GQ, hsl = r / G, gh = r - hsl * G;
+          const long long cb = (((long long)b * C::NKV + g) * HS + hsl) * C::S * G + gh;  // + j * G: split j
+          float M = -INFINITY, L = 0.f, O[8];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) O[e] = 0.f;
+          if (nse <= RJ) {
+            // every load of the combine issued at once: one L2 round trip (this runs on the critical path)
+            float2 ml[RJ];
+            float4 oa[RJ], ob[RJ];
+#pragma unroll
+            for (int j = 0; j < RJ; ++j) {
+              if (j < nse) {
+                ml[j] = __ldcg(reinterpret_cast<const float2*>(part_ml + (cb + j * G) * 2));
+                const float4* po = reinterpret_cast<const float4*>(part_o + (cb + j * G) * HD + d0);
+                oa[j] = __ldcg(po);
+                ob[j] = __ldcg(po + 1);
+              }
+            }
+#pragma unroll
+            for (int j = 0; j < RJ; ++j)
+              if (j < nse) M = fmaxf(M, ml[j].x);
+#pragma unroll
+            for (int j = 0; j < RJ; ++j)
+              if (j < nse) accumulate(ml[j], oa[j], ob[j], M, L, O);
+          } else {
+#pragma unroll 8
+            for (int j = 0; j < nse; ++j) M = fmaxf(M, __ldcg(part_ml + (cb + j * G) * 2));
+#pragma unroll 4
+            for (int j = 0; j < nse; ++j) {
+              const float2 ml = __ldcg(reinterpret_cast<const float2*>(part_ml + (cb + j * G) * 2));
+              const float4* po = reinterpret_cast<const float4*>(part_o + (cb + j * G) * HD + d0);
+              accumulate(ml, __ldcg(po), __ldcg(po + 1), M, L, O);
+            }
+          }
+          uint32_t wd[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const mk_t lo = from_f<mk_t>(O[2 * i] / L), hi = from_f<mk_t>(O[2 * i + 1] / L);
+            wd[i] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&lo)) |
+                    ((uint32_t)(*reinterpret_cast<const unsigned short*>(&hi)) << 16);
+          }
+          xs[b * VP + c] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+        }
+      }
+      __syncthreads();
+    }
+  };
+
   // Runs this block's items for layer l. Returns after the block's last item; the caller waits on att_done.
   // pre(): the next op's weight prefill (PEND cp.async groups). It is issued right after this block's first K/V
   // loads, so the first wait can leave those groups in flight instead of serialising attention behind them.
@@ -177,7 +292,9 @@ template <class C> struct Attention {
           pre();
           pre_done = true;
         }
-        if constexpr (C::S > 1) {
+        if constexpr (C::FOLD) {
+          block_arrive(att_done);  // every item counts once; the O staging reads only the se splits in use
+        } else if constexpr (C::S > 1) {
           __syncthreads();
           if (tid == 0) {
             const unsigned old = atom_add_acq_rel(arrive + pr, 1u);
@@ -249,29 +366,79 @@ template <class C> struct Attention {
         __syncthreads();
         if (first_wait) MK_STAMP(13);
         first_wait = false;
-        for (int q = tid; q < cs; q += NTHR) {
-          const int t = sb + q;
-          float dot[G];
+        if constexpr (C::QL == 1) {
+          for (int q = tid; q < cs; q += NTHR) {
+            const int t = sb + q;
+            float dot[G];
 #pragma unroll
-          for (int gh = 0; gh < G; ++gh) dot[gh] = 0.f;
+            for (int gh = 0; gh < G; ++gh) dot[gh] = 0.f;
 #pragma unroll 4
-          for (int c = 0; c < HD / 8; ++c) {
-            float kf[8];
-            if (t == slot) {
+            for (int c = 0; c < HD / 8; ++c) {
+              float kf[8];
+              if (t == slot) {
 #pragma unroll
-              for (int e = 0; e < 8; ++e) kf[e] = kn[c * 8 + e];
-            } else {
-              unpack8<mk_t>(*reinterpret_cast<const uint4*>(ks + q * KROW + c * 8), kf);
+                for (int e = 0; e < 8; ++e) kf[e] = kn[c * 8 + e];
+              } else {
+                unpack8<mk_t>(*reinterpret_cast<const uint4*>(ks + q * KROW + c * 8), kf);
+              }
+#pragma unroll
+              for (int gh = 0; gh < G; ++gh)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) dot[gh] = fmaf(qs[gh * HD + c * 8 + e], kf[e], dot[gh]);
+            }
+#pragma unroll
+            for (int gh = 0; gh < G; ++gh) sc[gh * C::SUB + q] = dot[gh];
+          }
+        } else {
+          // QL lanes a row: lane ql takes chunks ql, ql + QL, ... so the QL lanes of a row read adjacent 16-byte
+          // chunks; the pass loop is uniform over the block, so every lane of a warp reaches the shuffles.
+          constexpr int QL = C::QL, RPP = NTHR / QL, CPL = HD / 8 / QL;
+          const int ql = tid % QL, qr = tid / QL;
+#pragma unroll 1
+          for (int q0 = 0; q0 < cs; q0 += RPP) {
+            const int q = q0 + qr;
+            const int t = sb + q;
+            float dot[G];
+#pragma unroll
+            for (int gh = 0; gh < G; ++gh) dot[gh] = 0.f;
+            if (q < cs) {
+#pragma unroll
+              for (int c = 0; c < CPL; ++c) {
+                const int ch = c * QL + ql;
+                float kf[8];
+                if (t == slot) {
+#pragma unroll
+                  for (int e = 0; e < 8; ++e) kf[e] = kn[ch * 8 + e];
+                } else {
+                  unpack8<mk_t>(*reinterpret_cast<const uint4*>(ks + q * KROW + ch * 8), kf);
+                }
+#pragma unroll
+                for (int gh = 0; gh < G; ++gh) {
+                  const float4 qa = *reinterpret_cast<const float4*>(qs + gh * HD + ch * 8);
+                  const float4 qb = *reinterpret_cast<const float4*>(qs + gh * HD + ch * 8 + 4);
+                  dot[gh] = fmaf(qa.x, kf[0], dot[gh]);
+                  dot[gh] = fmaf(qa.y, kf[1], dot[gh]);
+                  dot[gh] = fmaf(qa.z, kf[2], dot[gh]);
+                  dot[gh] = fmaf(qa.w, kf[3], dot[gh]);
+                  dot[gh] = fmaf(qb.x, kf[4], dot[gh]);
+                  dot[gh] = fmaf(qb.y, kf[5], dot[gh]);
+                  dot[gh] = fmaf(qb.z, kf[6], dot[gh]);
+                  dot[gh] = fmaf(qb.w, kf[7], dot[gh]);
+                }
+              }
             }
 #pragma unroll
             for (int gh = 0; gh < G; ++gh)
 #pragma unroll
-              for (int e = 0; e < 8; ++e) dot[gh] = fmaf(qs[gh * HD + c * 8 + e], kf[e], dot[gh]);
-          }
+              for (int o = QL / 2; o > 0; o >>= 1) dot[gh] += __shfl_xor_sync(0xffffffffu, dot[gh], o);
+            if (q < cs && ql == 0) {
 #pragma unroll
-          for (int gh = 0; gh < G; ++gh) sc[gh * C::SUB + q] = dot[gh];
+              for (int gh = 0; gh < G; ++gh) sc[gh * C::SUB + q] = dot[gh];
+            }
+          }
         }
         __syncthreads();
+        if (item == first && sb == t0) MK_STAMP(16);
         if (warp < G) {
           const int gh = warp;
           float mx = -INFINITY;
@@ -295,6 +462,7 @@ template <class C> struct Attention {
           }
         }
         __syncthreads();
+        if (item == first && sb == t0) MK_STAMP(17);
 #pragma unroll
         for (int gh = 0; gh < G; ++gh) {
           const float a = alpha[gh];
@@ -344,9 +512,9 @@ template <class C> struct Attention {
           }
         }
       }
-      if (se == 1) {
-        block_arrive(att_done);
-        if constexpr (C::S > 1) {
+      if (se == 1 || C::FOLD) {
+        block_arrive(att_done);  // FOLD: the partial is written; the O staging combines
+        if constexpr (C::S > 1 && !C::FOLD) {
           if (tid == 0) atomicAdd(arrive + pr, 1u);  // keep the pair's arrival count per launch at S
         }
       } else {
