@@ -4,6 +4,8 @@ import json
 import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egt.megakernel.codegen import generate_source, scratch_layout
 from egt.megakernel.dag import build_dag, check_phases
@@ -107,6 +109,11 @@ def test_generated_source_bakes_the_schedule():
     bad = MegaPlan(**{**p.__dict__, "ops": {**p.ops, "o": MatvecSchedule(7, 100, 1, 1, 1, 0)}})
     with pytest.raises(ValueError):
         generate_source(bad)
+    # compact code (rolled once-per-op loops) is the default and a part of the plan's identity
+    assert "#define EGT_MK_COMPACT 1" in src
+    loose = MegaPlan(**{**p.__dict__, "compact_code": False})
+    assert "EGT_MK_COMPACT" not in generate_source(loose) and loose.plan_hash() != p.plan_hash()
+    assert MegaPlan.from_dict(json.loads(json.dumps(loose.to_dict()))).compact_code is False
 
 
 def test_attention_head_slices_and_counters():
@@ -263,6 +270,97 @@ def test_weight_kinds_of_a_compressed_model():
     set_module(m, "layers.0.mlp.down_proj", QuantLinear.from_linear(
         torch.nn.Linear(first.in_features, first.out_features), LinearPlan(bits=8, group_size=32, symmetric=False)))
     with pytest.raises(MegaKernelError, match="down"):
+        weight_kinds(m, torch.bfloat16)
+
+
+def _sql(n, k, pattern, group, sym, seed):
+    import torch
+
+    from egt.plan import LinearPlan
+    from egt.sparsify.modules import SparseLinear
+    from egt.sparsify.pattern import magnitude_mask, n_of
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    sp = SparseLinear.from_dense(LinearPlan(sparsity=pattern), w, magnitude_mask(w, n_of(pattern)))
+    return sp.quantize_kept(LinearPlan(bits=4, group_size=group, symmetric=sym, sparsity=pattern))
+
+
+@settings(max_examples=25, deadline=None)
+@given(pattern=st.sampled_from(["2:4", "1:4"]), nmat=st.sampled_from([1, 2]), tr=st.sampled_from([8, 16, 32]),
+       tk=st.sampled_from([32, 64, 128, 192]), ks=st.sampled_from([1, 2]),
+       groups=st.lists(st.sampled_from([32, 64, 128, -1]), min_size=1, max_size=3),
+       rows=st.integers(1, 3), sym=st.booleans(), seed=st.integers(0, 10**6))
+def test_sparse_int4_chunks_round_trip(pattern, nmat, tr, tk, ks, groups, rows, sym, seed):
+    """Sparse INT4 chunks (kind int4-nm) encode exactly the dense weights the SparseQuantLinear modules multiply
+    by, for both patterns, fused matrices, ragged row tiles, K-splits and mixed kept-group sizes."""
+    import torch
+
+    from egt.megakernel.operands import nm_chunks, nm_dequant
+    k = tk * ks * 2
+    groups = groups if nmat == 1 else groups[:1] * 2
+    mods = [_sql(8 * rows + 3 * i, k, pattern, grp, sym, seed + i) for i, grp in enumerate(groups)]
+    if nmat == 2:
+        mods = [mods[0], _sql(mods[0].out_features, k, pattern, groups[1], not sym, seed + 7)]
+    mats = [mods] if nmat == 1 else [[m] for m in mods]
+    try:
+        chunks, lg, n = nm_chunks(mats, tr, tk, ks)
+    except ValueError as e:  # refused only for a scale block below one 8-value word
+        assert "whole 8-value words" in str(e)
+        return
+    assert n == int(pattern[0]) and (1 << lg) >= 8 and (tk * n // 4) % (1 << lg) == 0
+    rows_n = sum(m.out_features for m in mats[0])
+    got = nm_dequant(chunks, lg, n, rows_n, k, nmat, tr, tk, ks)
+    want = torch.stack([torch.cat([m.dense_weight().float() for m in part]) for part in mats])
+    assert torch.equal(got, want)
+    # the same stride as dense INT4 chunks: the ring and the smem model serve every kind of the op
+    from egt.megakernel.schedule import q4_chunk_vecs
+    assert chunks.shape[1] * 4 == 16 * sum(q4_chunk_vecs(nmat, tr, tk))
+
+
+def test_sparse_int4_kind_refuses_mixed_patterns_in_one_op():
+    from egt.megakernel.operands import nm_chunks
+    with pytest.raises(ValueError, match="one pattern per op"):
+        nm_chunks([[_sql(8, 256, "2:4", 32, False, 0), _sql(8, 256, "1:4", 32, False, 1)]], 16, 64, 1)
+
+
+def test_sparse_int4_kind_in_a_mixed_model_plan_and_codegen():
+    """A model mixing dense INT4, 2:4 and 1:4 layers: one int4-nm kind per layer op (dense layers are N = 4), an
+    INT4 LM head, a plan whose smem model counts the padded activation copy, and a source with the S4W policy."""
+    import torch
+
+    from egt.megakernel.runtime import MegaKernelError, weight_kinds
+    from egt.megakernel.schedule import INT4_NM, matvec_page_bytes
+    from egt.modules import set_module
+    from egt.models import ModelShape, build_model
+    from egt.plan import LinearPlan
+    from egt.quant.linear import QuantLinear
+    shape = ModelShape("t", hidden=128, intermediate=256, layers=3, heads=4, kv_heads=2, head_dim=32, vocab=100)
+    m = build_model(shape)
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.normal_(0, 0.02)
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, torch.nn.Linear):
+            layer = -1 if name == "lm_head" else int(name.split(".")[1])
+            if layer in (-1, 0):
+                set_module(m, name, QuantLinear.from_linear(mod, LinearPlan(bits=4, group_size=32)))
+            else:
+                set_module(m, name, _sql(mod.out_features, mod.in_features, "2:4" if layer == 1 else "1:4", 32,
+                                         False, layer))
+    m = m.to(torch.bfloat16)
+    kinds = weight_kinds(m, torch.bfloat16)
+    assert kinds == {"qkv": INT4_NM, "o": INT4_NM, "gateup": INT4_NM, "down": INT4_NM, "lm_head": "int4"}
+    p = search(shape, 1, "h100", weights=kinds, max_plans=1)[0]
+    src = generate_source(p)
+    assert "using WGU = S4W<mk_t>;" in src and "constexpr bool S4_QKV = true" in src and "using WLM = Q4W<mk_t>;" in src
+    op = p.matvec_op_table()["down"]
+    s = p.ops["down"]
+    dense_int4 = matvec_page_bytes(type(op)(op.name, op.n, op.k, op.nmat, "int4"), s, 1, p.threads, p.blocks)
+    assert matvec_page_bytes(op, s, 1, p.threads, p.blocks) - dense_int4 == 4 * (op.k // s.ksplit) * 17 // 16
+    # a sparse LM head is not a MegaKernel kind
+    set_module(m, "lm_head", _sql(100, 128, "2:4", 32, False, 9))
+    with pytest.raises(MegaKernelError, match="lm_head"):
         weight_kinds(m, torch.bfloat16)
 
 

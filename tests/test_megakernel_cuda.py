@@ -10,14 +10,21 @@ pytestmark = [pytest.mark.cuda,
 REL_TOL = 3e-2  # see bench/megakernel_check.py: the bf16 torch reference itself is ~1.7e-2 from float32
 
 
-@pytest.fixture(scope="module", params=["bf16", "w4a16", "w4a16-tc"])
+@pytest.fixture(scope="module", params=["bf16", "w4a16", "w4a16-tc", "w4a16-mix"])
 def model(request):
     """bf16 weights, and egt INT4 of every projection and the LM head (issue 9: the MegaKernel reads the packed
-    codes itself; the reference is the torch engine running the same QuantLinear modules)."""
+    codes itself; the reference is the torch engine running the same QuantLinear modules); w4a16-mix: layers of
+    dense INT4, 2:4 and 1:4 sparse INT4 in one model (bench/megakernel_check.py `compress`)."""
     from egt.models import random_model
     m = random_model("smollm2-135m", device="cuda", seed=3)
     m.egt_test_variant = request.param
-    if request.param.startswith("w4a16"):
+    if request.param == "w4a16-mix":
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+        from megakernel_check import compress
+        compress(m, "w4a16-mix")
+    elif request.param.startswith("w4a16"):
         from egt.plan import LinearPlan
         from egt.quant import quantize_layers
         plans = {n: LinearPlan(bits=4, group_size=64 if "self_attn" in n else 128, symmetric="self_attn" in n)

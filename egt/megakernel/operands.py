@@ -131,3 +131,111 @@ def q4_dequant(chunks: torch.Tensor, lg: int, n: int, k: int, nmat: int, tr: int
     scale = so[..., 0].repeat_interleave(1 << lg, dim=-1)
     offset = so[..., 1].repeat_interleave(1 << lg, dim=-1)
     return (scale * codes + offset)[:, :n]
+
+
+# ---- N:4 sparse INT4 (weight kind "int4-nm", csrc S4W) ------------------------------------------------------------
+def _kept_group(mod) -> int:
+    return mod.kept if mod.group_size in (-1, None) or mod.group_size >= mod.kept else mod.group_size
+
+
+def nm_of(mats) -> int:
+    """Kept values per group of 4 shared by all the modules of one (layer, op): 4 for dense QuantLinear."""
+    ns = {getattr(mod, "n", 4) for part in mats for mod in part}
+    if len(ns) != 1:
+        raise ValueError(f"the matrices of one op mix N:4 patterns {sorted(ns)}; the MegaKernel needs one pattern per "
+                         "op in a layer (compress with sparse granularity 'layer')")
+    return ns.pop()
+
+
+def nm_chunks(mats, tr: int, tk: int, ksplit: int) -> tuple[torch.Tensor, int, int]:
+    """(int32 [chunks, words], lg, n) of one op in one layer. `mats` as in `q4_chunks`, every module either a 4-bit
+    `SparseQuantLinear` (all with the same N) or a 4-bit `QuantLinear` (N = 4: the `q4_chunks` "rows" layout).
+    Chunk (tile, part, stage) for N <= 2, stride as for INT4 (csrc S4W):
+      codes [NMAT][TR][WR] int32, WR = TK*N/32 words of 8 kept codes
+      index [NMAT][TR][WR] int16, the 2-bit positions of a word's kept values (egt.sparsify's bytes, 2 a word)
+      pairs [NMAT][TR][(TK*N/4) >> lg] (scale, offset) fp16 pairs at the next 4-byte boundary; lg counts kept values
+    """
+    n = nm_of(mats)
+    if n == 4:
+        buf, lg = q4_chunks(mats, tr, tk, ksplit, "rows")
+        return buf, lg, 4
+    nmat = len(mats)
+    kk = tk * n // 4  # kept values a stage holds per row
+    g = kk
+    for part in mats:
+        for mod in part:
+            if getattr(mod, "bits", None) != 4 or not hasattr(mod, "indices"):
+                raise ValueError(f"{type(mod).__name__} is not a 4-bit SparseQuantLinear")
+            g = math.gcd(g, _kept_group(mod))
+    lg = (g & -g).bit_length() - 1
+    if tk % 32 or lg < 3:
+        raise ValueError(f"{n}:4 stages of {tk} columns with kept groups "
+                         f"{sorted({_kept_group(m) for p in mats for m in p})} give scale blocks of {1 << lg} kept "
+                         "values; the MegaKernel needs whole 8-value words")
+    codes, index, pairs = [], [], []
+    for parts in mats:
+        c, i, p = [], [], []
+        for mod in parts:
+            kept = mod.kept
+            col = torch.arange(0, kept, 1 << lg, device=mod.scales.device)
+            s = mod.scales[:, col // _kept_group(mod)].float()
+            o = mod.offsets[:, col // _kept_group(mod)].float() if mod.offsets is not None else -8.0 * s
+            p.append(torch.stack([s.half(), o.half()], dim=-1).contiguous().view(torch.int32).squeeze(-1))
+            c.append(mod.qweight)
+            i.append(mod.indices.contiguous().view(torch.int16))
+        codes.append(torch.cat(c)), index.append(torch.cat(i)), pairs.append(torch.cat(p))
+    rows_n, k = codes[0].shape[0], mats[0][0].in_features
+    if any(c.shape != codes[0].shape for c in codes):
+        raise ValueError("the matrices of one op must have the same shape")
+    if k % (ksplit * tk):
+        raise ValueError(f"K={k} does not split into {ksplit} parts of whole {tk}-column stages")
+    nt, cp, wr, sps = ceil_div(rows_n, tr), k // ksplit // tk, tk * n // 32, kk >> lg
+    chunks, rows = nt * ksplit * cp, nt * tr
+
+    def tiled(parts, per_stage, dtype):
+        t = torch.zeros(nmat, rows, parts[0].shape[1], dtype=dtype, device=parts[0].device)
+        for m, x in enumerate(parts):
+            t[m, :rows_n] = x
+        t = t.view(nmat, nt, tr, ksplit, cp, per_stage).permute(1, 3, 4, 0, 2, 5).reshape(chunks, -1)
+        return t.contiguous().view(torch.uint8)
+
+    cb, ib, pb = tiled(codes, wr, torch.int32), tiled(index, wr, torch.int16), tiled(pairs, sps, torch.int32)
+    p0 = (cb.shape[1] + ib.shape[1] + 3) // 4 * 4
+    stride = 16 * sum(q4_chunk_vecs(nmat, tr, tk))
+    assert p0 + pb.shape[1] <= stride, "an N:4 chunk outgrew the INT4 stride"
+    out = torch.zeros(chunks, stride, dtype=torch.uint8, device=cb.device)
+    out[:, :cb.shape[1]] = cb
+    out[:, cb.shape[1]:cb.shape[1] + ib.shape[1]] = ib
+    out[:, p0:p0 + pb.shape[1]] = pb
+    return out.view(torch.int32), lg, n
+
+
+def nm_dequant(chunks: torch.Tensor, lg: int, n: int, rows_n: int, k: int, nmat: int, tr: int, tk: int,
+               ksplit: int) -> torch.Tensor:
+    """The dense float32 weights [nmat, rows_n, k] that `nm_chunks` output encodes (the tests' inverse)."""
+    if n == 4:
+        return q4_dequant(chunks, lg, rows_n, k, nmat, tr, tk, ksplit, "rows")
+    nt, cp, wr, kk = ceil_div(rows_n, tr), k // ksplit // tk, tk * n // 32, tk * n // 4
+    sps = kk >> lg
+    b = chunks.contiguous().view(torch.uint8)
+    x = nmat * tr * wr
+    p0 = (6 * x + 3) // 4 * 4
+
+    def untile(t, per_stage):  # [chunks, nmat*tr*per_stage] -> [nmat, rows, ksplit*cp*per_stage]
+        t = t.reshape(nt, ksplit, cp, nmat, tr, per_stage).permute(3, 0, 4, 1, 2, 5)
+        return t.reshape(nmat, nt * tr, ksplit * cp * per_stage)
+
+    words = untile(b[:, :4 * x].contiguous().view(torch.int32), wr)
+    idx = untile(b[:, 4 * x:6 * x].contiguous().view(torch.int16), wr)
+    so = untile(b[:, p0:p0 + 4 * nmat * tr * sps].contiguous().view(torch.int32), sps)
+    shifts = torch.arange(0, 32, 4, device=b.device, dtype=torch.int32)
+    codes = ((words.unsqueeze(-1) >> shifts) & 0xF).flatten(-2).float()          # [nmat, rows, kept]
+    pos = ((idx.to(torch.int32).unsqueeze(-1) >> (2 * torch.arange(8, device=b.device, dtype=torch.int32))) & 3)
+    pos = pos.flatten(-2).long()                                                   # [nmat, rows, kept]
+    sh = so.contiguous().view(torch.float16).view(*so.shape, 2).float()
+    vals = sh[..., 0].repeat_interleave(1 << lg, -1) * codes + sh[..., 1].repeat_interleave(1 << lg, -1)
+    kept = vals.shape[-1]
+    col = torch.arange(kept, device=b.device) // n * 4 + pos
+    dense = torch.zeros(nmat, nt * tr, k, device=b.device)
+    dense.scatter_(-1, col, vals)
+    return dense[:, :rows_n]

@@ -4,8 +4,8 @@ Contract:
 - `MegaKernelDecoder(model, batch)` finds (or searches) the plan for (model shape, batch, profile), builds or
   reuses the binary, loads it with ctypes and refuses a grid that the occupancy API says cannot be co-resident
   (`MegaKernelError`). Weight kinds per op come from the model (`weight_kinds`): bf16/fp16 `nn.Linear` weights are
-  read in place; 4-bit `QuantLinear` weights are repacked once into the kernel's INT4 chunks (`operands.py`, a
-  second copy on the GPU). Any other module kind, or two kinds within one op, is refused.
+  read in place; 4-bit `QuantLinear` and N:4 `SparseQuantLinear` weights are repacked once into the kernel's chunks
+  (`operands.py`, a second copy on the GPU). Any other module kind, or two kinds within one op, is refused.
 - `step(tokens, rope_pos, attn_start, slot, cache)` is one launch on the current stream: it appends this step's
   K/V at cache row `slot` for every batch row, attends rows attn_start[b]..slot, writes float32 logits [B, V]
   and the greedy next token. Inputs are copied into the decoder's device buffers with stream-ordered copies.
@@ -25,9 +25,9 @@ import time
 import torch
 
 from .codegen import BuildError, build, counter_layout, scratch_layout
-from .operands import q4_chunks
+from .operands import nm_chunks, q4_chunks
 from .profiles import get_profile
-from .schedule import INT4, INT4_KINDS, INT4_TC, MegaPlan, model_kind
+from .schedule import INT4, INT4_KINDS, INT4_NM, INT4_TC, Q4_CHUNK_KINDS, MegaPlan, model_kind
 from .search import PlanStore, plan_for
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -43,16 +43,20 @@ OP_MODULES = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"
 
 def module_kind(mod, dtype: torch.dtype) -> str:
     from ..quant.linear import QuantLinear
+    from ..sparsify.modules import SparseQuantLinear
 
     if type(mod) is torch.nn.Linear and mod.weight.dtype == dtype:
         return f"dense-{DTYPE_NAMES[dtype]}"
     if isinstance(mod, QuantLinear) and mod.bits == 4:
         return INT4
+    if isinstance(mod, SparseQuantLinear) and mod.bits == 4:
+        return INT4_NM
     return f"{type(mod).__name__}({getattr(mod, 'plan', None) and mod.plan.describe()})"
 
 
 def weight_kinds(model, dtype: torch.dtype) -> dict[str, str]:
-    """Weight kind per matvec op (only those not dense); one kind per op in every layer, or MegaKernelError."""
+    """Weight kind per matvec op (only those not dense); one kind per op in every layer, or MegaKernelError. An op
+    with N:4 sparse INT4 in some layers is `int4-nm` and may keep dense INT4 (N = 4) in others."""
     dense = f"dense-{DTYPE_NAMES[dtype]}"
     found: dict[str, set[str]] = {op: set() for op in (*OP_MODULES, "lm_head")}
     for layer in model.layers:
@@ -61,13 +65,16 @@ def weight_kinds(model, dtype: torch.dtype) -> dict[str, str]:
     found["lm_head"].add(module_kind(model.lm_head, dtype))
     out = {}
     for op, ks in found.items():
-        bad = ks - {dense, INT4}
-        if bad or len(ks) > 1:
+        if INT4_NM in ks and op != "lm_head":
+            ks = ks - {INT4}
+        bad = ks - {dense, INT4, INT4_NM}
+        if bad or len(ks) > 1 or (op == "lm_head" and INT4_NM in ks):
             raise MegaKernelError(
-                f"{op}: the MegaKernel reads {dense} or 4-bit QuantLinear weights, the same kind in every layer; this "
-                f"model has {sorted(ks)} (INT3/INT8 and sparse kinds are not in the MegaKernel yet)")
-        if ks == {INT4}:
-            out[op] = INT4
+                f"{op}: the MegaKernel reads {dense}, 4-bit QuantLinear or (in the layers) 4-bit N:4 SparseQuantLinear "
+                f"weights, one kind per op in every layer; this model has {sorted(ks)} (INT3/INT8 are not in the "
+                "MegaKernel yet)")
+        if ks != {dense}:
+            out[op] = ks.pop()
     return out
 
 
@@ -144,15 +151,19 @@ class MegaKernelDecoder:
             raise MegaKernelError("weights must be 16-byte aligned")
         return _ptr(t)
 
-    def _q4(self, op: str, mats) -> tuple[int, int]:
-        """Chunk buffer and log2 scale granularity of an INT4 op (kept alive by the decoder)."""
+    def _q4(self, op: str, mats) -> tuple[int, int, int]:
+        """Chunk buffer, log2 scale granularity and N (kept of 4) of an INT4 op (the buffer kept alive here)."""
         s = self.plan.ops[op]
+        kind = self.plan.weights[op]
         try:
-            buf, lg = q4_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if self.plan.weights[op] == INT4_TC else "rows")
+            if kind == INT4_NM:
+                buf, lg, n = nm_chunks(mats, s.tr, s.tk, s.ksplit)
+            else:
+                (buf, lg), n = q4_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if kind == INT4_TC else "rows"), 4
         except ValueError as e:
             raise MegaKernelError(f"{op}: {e}") from e
         self._chunks.append(buf)
-        return _ptr(buf), lg
+        return _ptr(buf), lg, n
 
     def _setup_buffers(self):
         m, dev, B = self.model, self.device, self.batch
@@ -172,31 +183,25 @@ class MegaKernelDecoder:
         ptrs = []
         for layer in m.layers:
             a, mlp = layer.self_attn, layer.mlp
-            row = [0] * 13
-            lg = [0, 0, 0, 0]
-            if k.get("qkv") in INT4_KINDS:
-                row[0], lg[0] = self._q4("qkv", [[a.q_proj, a.k_proj, a.v_proj]])
-            else:
-                row[0:3] = [self._dense(a.q_proj.weight), self._dense(a.k_proj.weight), self._dense(a.v_proj.weight)]
+            row = [0] * 14  # csrc/mk_kernel.cuh TBL_*
+            lg, nm = [0] * 4, [0] * 4
+            # op -> (first table slot, its matrices: each a list of the modules whose rows stack into it)
+            ops = {"qkv": (0, [[a.q_proj, a.k_proj, a.v_proj]]), "o": (6, [[a.o_proj]]),
+                   "gateup": (7, [[mlp.gate_proj], [mlp.up_proj]]), "down": (9, [[mlp.down_proj]])}
+            for i, (op, (slot, mats)) in enumerate(ops.items()):
+                if k.get(op) in Q4_CHUNK_KINDS:
+                    row[slot], lg[i], nm[i] = self._q4(op, mats)
+                else:
+                    ws = [self._dense(mod.weight) for part in mats for mod in part]
+                    row[slot:slot + len(ws)] = ws
             row[3:6] = [bias(a.q_proj), bias(a.k_proj), bias(a.v_proj)]
-            if k.get("o") in INT4_KINDS:
-                row[6], lg[1] = self._q4("o", [[a.o_proj]])
-            else:
-                row[6] = self._dense(a.o_proj.weight)
-            if k.get("gateup") in INT4_KINDS:
-                row[7], lg[2] = self._q4("gateup", [[mlp.gate_proj], [mlp.up_proj]])
-            else:
-                row[7:9] = [self._dense(mlp.gate_proj.weight), self._dense(mlp.up_proj.weight)]
-            if k.get("down") in INT4_KINDS:
-                row[9], lg[3] = self._q4("down", [[mlp.down_proj]])
-            else:
-                row[9] = self._dense(mlp.down_proj.weight)
             row[10:12] = [self._dense(layer.input_layernorm.weight), self._dense(layer.post_attention_layernorm.weight)]
             row[12] = lg[0] | lg[1] << 8 | lg[2] << 16 | lg[3] << 24
+            row[13] = nm[0] | nm[1] << 8 | nm[2] << 16 | nm[3] << 24
             ptrs += row
         self.inv_freq = m.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
         if k.get("lm_head") in INT4_KINDS:
-            lm, lm_lg = self._q4("lm_head", [[m.lm_head]])
+            lm, lm_lg, _ = self._q4("lm_head", [[m.lm_head]])
         else:
             lm, lm_lg = self._dense(m.lm_head.weight), 0
         ptrs += [self._dense(m.embed_tokens.weight), lm, self._dense(m.norm.weight), _ptr(self.inv_freq), lm_lg]

@@ -11,7 +11,8 @@ Contract:
 - Weight operand kinds (one per op, the same in every layer): `dense-bf16`/`dense-fp16` (rows read in place) and
   `int4` (the MegaKernel layout of `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
   the stage's packed codes and its (scale, offset) pairs), `int4-tc` (the same chunks with the codes in tensor-core
-  fragment order). A kind changes the stage footprint here and the policy the codegen picks, nothing else.
+  fragment order), `int4-nm` (N:4 sparse INT4 chunks with 2-bit positions, N per layer). A kind changes the stage
+  footprint here and the policy the codegen picks, nothing else.
 - The validity rules here mirror the static_asserts in csrc/, so an invalid schedule is rejected in Python before
   any compiler runs.
 """
@@ -44,6 +45,8 @@ class AttnSchedule:
     rot: int = 0
     min_chunk: int = 256  # cache rows per split at least: short contexts use fewer splits (one: no combine)
     hpi: int = 0  # query heads per work item (a divisor of the GQA group); 0: the whole group
+    qk_lanes: int = 1  # lanes sharing one cache row in q.k (shuffle-reduced); 1: one thread per row
+    fold: int = 0  # 1: the O projection's staging combines the split partials (no last-arriver combine step)
 
     def heads_per_item(self, shape: ModelShape) -> int:
         return self.hpi or shape.heads // shape.kv_heads
@@ -82,6 +85,8 @@ def ceil_div(a: int, b: int) -> int:
 INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
 INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16 rows a warp, batch <= 2
 INT4_KINDS = (INT4, INT4_TC)
+INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
+Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM)  # kinds read from operands.py chunks (the same stride)
 Q4_CODES_PER_VEC = 32  # one 16-byte vector of packed codes: 32 INT4 weights, 4 int32 words
 
 
@@ -112,14 +117,17 @@ def compression_label(weights: dict[str, str]) -> str:
 
 
 def weight_bytes_per_elem(kind: str, group: int = 128) -> float:
-    """Bytes the kernel streams per weight (INT4: the code nibble plus a 4-byte (scale, offset) pair per group)."""
-    return 2.0 if is_dense(kind) else 0.5 + 4.0 / group
+    """Bytes the kernel streams per weight (INT4: the code nibble plus a 4-byte (scale, offset) pair per group;
+    N:4 sparse INT4 is costed at 2:4: half the codes, a 2-bit index per kept value)."""
+    if is_dense(kind):
+        return 2.0
+    return 0.5 * (0.75 + 4.0 / group) if kind == INT4_NM else 0.5 + 4.0 / group
 
 
 def stage_bytes(op: "MatvecOp", tr: int, tk: int) -> int:
     if is_dense(op.weight_kind):
         return op.nmat * tr * (tk // 8) * 16
-    if op.weight_kind in INT4_KINDS:
+    if op.weight_kind in Q4_CHUNK_KINDS:
         return 16 * sum(q4_chunk_vecs(op.nmat, tr, tk))
     raise ValueError(f"unknown weight kind {op.weight_kind!r}")
 
@@ -137,7 +145,7 @@ def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int, batch: int = 1) 
         return "TR must be a multiple of warps/WPR"
     if s.stages < 2:
         return "at least two stages"
-    if op.weight_kind in INT4_KINDS and (s.tk % Q4_CODES_PER_VEC or op.k % Q4_CODES_PER_VEC):
+    if op.weight_kind in Q4_CHUNK_KINDS and (s.tk % Q4_CODES_PER_VEC or op.k % Q4_CODES_PER_VEC):
         return "INT4 stages hold whole 32-code vectors: TK and K must be multiples of 32"
     if op.weight_kind == INT4_TC and (s.tr // slots != 16 or s.tk % 64 or batch > 2):
         return "tensor-core INT4 needs 16 rows a warp, 64-column quads and batch <= 2"
@@ -154,10 +162,15 @@ def matvec_page_bytes(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int,
     nt = ceil_div(op.n, s.tr)
     maxt = ceil_div(nt, blocks)
     xs = batch * (op.k // s.ksplit) // 8 * 16
-    xsum = batch * (op.k // s.ksplit) // 32 if op.weight_kind == INT4_TC else 0  # Q4TC: sum x per 32 columns
+    kp = op.k // s.ksplit
+    extra = 0  # the policy's floats after the staged part: Q4TC sum x per 32 columns, S4W a padded float copy
+    if op.weight_kind == INT4_TC:
+        extra = batch * kp // 32
+    elif op.weight_kind == INT4_NM:
+        extra = batch * (kp + kp // 16)
     red = nw * rpw * op.nmat * batch if s.wpr > 1 else 0
     acc = maxt * s.tr * batch * op.nmat if s.ksplit > 1 else 0
-    return xs + 4 * (xsum + red + acc)
+    return xs + 4 * (extra + red + acc)
 
 
 def attn_page_bytes(shape: ModelShape, a: AttnSchedule, threads: int) -> int:
@@ -185,6 +198,10 @@ def attn_check(shape: ModelShape, a: AttnSchedule, threads: int) -> str | None:
         return "heads per item must divide the GQA group"
     if a.heads_per_item(shape) > threads // 32:
         return "more heads per item than warps"
+    if a.qk_lanes not in (1, 2, 4, 8, 16, 32) or (shape.head_dim // 8) % a.qk_lanes:
+        return "q.k lanes must be a power of two dividing head_dim/8"
+    if a.fold not in (0, 1):
+        return "fold is 0 or 1"
     return None
 
 
@@ -198,6 +215,7 @@ class MegaPlan:
     weights: dict[str, str] = field(default_factory=dict)  # op -> weight kind where not dense-{dtype}
     prefetch_kb: int = 48  # weight bytes a block issues for the next op before waiting on its dependency
     bulk_copy: bool = False  # sm_90: stream weights and K/V rows with cp.async.bulk + mbarriers (else cp.async)
+    compact_code: bool = True  # small code: rolled once-per-op loops (csrc MK_COLD_LOOP, MK_VEC_LOOP)
     threads: int = 512
     blocks: int = 132
     ops: dict[str, MatvecSchedule] = field(default_factory=dict)
@@ -223,7 +241,7 @@ class MegaPlan:
                                              "vocab", "rms_eps", "qkv_bias", "qk_norm")},
                 "batch": self.batch, "dtype": self.dtype, "compression": self.compression,
                 "weights": dict(sorted(self.weights.items())), "prefetch_kb": self.prefetch_kb,
-                "bulk_copy": self.bulk_copy,
+                "bulk_copy": self.bulk_copy, "compact_code": self.compact_code,
                 "threads": self.threads,
                 "blocks": self.blocks, "ops": {k: asdict(v) for k, v in sorted(self.ops.items())},
                 "attn": asdict(self.attn)}
@@ -291,6 +309,7 @@ class MegaPlan:
         return {"key": self.key(), "plan_hash": self.plan_hash(), "model": asdict(self.model), "batch": self.batch,
                 "profile": self.profile, "dtype": self.dtype, "compression": self.compression,
                 "weights": self.weights, "prefetch_kb": self.prefetch_kb, "bulk_copy": self.bulk_copy,
+                "compact_code": self.compact_code,
                 "threads": self.threads, "blocks": self.blocks,
                 "ops": {k: asdict(v) for k, v in self.ops.items()}, "attn": asdict(self.attn), "smem": self.smem,
                 "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "notes": self.notes}
@@ -302,6 +321,7 @@ class MegaPlan:
         return cls(model=model, batch=d["batch"], profile=d["profile"], dtype=d.get("dtype", "bf16"),
                    compression=d.get("compression", "none"), weights=dict(d.get("weights", {})),
                    prefetch_kb=d.get("prefetch_kb", 48), bulk_copy=d.get("bulk_copy", False),
+                   compact_code=d.get("compact_code", True),
                    threads=d["threads"], blocks=d["blocks"],
                    ops={k: MatvecSchedule(**v) for k, v in d["ops"].items()}, attn=AttnSchedule(**d["attn"]),
                    smem=d.get("smem", {}), predicted_ms=d.get("predicted_ms"), measured_ms=d.get("measured_ms"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (INT4, INT4_TC, MAX_RING, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
+from .schedule import (INT4, INT4_NM, INT4_TC, MAX_RING, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
                        attn_page_bytes, ceil_div, compression_label, is_dense, matvec_check, matvec_ops,
                        matvec_page_bytes, matvec_ring_bytes, stage_bytes, static_smem_bytes, weight_bytes_per_elem)
 
@@ -89,6 +89,10 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
         quads = s.tk // 64
         util = quads / (ceil_div(quads, s.wpr) * s.wpr)
         ops_per_elem = 1.1 / util
+    elif op.weight_kind == INT4_NM:
+        # costed at 2:4: per kept value a code, an index extract and a shared-memory gather + two adds per batch row
+        # (the gathered x differs per row, so nothing is shared between rows); half the weights are kept
+        ops_per_elem = (4.0 + 3.0 * batch) / 2
     else:
         # INT4: byte-permute + subtract per code, one FMA per batch row, and the activation unpack + group sum
         # (2 per batch row) shared by the rows and matrices a warp holds; lanes past the stage's vectors idle
@@ -105,7 +109,7 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
 
 
 def cost_attention(shape: ModelShape, a: AttnSchedule, batch: int, prof: GpuProfile, blocks: int,
-                   context: int = NOMINAL_CONTEXT) -> float:
+                   context: int = NOMINAL_CONTEXT, threads: int = 256) -> float:
     se = max(1, min(a.splits, ceil_div(context, a.min_chunk)))  # splits in use at this context
     items = a.pairs(shape, batch) * se
     per_block = ceil_div(items, blocks)
@@ -114,10 +118,21 @@ def cost_attention(shape: ModelShape, a: AttnSchedule, batch: int, prof: GpuProf
     bw_sm = min(prof.bandwidth_gbs * 1e3 / min(items, blocks), 1.6 * prof.bandwidth_gbs * 1e3 / prof.sms)
     passes = ceil_div(share, a.sub)
     hpi = a.heads_per_item(shape)
-    # fixed part (traced): q/k/v from L2 with RoPE, softmax barriers, output write, arrival; the combine adds an
-    # atomic and a second L2 round trip
-    t_item = 4.0 + kv_bytes / bw_sm + passes * 0.8 + share * hpi * shape.head_dim * 2 / FMA_PER_SM_PER_US
-    return per_block * t_item + (2.5 if se > 1 else 0.0)
+    # scores, softmax and P.V grow with the item's rows x heads x head dim, ~5e-5 us each (traced on an H100,
+    # bench/results/megakernel/ab_h100.md run 4: 70 vs 140 rows of 6 x 128, 47 vs 140 of 3 x 64); more lanes a
+    # row in q.k (qk_lanes) measured no faster, so they do not enter. Fixed part (traced): q/k/v from L2 with RoPE,
+    # softmax barriers, output write, arrival.
+    t_item = 4.0 + kv_bytes / bw_sm + passes * 0.8 + 5e-5 * share * hpi * shape.head_dim
+    if se == 1:
+        return per_block * t_item
+    if a.fold:
+        # every O block combines the partials while staging: one L2 round trip (~1 us) when the se splits fit in
+        # registers at once (4 at <= 256 threads, 2 above), else a pass for the maxima and one per 4 splits
+        rj = 4 if threads <= 256 else 2
+        trips = 1 if se <= rj else ceil_div(se, 8) + ceil_div(se, 4)
+        return per_block * t_item + 1.0 * trips
+    # last-arriver combine: an atomic, two dependent L2 round trips and a wake-up on the critical path
+    return per_block * t_item + 2.5
 
 
 def predict_ms(plan: MegaPlan, prof: GpuProfile, context: int = NOMINAL_CONTEXT) -> float:
@@ -127,7 +142,7 @@ def predict_ms(plan: MegaPlan, prof: GpuProfile, context: int = NOMINAL_CONTEXT)
     per_layer = sync * 5  # qkv->attn, attn->o, o->gateup, gateup->down, down->next qkv
     for name in ("qkv", "o", "gateup", "down"):
         per_layer += cost_matvec(ops[name], plan.ops[name], b, th, prof, nb, hidden_us=sync)
-    per_layer += cost_attention(plan.model, plan.attn, b, prof, nb, context)
+    per_layer += cost_attention(plan.model, plan.attn, b, prof, nb, context, threads=th)
     total = plan.model.layers * per_layer + cost_matvec(ops["lm_head"], plan.ops["lm_head"], b, th, prof, nb,
                                                         hidden_us=sync) + 2 * sync + 3.0
     return total / 1e3
@@ -136,10 +151,13 @@ def predict_ms(plan: MegaPlan, prof: GpuProfile, context: int = NOMINAL_CONTEXT)
 def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem_limit: int, slices: bool = False):
     """slices: also offer head slices (hpi < the GQA group). Measured slower on an H100 at every shape at contexts
     140 and 1000 (bench/results/megakernel/ab_h100.md): a work item's time is its K/V loads and fixed latency, not
-    its heads, so slices add items without shortening any; the default keeps whole groups."""
+    its heads, so slices add items without shortening any; the default keeps whole groups.
+    fold (0, 1) is offered to the cost model (fold measured faster on every shape, runs 4 and 5 of
+    bench/results/megakernel/ab_h100.md). qk_lanes > 1 (several lanes per cache row in q.k) is not offered:
+    measured equal or slower on every shape (run 4); it stays a plan option."""
     group = shape.heads // shape.kv_heads
     hpis = [h for h in range(1, group + 1) if group % h == 0] if slices else [group]
-    for hpi, splits in itertools.product(hpis, (1, 2, 4, 8, 16, 32)):
+    for hpi, splits, fold, ql in itertools.product(hpis, (1, 2, 4, 8, 16, 32), (0, 1), (1,)):
         pairs = AttnSchedule(hpi=hpi).pairs(shape, batch)
         if pairs * splits > 4 * blocks or (splits > 1 and pairs * splits // 2 >= blocks):
             continue
@@ -147,10 +165,12 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
         # runs the same single item at short contexts and still splits long ones
         if splits == 1 and pairs * 2 <= blocks:
             continue
-        # min_chunk below 128 measured slower at context 140 (more items, each with the combine's extra round
-        # trip) than the cost model predicts (bench/results/megakernel/ab_h100.md), so it is not offered
+        if fold and splits == 1:
+            continue
+        # min_chunk below 128 measured slower at contexts 140-1500, with the last-arriver combine (run 3) and with
+        # the folded one (run 5: more partials than fit in registers at once), so it is not offered
         for sub, minc in itertools.product((64, 128, 256), (128, 256, 512)):
-            a = AttnSchedule(splits, sub, 0, minc, hpi)
+            a = AttnSchedule(splits, sub, 0, minc, hpi, ql, fold)
             if attn_check(shape, a, threads):
                 continue
             if attn_page_bytes(shape, a, threads) + static_smem_bytes(batch, threads) > smem_limit:
@@ -206,7 +226,7 @@ def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: st
 
 
 def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
-           keep_per_op: int = 3, max_plans: int = 8, thread_options=(256, 512),
+           keep_per_op: int = 3, max_plans: int = 8, thread_options=None,
            weights: dict[str, str] | None = None, int4_path: str | None = None, attn_filter=None,
            attn_slices: bool = False, bulk_copy: bool = False) -> list[MegaPlan]:
     """Candidate plans, best predicted first; each carries predicted_ms and its smem report.
@@ -217,9 +237,9 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     blocks = prof.sms
     wanted = int4_variants(dict(weights or {}), batch, dtype, int4_path)
     weights = {k: (INT4 if v == "auto" else v) for k, v in wanted.items()}
-    if weights:
-        # 512 threads cap registers at 128, and the INT4 loop then spills (ptxas, sm_90): 256 only
-        thread_options = tuple(t for t in thread_options if t <= 256) or (256,)
+    if thread_options is None:
+        # 512 threads cap registers at 128, and the INT4 loop then spills (ptxas, sm_90): 256 only unless asked
+        thread_options = (256,) if weights else (256, 512)
     plans: list[MegaPlan] = []
     for threads in thread_options:
         ops = matvec_ops(shape, f"dense-{dtype}", weights)

@@ -74,6 +74,7 @@ template <class C> struct Attention {
       if (threadIdx.x == 0) mbar_expect(ring.bar + MAX_RING, (unsigned)(rows * HD * 2 * 2));
       fence_proxy_async();  // the page held the previous op's activations (generic stores)
       __syncwarp();
+MK_COLD_LOOP
       for (int q = threadIdx.x; q < cnt; q += 32) {
         const int t = t0 + q;
         if (t != slot) {
@@ -84,6 +85,7 @@ template <class C> struct Attention {
     }
 #else
     constexpr int VR = HD / 8;
+MK_COLD_LOOP
     for (int v = threadIdx.x; v < cnt * VR; v += NTHR) {
       const int q = v / VR, c = v - q * VR;
       const int t = t0 + q;
@@ -113,7 +115,9 @@ template <class C> struct Attention {
   __device__ static __forceinline__ float rope(const mk_t* src, int d, float pos, const float* inv_freq, float scale) {
     const int i = d % HP;
     const float theta = pos * __ldg(inv_freq + i);
-    const float c = rnd<mk_t>(cosf(theta) * scale), s = rnd<mk_t>(sinf(theta) * scale);
+    float sn, cs;
+    sincosf(theta, &sn, &cs);  // one argument reduction for both (the same results as sinf and cosf, less code)
+    const float c = rnd<mk_t>(cs * scale), s = rnd<mk_t>(sn * scale);
     const float x = to_f(src[d]);
     const float y = (d < HP) ? -to_f(src[d + HP]) : to_f(src[d - HP]);
     return rnd<mk_t>(rnd<mk_t>(x * c) + rnd<mk_t>(y * s));
@@ -124,6 +128,7 @@ template <class C> struct Attention {
   __device__ static void combine(int b, int pr, int h0, int se, const float* part_o, const float* part_ml,
                                  mk_t* attn_out) {
     const long long cbase = (long long)pr * C::S * G;
+MK_COLD_LOOP
     for (int i = threadIdx.x; i < G * HD; i += NTHR) {
       const int gh = i / HD, d = i - gh * HD;
       float M = -INFINITY;
@@ -187,10 +192,12 @@ template <class C> struct Attention {
       for (int b = 0; b < NB; ++b) {
         if (se[b] == 1) {
           const uint4* src = reinterpret_cast<const uint4*>(att + (long long)b * K + kp * KP);
+MK_COLD_LOOP
           for (int c = threadIdx.x; c < VP; c += NTHR) xs[b * VP + c] = __ldcg(src + c);
           continue;
         }
         const int nse = se[b];
+MK_COLD_LOOP
         for (int c = threadIdx.x; c < VP; c += NTHR) {
           const int e0 = kp * KP + c * 8;  // first of 8 columns: query head h, dimensions d0 .. d0 + 7
           const int h = e0 / HD, d0 = e0 - h * HD;
@@ -329,12 +336,14 @@ template <class C> struct Attention {
       // 16-byte load per thread, so the rotation below costs one L2 round trip, not one per element it reads.
       const int rows = has_new ? G + 2 : G;
       mk_t* raw = reinterpret_cast<mk_t*>(pg + OFF_RED);  // free until the P.V reduction
+MK_COLD_LOOP
       for (int v = tid; v < rows * (HD / 8); v += NTHR) {
         const int r = v / (HD / 8), c = v - r * (HD / 8);
         const mk_t* src = r < G ? qrow + (h0 + r) * HD : qrow + (C::NH + (r - G) * C::NKV + g) * HD;
         reinterpret_cast<uint4*>(raw)[v] = __ldcg(reinterpret_cast<const uint4*>(src) + c);
       }
       __syncthreads();
+MK_COLD_LOOP
       for (int i = tid; i < rows * HD; i += NTHR) {
         const int gh = i / HD, d = i - gh * HD;
         if (gh < G) {

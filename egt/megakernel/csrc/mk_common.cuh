@@ -196,14 +196,37 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
 
 }  // namespace egt
 
+// Compact code (plan option `compact_code`, codegen defines EGT_MK_COMPACT): loops that run once per op or stage
+// (activation staging, copy issue, epilogue set-up) stay rolled, and the INT4 loops take one vector a trip (their
+// bodies are long enough to keep the pipes busy). Unrolled, every op's instantiation carried copies of them and the
+// kernel outgrew the SM's instruction cache: each op then started on cold code (traced on an H100: 1.5-2 us for a
+// first stage that later stages ran in 0.5 us).
+#ifdef EGT_MK_COMPACT
+#define MK_COLD_LOOP _Pragma("unroll 1")
+#define MK_VEC_LOOP _Pragma("unroll 1")
+#else
+#define MK_COLD_LOOP
+#define MK_VEC_LOOP _Pragma("unroll")
+#endif
+
 // Trace builds (EGT_MK_TRACE = layer): thread 0 stamps %globaltimer into p.trace[block][i] (needs `p` and `l`).
 #ifdef EGT_MK_TRACE
 #define MK_STAMP(i)                                                                                    \
   do {                                                                                                 \
     if (p.trace && threadIdx.x == 0 && l == EGT_MK_TRACE) p.trace[blockIdx.x * 32 + (i)] = global_ns(); \
   } while (0)
+// MK_PROBE(i): stamps from inside an opcode (no `p` there) into the row that `mk_probe` points at; the kernel points
+// it at this block's row while the traced layer's gate/up runs (thread 0 writes and reads it: no barrier needed).
+__shared__ unsigned long long* mk_probe;
+#define MK_PROBE(i)                                                  \
+  do {                                                               \
+    if (threadIdx.x == 0 && mk_probe) mk_probe[i] = egt::global_ns(); \
+  } while (0)
 #else
 #define MK_STAMP(i) \
+  do {              \
+  } while (0)
+#define MK_PROBE(i) \
   do {              \
   } while (0)
 #endif

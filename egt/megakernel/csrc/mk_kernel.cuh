@@ -37,12 +37,14 @@ struct Params {
 
 namespace egt {
 
-using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT, ATT_MINC, ATT_HPI>;
+using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT, ATT_MINC, ATT_HPI, ATT_QL, ATT_FOLD>;
 
 // Per-layer table (u64 each). Dense ops: row pointers of q/k/v, o, gate/up, down. INT4 ops: TBL_WQ, TBL_WO, TBL_WG
-// and TBL_WD hold the op's chunk buffer instead (q/k/v and gate/up packed together), and TBL_LG the log2 of each
-// INT4 op's scale granularity, one byte each: qkv | o << 8 | gate/up << 16 | down << 24.
-enum { TBL_WQ = 0, TBL_WK, TBL_WV, TBL_BQ, TBL_BK, TBL_BV, TBL_WO, TBL_WG, TBL_WU, TBL_WD, TBL_LN1, TBL_LN2, TBL_LG, LT = 13 };
+// and TBL_WD hold the op's chunk buffer instead (q/k/v and gate/up packed together), TBL_LG the log2 of each
+// INT4 op's scale granularity, one byte each: qkv | o << 8 | gate/up << 16 | down << 24, and TBL_NM (sparse kind)
+// the kept values per group of 4 of each op in this layer, bytes in the same order.
+enum { TBL_WQ = 0, TBL_WK, TBL_WV, TBL_BQ, TBL_BK, TBL_BV, TBL_WO, TBL_WG, TBL_WU, TBL_WD, TBL_LN1, TBL_LN2, TBL_LG,
+       TBL_NM, LT = 14 };
 enum { GL_EMBED = 0, GL_LM, GL_NORM, GL_INVF, GL_LMLG };
 
 __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
@@ -77,20 +79,27 @@ struct RowTwo {
 // ---- weight sources per op: the codegen picks each op's kind (Q4_* flags), the schedule below stays the same ----
 __device__ __forceinline__ const uint4* u4p(unsigned long long a) { return reinterpret_cast<const uint4*>(a); }
 __device__ __forceinline__ int lg_of(const unsigned long long* lt, int op) { return (int)((lt[TBL_LG] >> (8 * op)) & 0xff); }
+__device__ __forceinline__ S4Src s4(const unsigned long long* lt, int tbl, int op) {
+  return S4Src{u4p(lt[tbl]), lg_of(lt, op), (int)((lt[TBL_NM] >> (8 * op)) & 0xff)};
+}
 __device__ __forceinline__ auto src_qkv(const unsigned long long* lt) {
-  if constexpr (Q4_QKV) return Q4Src{u4p(lt[TBL_WQ]), lg_of(lt, 0)};
+  if constexpr (S4_QKV) return s4(lt, TBL_WQ, 0);
+  else if constexpr (Q4_QKV) return Q4Src{u4p(lt[TBL_WQ]), lg_of(lt, 0)};
   else return RowQKV{u4p(lt[TBL_WQ]), u4p(lt[TBL_WK]), u4p(lt[TBL_WV])};
 }
 __device__ __forceinline__ auto src_o(const unsigned long long* lt) {
-  if constexpr (Q4_O) return Q4Src{u4p(lt[TBL_WO]), lg_of(lt, 1)};
+  if constexpr (S4_O) return s4(lt, TBL_WO, 1);
+  else if constexpr (Q4_O) return Q4Src{u4p(lt[TBL_WO]), lg_of(lt, 1)};
   else return RowOne{u4p(lt[TBL_WO]), NH * HD / 8};
 }
 __device__ __forceinline__ auto src_gu(const unsigned long long* lt) {
-  if constexpr (Q4_GU) return Q4Src{u4p(lt[TBL_WG]), lg_of(lt, 2)};
+  if constexpr (S4_GU) return s4(lt, TBL_WG, 2);
+  else if constexpr (Q4_GU) return Q4Src{u4p(lt[TBL_WG]), lg_of(lt, 2)};
   else return RowTwo{u4p(lt[TBL_WG]), u4p(lt[TBL_WU]), H / 8};
 }
 __device__ __forceinline__ auto src_dn(const unsigned long long* lt) {
-  if constexpr (Q4_DN) return Q4Src{u4p(lt[TBL_WD]), lg_of(lt, 3)};
+  if constexpr (S4_DN) return s4(lt, TBL_WD, 3);
+  else if constexpr (Q4_DN) return Q4Src{u4p(lt[TBL_WD]), lg_of(lt, 3)};
   else return RowOne{u4p(lt[TBL_WD]), I / 8};
 }
 __device__ __forceinline__ auto src_lm(const unsigned long long* gl) {
@@ -111,9 +120,11 @@ template <int K, int KS> struct NormStage {
   __device__ void prepare() const {
     if constexpr (KS == 1) return;  // the fused path computes rstd while staging
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+MK_COLD_LOOP
     for (int b = warp; b < NB; b += NTHR / 32) {
       const uint4* r = reinterpret_cast<const uint4*>(row(b));
       float ss = 0.f;
+MK_COLD_LOOP
       for (int c = lane; c < K / 8; c += 32) {
         float f[8];
         unpack8<mk_t>(__ldcg(r + c), f);
@@ -128,14 +139,17 @@ template <int K, int KS> struct NormStage {
   // KS == 1: stage raw x, reduce the squares from shared memory (fixed order), normalise in place; one trip to L2.
   __device__ void fused(uint4* xs) const {
     constexpr int VP = K / 8;
+MK_COLD_LOOP
     for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
       const int b = v / VP, c = v - b * VP;
       xs[v] = __ldcg(reinterpret_cast<const uint4*>(row(b)) + c);
     }
     __syncthreads();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+MK_COLD_LOOP
     for (int b = warp; b < NB; b += NTHR / 32) {
       float ss = 0.f;
+MK_COLD_LOOP
       for (int c = lane; c < VP; c += 32) {
         float f[8];
         unpack8<mk_t>(xs[b * VP + c], f);
@@ -146,6 +160,7 @@ template <int K, int KS> struct NormStage {
       if (lane == 0) rstd[b] = rsqrtf(ss / (float)K + EPS);
     }
     __syncthreads();
+MK_COLD_LOOP
     for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
       const int b = v / VP, c = v - b * VP;
       float xf[8], wf[8], o[8];
@@ -164,6 +179,7 @@ template <int K, int KS> struct NormStage {
       return;
     }
     constexpr int KP = K / KS, VP = KP / 8;
+MK_COLD_LOOP
     for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
       const int b = v / VP, c = v - b * VP;
       const int k0 = kp * KP + c * 8;
@@ -183,6 +199,7 @@ template <int K, int KS> struct PlainStage {
   const mk_t* x;  // [NB, K]
   __device__ void operator()(uint4* xs, int kp) const {
     constexpr int KP = K / KS, VP = KP / 8;
+MK_COLD_LOOP
     for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
       const int b = v / VP, c = v - b * VP;
       xs[v] = __ldcg(reinterpret_cast<const uint4*>(x + (long long)b * K + kp * KP) + c);
@@ -213,6 +230,7 @@ struct EpiResid {
     n0 = a;
     n1 = z;
     const int w = z - a;
+MK_COLD_LOOP
     for (int i = threadIdx.x; i < NB * w; i += NTHR) {
       const int b = i / w, n = a + (i - b * w);
       const mk_t* r = tok ? xin + (long long)tok[b] * H : xin + (long long)b * H;
@@ -262,6 +280,9 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   __shared__ unsigned s_e1;
   __shared__ int s_last;
   if (threadIdx.x == 0) {
+#ifdef EGT_MK_TRACE
+    mk_probe = nullptr;
+#endif
     s_e1 = (unsigned)__ldcg(p.ctl) + 1u;
     for (int i = 0; i <= MAX_RING; ++i) mbar_init(s_bar + i, 1);  // one producer arrival (with its bytes) a fill
     mbar_init_fence();
@@ -320,13 +341,19 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
                                                         inv_freq, p.ctl, pre_o);
     }
     MK_STAMP(4);
-    block_wait(c_att + l, E1 * Attention<AttnC>::PAIRS, p.ctl, p.timeout_ns);
+    // ATT_FOLD: the O staging combines the split partials (its split counts are read here, before the wait)
+    const Attention<AttnC>::OStage<MvO::KS> ost(att, part_o, part_ml, p);
+    block_wait(c_att + l, E1 * Attention<AttnC>::DONE, p.ctl, p.timeout_ns);
     MK_STAMP(5);
     // O projection + residual
     {
-      PlainStage<NH * HD, MvO::KS> st{att};
       EpiResid e{l == 0 ? embed : xA, l == 0 ? s_tok : nullptr, xM, s_res, 0, 0};
-      Matvec<MvO, WO>::run(ring, page, src_o(lt), st, e);
+      if constexpr (AttnC::FOLD) {
+        Matvec<MvO, WO>::run(ring, page, src_o(lt), ost, e);
+      } else {
+        PlainStage<NH * HD, MvO::KS> st{att};
+        Matvec<MvO, WO>::run(ring, page, src_o(lt), st, e);
+      }
     }
     MK_STAMP(6);
     block_arrive(c_o + l);
@@ -334,6 +361,9 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     block_wait(c_o + l, ALL, p.ctl, p.timeout_ns);
     MK_STAMP(7);
     // RMSNorm -> gate/up -> SiLU * up
+#ifdef EGT_MK_TRACE
+    if (threadIdx.x == 0) mk_probe = (p.trace && l == EGT_MK_TRACE) ? p.trace + blockIdx.x * 32 : nullptr;
+#endif
     {
       NormStage<H, MvGU::KS> st{xM, s_tok, T(lt[TBL_LN2]), s_rstd, false};
       st.prepare();
@@ -341,6 +371,9 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
       Matvec<MvGU, WGU>::run(ring, page, src_gu(lt), st, e);
     }
     MK_STAMP(8);
+#ifdef EGT_MK_TRACE
+    if (threadIdx.x == 0) mk_probe = nullptr;
+#endif
     block_arrive(c_gu + l);
     Matvec<MvDN, WDN>::prefill(ring, src_dn(lt));
     block_wait(c_gu + l, ALL, p.ctl, p.timeout_ns);

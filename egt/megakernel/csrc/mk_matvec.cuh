@@ -12,8 +12,8 @@
 // - The weight format is the policy `WF` (an operand kind): how one stage is fetched (`issue` with cp.async, or
 //   `issue_bulk` with sm_90 bulk copies when the plan asks for them) and multiplied (`accumulate`), plus any
 //   per-part activation data it needs (`extra_floats`, `after_stage`). `DenseW` reads bf16/fp16 rows in place;
-//   `Q4W` and `Q4TC` read the INT4 chunk layout of egt/megakernel/operands.py on CUDA cores / tensor cores. The
-//   schedule, the ring and the epilogues are the same for every kind.
+//   `Q4W` and `Q4TC` read the INT4 chunk layout of egt/megakernel/operands.py on CUDA cores / tensor cores, `S4W`
+//   its N:4 sparse INT4 chunks. The schedule, the ring and the epilogues are the same for every kind.
 #pragma once
 #include "mk_common.cuh"
 
@@ -63,12 +63,13 @@ template <class C> struct LaneAcc {
 template <typename T> struct DenseW {
   template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
-  template <class C> __device__ static __forceinline__ void after_stage(const uint4*, float*) {}
+  template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
   template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * (C::TK / 8); }
   template <class C, class RP>
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const RP& rp, int first) {
     constexpr int VPR = C::TK / 8;
     const int col0 = (kp * C::KP + ch * C::TK) / 8;
+MK_COLD_LOOP
     for (int v = threadIdx.x - first; v < stage_vec<C>(); v += NTHR - first) {
       const int m = v / (C::TR * VPR);
       const int rem = v - m * (C::TR * VPR);
@@ -87,6 +88,7 @@ template <typename T> struct DenseW {
     const int rows = min(C::TR, C::N - tile * C::TR);
     if (lane == 0) mbar_expect(bar, (unsigned)(C::NMAT * rows * C::TK * 2));
     __syncwarp();
+MK_COLD_LOOP
     for (int i = lane; i < C::NMAT * rows; i += 32) {
       const int m = i / rows, r = i - m * rows;
       bulk_g2s(buf + (m * C::TR + r) * VPR, rp(m, tile * C::TR + r) + col0, C::TK * 2, bar);
@@ -138,13 +140,14 @@ struct Q4Src {
 template <typename T> struct Q4W {
   template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
-  template <class C> __device__ static __forceinline__ void after_stage(const uint4*, float*) {}
+  template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
   template <class C> __host__ __device__ static constexpr int code_vec() { return C::NMAT * C::TR * (C::TK / 32); }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return code_vec<C>() + (C::NMAT * C::TR * (C::TK / 32) * 4 + 15) / 16; }
   template <class C, class SRC>
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
     const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
     const int n = code_vec<C>() + (C::NMAT * C::TR * (C::TK >> src.lg) * 4 + 15) / 16;
+MK_COLD_LOOP
     for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16(buf + v, chunk + v);
   }
   // sm_90: the stage's chunk is one contiguous run: one bulk copy.
@@ -176,7 +179,7 @@ template <typename T> struct Q4W {
     constexpr int VPR = C::TK / 32, VPT = (VPR + C::TPR - 1) / C::TPR;
     const int sps = C::TK >> src.lg;
     const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
-#pragma unroll
+MK_VEC_LOOP
     for (int v = 0; v < VPT; ++v) {
       const int c = wi * 32 + lane + v * C::TPR;
       if (VPT * C::TPR == VPR || c < VPR) {
@@ -277,8 +280,9 @@ template <typename T> struct Q4TC {
                                                     int lane) {
     Q4W<T>::template issue_bulk<C>(buf, bar, tile, kp, ch, src, lane);
   }
-  template <class C> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xsum) {
+  template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xsum, const SRC&) {
     constexpr int NBLK32 = C::KP / 32;
+MK_COLD_LOOP
     for (int i = threadIdx.x; i < NB * NBLK32; i += NTHR) {
       const int b = i / NBLK32, c = i - b * NBLK32;
       float sum = 0.f;
@@ -365,6 +369,114 @@ template <typename T> struct Q4TC {
   }
 };
 
+// N:4 sparse INT4 (egt.sparsify's SparseQuantLinear: kept values quantized as a dense row of K*N/4 columns, and a
+// 2-bit position inside its group of 4 per kept value), N a per-layer run-time value (TBL_NM), so one binary runs a
+// model that mixes 2:4, 1:4 and dense INT4 layers. Chunk (tile, kp, ch) for N in {1, 2} (operands.py):
+//   codes  [NMAT][TR][WR] x u32    WR = TK*N/32 words, 8 kept codes each (egt.quant's nibble order)
+//   index  [NMAT][TR][WR] x u16    the 2-bit positions of a word's 8 kept values, first in the low bits
+//   pairs  [NMAT][TR][(TK*N/4) >> lg] x half2 (scale, offset), at the next 4-byte boundary; lg in kept values
+// N == 4 layers (dense QuantLinear in a mixed model) use the Q4W chunk and loop. The stride is Q4W's: no layout of
+// N <= 2 is larger. The kernel gathers x by index: `after_stage` copies the staged part into float32 with one pad
+// after every word's 32/N-column window, so the 32 lanes of a gather (adjacent windows) hit distinct banks.
+struct S4Src {
+  const uint4* base;  // chunk 0 of this layer's op
+  int lg;             // log2 of the scale block (kept values for N <= 2, columns for N == 4)
+  int n;              // kept values per group of 4: 1, 2 or 4
+};
+template <typename T> struct S4W {
+  template <class C> using Acc = LaneAcc<C>;
+  template <class C> __host__ __device__ static constexpr int xps() { return C::KP + C::KP / 16; }  // padded row
+  template <class C> __host__ __device__ static constexpr int extra_floats() { return NB * xps<C>(); }
+  template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
+  template <class C> __device__ static __forceinline__ int pairs_byte(int n) { return (6 * C::NMAT * C::TR * (C::TK * n / 32) + 3) & ~3; }
+  template <class C> __device__ static __forceinline__ int chunk_vecs(const S4Src& s) {
+    if (s.n == 4) return Q4W<T>::template code_vec<C>() + (C::NMAT * C::TR * (C::TK >> s.lg) * 4 + 15) / 16;
+    return (pairs_byte<C>(s.n) + C::NMAT * C::TR * ((C::TK * s.n / 4) >> s.lg) * 4 + 15) / 16;
+  }
+  template <class C>
+  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const S4Src& src, int first) {
+    const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
+    const int n = chunk_vecs<C>(src);
+MK_COLD_LOOP
+    for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16(buf + v, chunk + v);
+  }
+  template <class C>
+  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const S4Src& src,
+                                                    int lane) {
+    if (lane == 0) {
+      const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
+      const unsigned bytes = 16u * chunk_vecs<C>(src);
+      mbar_expect(bar, bytes);
+      bulk_g2s(buf, chunk, bytes, bar);
+    }
+  }
+  template <class C> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xp, const S4Src& src) {
+    if (src.n == 4) return;  // the dense loop reads the staged part itself
+    const int sh = src.n == 2 ? 4 : 5;  // log2 of a word's window (32/N columns)
+MK_COLD_LOOP
+    for (int i = threadIdx.x; i < NB * C::KP / 8; i += NTHR) {
+      const int b = i / (C::KP / 8), col = (i - b * (C::KP / 8)) * 8;
+      float f[8];
+      unpack8<T>(xs[i], f);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) xp[b * xps<C>() + col + e + ((col + e) >> sh)] = f[e];
+    }
+    __syncthreads();
+  }
+  // sum_j (s q_j + o) x[pos_j] = s * sum q x + o * sum x over a word (8 kept values in one scale block).
+  template <int N, class C>
+  __device__ static __forceinline__ void sparse(const uint4* buf, const float* xp, int ch, int slot, int wi, int lane,
+                                                int lg, LaneAcc<C>& st) {
+    constexpr int WR = C::TK * N / 32, W = 32 / N, WPT = (WR + C::TPR - 1) / C::TPR;
+    const uint32_t* codes = reinterpret_cast<const uint32_t*>(buf);
+    const uint16_t* index = reinterpret_cast<const uint16_t*>(codes + C::NMAT * C::TR * WR);
+    const __half2* pairs = reinterpret_cast<const __half2*>(reinterpret_cast<const unsigned char*>(buf) +
+                                                            ((6 * C::NMAT * C::TR * WR + 3) & ~3));
+    const int sps = (C::TK * N / 4) >> lg;
+MK_VEC_LOOP
+    for (int v = 0; v < WPT; ++v) {
+      const int c = wi * 32 + lane + v * C::TPR;
+      if (WPT * C::TPR == WR || c < WR) {
+        const int gi = (c * 8) >> lg;
+        const float* xw = xp + (ch * (C::TK / W) + c) * (W + 1);  // this word's padded window
+#pragma unroll
+        for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+          for (int m = 0; m < C::NMAT; ++m) {
+            const int row = m * C::TR + slot * C::RPW + j;
+            const uint32_t ix = index[row * WR + c];
+            float q[8];
+            Q4W<T>::codes8(codes[row * WR + c], q);
+            float dot[NB], xsum[NB];
+#pragma unroll
+            for (int b = 0; b < NB; ++b) dot[b] = xsum[b] = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+              const int off = 4 * (e / N) + ((ix >> (2 * e)) & 3);
+#pragma unroll
+              for (int b = 0; b < NB; ++b) {
+                const float xv = xw[b * xps<C>() + off];
+                dot[b] = fmaf(q[e], xv, dot[b]);
+                xsum[b] += xv;
+              }
+            }
+            const float2 so = __half22float2(pairs[row * sps + gi]);
+#pragma unroll
+            for (int b = 0; b < NB; ++b) st.v[j][m][b] = fmaf(so.x, dot[b], fmaf(so.y, xsum[b], st.v[j][m][b]));
+          }
+      }
+    }
+  }
+  template <class C>
+  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, const S4Src& src, LaneAcc<C>& st) {
+    const float* xp = reinterpret_cast<const float*>(xs + NB * C::KP / 8);  // the policy's floats follow xs
+    if (src.n == 2) sparse<2, C>(buf, xp, ch, slot, wi, lane, src.lg, st);
+    else if (src.n == 1) sparse<1, C>(buf, xp, ch, slot, wi, lane, src.lg, st);
+    else Q4W<T>::template accumulate<C>(buf, xs, ch, slot, wi, lane, src, st);
+  }
+};
+
 template <class T, class = void> struct HasBegin { static constexpr bool value = false; };
 template <class T> struct HasBegin<T, decltype(void(&T::begin))> { static constexpr bool value = true; };
 
@@ -395,11 +507,18 @@ template <class C, class WF> struct Matvec {
     t0 = (int)(((long long)NT * b) / NBLK);
     t1 = (int)(((long long)NT * (b + 1)) / NBLK);
   }
+  // Stage s -> (K part, tile of the block, stage in the tile). Without a K-split there is no division by the
+  // run-time tile count (its code, inlined at every call site of every op, is not small).
   __device__ static __forceinline__ void decode(int s, int nt, int& kp, int& tl, int& ch) {
     ch = s % CP;
-    const int r = s / CP;
-    tl = r % nt;
-    kp = r / nt;
+    const unsigned r = (unsigned)(s / CP);
+    if constexpr (C::KS == 1) {
+      tl = (int)r;
+      kp = 0;
+    } else {
+      tl = (int)(r % (unsigned)nt);
+      kp = (int)(r / (unsigned)nt);
+    }
   }
   // Stage s of the block's sequence into ring slot s % ST. cp.async: threads from `first` on issue 16 bytes
   // each and commit one group per stage (empty past the end), so wait_group<ST-2> finds stage s complete.
@@ -464,20 +583,24 @@ template <class C, class WF> struct Matvec {
     for (int s = PF; s < C::ST - 1; ++s) issue(ring, s, t0, nt, src);  // the stages prefill left out
     if (ns > 0) {
       stage(xs, 0);
-      WF::template after_stage<C>(xs, extra);
+      WF::template after_stage<C>(xs, extra, src);
     }
+    MK_PROBE(20);
 #pragma unroll 1
     for (int s = 0; s < ns; ++s) {
       wait(ring, s);
       __syncthreads();
+      if (s == 0) MK_PROBE(21);
+      if (s == ns - 1) MK_PROBE(23);
       issue(ring, s + C::ST - 1, t0, nt, src);  // refills the stage everyone finished last iteration
       int kp, tl, ch;
       decode(s, nt, kp, tl, ch);
       if (kp > 0 && tl == 0 && ch == 0) {
         stage(xs, kp);
-        WF::template after_stage<C>(xs, extra);
+        WF::template after_stage<C>(xs, extra, src);
       }
       WF::template accumulate<C>(ring.buf + (s % C::ST) * STAGE_VEC, xs, ch, slot, wi, lane, src, st);
+      if (s == 0) MK_PROBE(22);
       if (ch == CP - 1) {
         float acc[RPW][C::NMAT][NB];
         st.rows(acc, lane);
@@ -485,10 +608,11 @@ template <class C, class WF> struct Matvec {
         st.clear();
       }
     }
-    #if !MK_BULK
+#if !MK_BULK
     cp_wait<0>();
 #endif
     __syncthreads();
+    MK_PROBE(24);
   }
 
   template <class EPI>
@@ -533,6 +657,7 @@ template <class C, class WF> struct Matvec {
             for (int b = 0; b < NB; ++b) red[((warp * RPW + j) * C::NMAT + m) * NB + b] = acc[j][m][b];
       }
       __syncthreads();
+MK_COLD_LOOP
       for (int it = threadIdx.x; it < C::TR * NB; it += NTHR) {
         const int r = it / NB, b = it % NB;
         const int sl = r / RPW, j = r % RPW;
