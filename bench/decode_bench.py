@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from egt.models import SHAPES, hf_config_for_shape, random_model  # noqa: E402
-from megakernel_check import compress_int4, weight_bytes  # noqa: E402
+from megakernel_check import WEIGHT_LABELS, compress, weight_bytes  # noqa: E402
 
 PROMPT = 128
 
@@ -154,7 +154,8 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--batches", default="qwen2.5-1.5b:2,4,8,16")
     ap.add_argument("--skip", default="", help="comma list of backends to skip")
-    ap.add_argument("--weights", default="bf16", help="comma list: bf16, w4a16 (egt INT4, every projection + LM head)")
+    ap.add_argument("--weights", default="bf16", help=f"comma list of {', '.join(WEIGHT_LABELS)} "
+                                                      "(bench/megakernel_check.py: compress)")
     ap.add_argument("--hf-batches", action="store_true", help="also run the HF backends at batch > 1")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     a = ap.parse_args()
@@ -189,9 +190,7 @@ def main():
     for name in names:
         batches = [1] + extra.get(name, [])
         for weights in a.weights.split(","):
-            model = random_model(name, device="cuda")
-            if weights == "w4a16":
-                compress_int4(model)
+            model = compress(random_model(name, device="cuda"), weights)
             nbytes = weight_bytes(model)
             for b in batches:
                 for backend, fn in (("torch-graph", lambda: (torch_graph_ms(model, b), None)),

@@ -4,6 +4,7 @@
     python bench/megakernel_ab.py [--shapes a,b] [--weights bf16,w4a16] [--variants SPEC] [--build-only]
 
 SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `copy=bulk` (sm_90 bulk copies),
+`threads` (block size, e.g. 512 for INT4 kinds, whose default is 256), `code=unrolled` (MegaPlan.compact_code off),
 `slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none), and
 AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk`, `qk_lanes`, `fold` (an exact
 value, or `>=N` / `<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints;
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from egt.models import SHAPES  # noqa: E402
 from egt.megakernel.codegen import build  # noqa: E402
 from egt.megakernel.profiles import get_profile  # noqa: E402
-from egt.megakernel.schedule import MATVEC_OPS  # noqa: E402
+from bench.megakernel_check import plan_weights  # noqa: E402
 from egt.megakernel.schedule import MegaPlan, compression_label  # noqa: E402
 from egt.megakernel.search import PlanStore, predict_ms, search  # noqa: E402
 
@@ -64,8 +65,8 @@ ATTN_FIELDS = ("hpi", "splits", "sub", "min_chunk", "qk_lanes", "fold")
 def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earlier: dict | None = None):
     """The best plan under the variant's constraints, or None when the variant does not apply (INT4 path on bf16).
     earlier: variant name -> plan of this shape and weights, for `from=NAME`."""
-    weights = {k: "int4" for k in MATVEC_OPS} if weights_label == "w4a16" else {}
-    if "int4" in kv and not weights:
+    weights = plan_weights(weights_label)
+    if "int4" in kv and "int4" not in weights.values():
         return None
     if "from" in kv:
         src = (earlier or {}).get(kv["from"])
@@ -92,9 +93,12 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
         return PlanStore().get(probe.key())
     plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"),
                    attn_filter=accept, attn_slices=bool(kv.get("slices")) or kv.get("hpi", "0") != "0",
-                   bulk_copy=kv.get("copy") == "bulk")
+                   bulk_copy=kv.get("copy") == "bulk",
+                   thread_options=(int(kv["threads"]),) if "threads" in kv else None)
     if not plans:
         raise ValueError(f"no plan satisfies {kv}")
+    if kv.get("code") == "unrolled":
+        plans[0].compact_code = False
     return plans[0]
 
 
@@ -155,7 +159,7 @@ def main():
 
     import torch
 
-    from bench.megakernel_check import REL_TOL, clone, compress_int4, prefill, ref_step, rel, weight_bytes
+    from bench.megakernel_check import REL_TOL, clone, compress, prefill, ref_step, rel, weight_bytes
     from bench.megakernel_search import time_decoder
     from egt.megakernel.runtime import MegaKernelDecoder
     from egt.models import random_model
@@ -166,10 +170,8 @@ def main():
     current = None
     for name, w, vname, kv, plan in jobs:
         if current != (name, w):
-            model = random_model(name, device="cuda")
-            if w == "w4a16":
-                compress_int4(model)
-            ref_model = copy.deepcopy(model).float() if w == "w4a16" else model
+            model = compress(random_model(name, device="cuda"), w)
+            ref_model = copy.deepcopy(model).float() if w != "bf16" else model
             nbytes = weight_bytes(model)
             current = (name, w)
         row = {"model": name, "weights": w, "variant": vname, "constraints": kv, "plan_hash": plan.plan_hash(),

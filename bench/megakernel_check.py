@@ -1,6 +1,8 @@
 """MegaKernel correctness and quick timing on a GPU (run on the device machine).
 
-For each shape (random weights, bf16, or `--weights w4a16`: egt INT4 of every projection and the LM head): logits and the appended K/V row against the torch reference engine at
+For each shape (random weights, bf16, or `--weights w4a16`: egt INT4 of every projection and the LM head, or
+`w4a16-2:4` / `w4a16-mix`: N:4 sparse INT4 layers, see `compress`): logits and the appended K/V row against the
+torch reference engine at
 contexts 1, 64, 1000, 4000; bit-identical repeated runs; 64 greedy steps against the reference (a divergence
 must be a near-tie: the reference's logit gap between its token and ours is within 2x the measured logit error
 at that step); and ms/step of the MegaKernel at context ~160 beside the copy-bandwidth floor.
@@ -70,6 +72,58 @@ def compress_int4(model):
     return model
 
 
+WEIGHT_LABELS = ("bf16", "w4a16", "w4a16-2:4", "w4a16-mix")
+
+
+def layer_pattern(label: str, layer: int, layers: int) -> str:
+    """N:4 pattern of a layer's projections under a weights label. `w4a16-mix` is a fixed stand-in for egt's
+    importance-driven mix (random weights have no importance signal): the first and last layers dense INT4, the
+    others alternating 2:4 and 1:4, so one binary runs all three kinds."""
+    if label == "w4a16-2:4":
+        return "2:4"
+    if label == "w4a16-mix" and 0 < layer < layers - 1:
+        return "2:4" if layer % 2 else "1:4"
+    return "dense"
+
+
+def plan_weights(label: str) -> dict[str, str]:
+    """MegaKernel weight kinds per op for a weights label (the LM head stays dense INT4 in the sparse labels)."""
+    from egt.megakernel.schedule import INT4, INT4_NM, MATVEC_OPS
+    if label not in WEIGHT_LABELS:
+        raise ValueError(f"weights must be one of {WEIGHT_LABELS}, got {label!r}")
+    if label == "bf16":
+        return {}
+    return {k: INT4 if label == "w4a16" or k == "lm_head" else INT4_NM for k in MATVEC_OPS}
+
+
+def compress(model, label: str):
+    """The model compressed as `label` says: w4a16 = `compress_int4`; the sparse labels first prune each layer's
+    projections to its N:4 pattern (magnitude: random weights carry no calibration signal) and quantize the kept
+    values to INT4 (egt.sparsify's SparseQuantLinear, groups of kept values cycled as INT4_GROUPS), then
+    `compress_int4` quantizes what stayed dense (the dense layers and the LM head)."""
+    plan_weights(label)  # validates the label
+    if label == "bf16":
+        return model
+    from egt.modules import set_module
+    from egt.plan import LinearPlan
+    from egt.sparsify.modules import SparseLinear
+    from egt.sparsify.pattern import magnitude_mask, n_of
+    layers = len(model.layers)
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, torch.nn.Linear) or name == "lm_head":
+            continue
+        i = int(name.split(".")[1])
+        pat = layer_pattern(label, i, layers)
+        if pat == "dense":
+            continue
+        w = mod.weight.detach().float()
+        sp = SparseLinear.from_dense(LinearPlan(sparsity=pat), w, magnitude_mask(w, n_of(pat)), mod.bias)
+        lp = LinearPlan(bits=4, group_size=INT4_GROUPS[i % len(INT4_GROUPS)], symmetric="self_attn" in name,
+                        sparsity=pat)
+        set_module(model, name, sp.quantize_kept(lp))
+    return compress_int4(model)
+
+
 def weight_bytes(model) -> int:
     """Bytes of every projection and the LM head as stored (bf16 weights, or packed codes + fp16 scales/offsets)."""
     total = 0
@@ -105,9 +159,7 @@ def rel(a, b):
 def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
     out = {"model": name, "weights": weights}
     t0 = time.time()
-    model = random_model(name, device="cuda")
-    if weights == "w4a16":
-        compress_int4(model)
+    model = compress(random_model(name, device="cuda"), weights)
     out["weight_bytes"] = weight_bytes(model)
     out["model_init_s"] = round(time.time() - t0, 1)
     t0 = time.time()
@@ -120,8 +172,8 @@ def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
     # float32 (dequantize + matmul: the exact compressed model), so the check does not lean on the standalone
     # INT4 kernels (issue 3's, checked by their own tests).
     import copy
-    ref_model = copy.deepcopy(model).float() if weights == "w4a16" else model
-    out["reference"] = "torch float32 (QuantLinear dequantize + matmul)" if weights == "w4a16" else "torch bf16"
+    ref_model = copy.deepcopy(model).float() if weights != "bf16" else model
+    out["reference"] = "torch float32 (packed modules: dequantize + matmul)" if weights != "bf16" else "torch bf16"
     V = model.shape.vocab
     maxlen = max(ctxs) + 8
     rows = []
@@ -237,9 +289,7 @@ def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
 def check_engine_batch(name, batch, steps, gen, weights="bf16"):
     """Hybrid engine at batch > 1 with left padding: Engine(backend="megakernel") vs Engine(backend="torch")."""
     from egt.engine import Engine
-    model = random_model(name, device="cuda")
-    if weights == "w4a16":
-        compress_int4(model)
+    model = compress(random_model(name, device="cuda"), weights)
     V = model.shape.vocab
     ref = Engine(model, None, torch.device("cuda"), max_len=256, backend="torch")
     mk = Engine(model, None, torch.device("cuda"), max_len=256, backend="megakernel")
@@ -279,7 +329,9 @@ def main():
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--engine-batches", default="", help="e.g. qwen2.5-1.5b:4,smollm2-135m:3 (hybrid engine, padded)")
     ap.add_argument("--profile", default=None, help="GPU profile of the plan (default: this GPU); e.g. ada-l20")
-    ap.add_argument("--weights", default="bf16", help="bf16 or w4a16 (egt INT4 of every projection and the LM head)")
+    ap.add_argument("--weights", default="bf16", choices=WEIGHT_LABELS,
+                    help="w4a16: egt INT4 of every projection and the LM head; w4a16-2:4 / w4a16-mix: N:4 sparse INT4 "
+                         "layers (see compress)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "megakernel_check.json"))
     a = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(1234)

@@ -1,18 +1,26 @@
-"""Build every MegaKernel binary a bench run needs, in parallel (nvcc is single-threaded per TU)."""
+"""Build every MegaKernel binary a bench run needs, in parallel (nvcc is single-threaded per TU).
+
+    python bench/megakernel_prebuild.py NAME:BATCHES:WEIGHTS:PROFILE ...   e.g. qwen2.5-1.5b:1,2:bf16,w4a16-mix:h100
+
+WEIGHTS: comma list of bench/megakernel_check.py's WEIGHT_LABELS."""
 import sys, time
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, ".")
+sys.path.insert(0, "bench")
 from egt.models import SHAPES
 from egt.megakernel.search import plan_for
 from egt.megakernel.codegen import build
 from egt.megakernel.profiles import get_profile
-W4 = {op: "int4" for op in ("qkv", "o", "gateup", "down", "lm_head")}
+from megakernel_check import plan_weights
 jobs = []
 for spec in sys.argv[1:]:
-    name, bs, ws, prof = spec.split(":")
+    name, bs, ws, prof = spec.split(":", 3) if spec.count(":") == 3 else (None,) * 4
+    if name is None:  # a label with ':' (w4a16-2:4): split from both ends
+        head, prof = spec.rsplit(":", 1)
+        name, bs, ws = head.split(":", 2)
     for b in bs.split(","):
         for w in ws.split(","):
-            jobs.append((name, int(b), W4 if w == "w4a16" else {}, prof))
+            jobs.append((name, int(b), plan_weights(w), prof))
 def one(j):
     name, b, w, prof = j
     t = time.time()
