@@ -201,7 +201,9 @@ def pack_indices(idx: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_indices(packed: torch.Tensor) -> torch.Tensor:
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device)
+    # arange, not torch.tensor([...]): a tensor from a host list is a host-to-device copy, which CUDA graph capture
+    # of the reference path (shapes the sparse kernel does not take) forbids
+    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=packed.device)
     return ((packed.unsqueeze(-1) >> shifts) & 3).reshape(packed.shape[0], -1)
 
 
