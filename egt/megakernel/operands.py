@@ -1,4 +1,4 @@
-"""INT4 weights in the MegaKernel's chunk layout (weight kind "int4").
+"""INT4 and N:4 sparse INT4 weights in the MegaKernel's chunk layout (weight kinds "int4", "int4-tc", "int4-nm").
 
 The MegaKernel streams one stage (TR rows x TK columns of one row tile) per ring slot. For bf16 weights a stage is
 TR row segments read in place; for INT4 it is one contiguous chunk built here once, when the decoder is made:
@@ -20,6 +20,9 @@ Contract:
   tensor-core fragments (same bytes, same pairs region).
 - `q4_dequant(chunks, lg, n, k, nmat, tr, tk, ksplit, layout)`: the dense float32 weights [nmat, n, k] the chunks
   encode (the tests' inverse; the kernel computes the same products).
+- `nm_chunks(mats, tr, tk, ksplit)` / `nm_dequant(...)`: the same for one layer of an "int4-nm" op: 4-bit
+  `SparseQuantLinear` modules with one N:4 pattern (or dense `QuantLinear`, N = 4, in the "rows" layout above);
+  returns (chunks, lg, n). Layout in `nm_chunks`' docstring; the stride is the INT4 one.
 - Memory: the chunks are a second copy of the op's INT4 weights (the modules keep theirs for the torch path).
 """
 from __future__ import annotations

@@ -76,7 +76,7 @@ struct RowTwo {
   __device__ const uint4* operator()(int m, int n) const { return (m == 0 ? a : b) + (long long)n * rv; }
 };
 
-// ---- weight sources per op: the codegen picks each op's kind (Q4_* flags), the schedule below stays the same ----
+// ---- weight sources per op: the codegen picks each op's kind (Q4_* / S4_* flags), the schedule stays the same ----
 __device__ __forceinline__ const uint4* u4p(unsigned long long a) { return reinterpret_cast<const uint4*>(a); }
 __device__ __forceinline__ int lg_of(const unsigned long long* lt, int op) { return (int)((lt[TBL_LG] >> (8 * op)) & 0xff); }
 __device__ __forceinline__ S4Src s4(const unsigned long long* lt, int tbl, int op) {
