@@ -238,7 +238,9 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     wanted = int4_variants(dict(weights or {}), batch, dtype, int4_path)
     weights = {k: (INT4 if v == "auto" else v) for k, v in wanted.items()}
     if thread_options is None:
-        # 512 threads cap registers at 128, and the INT4 loop then spills (ptxas, sm_90): 256 only unless asked
+        # 512 threads cap registers at 128 and the INT4 loops spill a little (ptxas, sm_90), which the cost model
+        # does not see: 256 unless asked. bench/megakernel_search.py times both; 512 won for the sparse INT4 plans
+        # of the three larger shapes on an H100 (bench/results/plans/)
         thread_options = (256,) if weights else (256, 512)
     plans: list[MegaPlan] = []
     for threads in thread_options:
