@@ -143,6 +143,10 @@ def test_cli_plan_shows_weight_kinds_copy_path_and_attention(capsys):
     # the stored H100 winner for llama w4a16 runs its INT4 ops on tensor cores (bench/results/megakernel/ab_h100.md)
     assert "|w4a16|bf16|h100|b1" in out and "int4-tc" in out and "cp.async" in out
     assert "query heads per item" in out
+    # N:4 sparse INT4 layers with an INT4 LM head: the stored, GPU-timed plan of that key
+    assert main(["plan", "--model", "qwen2.5-1.5b", "--weights", "w4a16-nm"]) == 0
+    out = capsys.readouterr().out
+    assert "gateup   int4-nm" in out and "lm_head  int4 " in out and "measured" in out
 
 
 def test_bulk_copy_is_a_plan_option_and_tensor_core_int4_counts_its_sums():
