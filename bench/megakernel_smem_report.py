@@ -1,5 +1,6 @@
 """Peak shared memory per block of the best plan per (shape, weights, batch, profile), with and without K-split
-(CPU only). weights: bf16, and w4a16 (every matvec op in the MegaKernel's INT4 chunk layout, issue 9).
+(CPU only). weights: bf16, w4a16 (every matvec op in the MegaKernel's INT4 chunk layout, issue 9) and w4a16-nm
+(N:4 sparse INT4 layers, kind int4-nm, with an INT4 LM head; its stage is sized for the densest layer).
 
     python bench/megakernel_smem_report.py > bench/results/megakernel/smem_report.md
 """
@@ -13,11 +14,12 @@ from egt.megakernel.search import search  # noqa: E402
 from egt.models import SHAPES  # noqa: E402
 
 W4 = {op: "int4" for op in ("qkv", "o", "gateup", "down", "lm_head")}
+NM = {**{op: "int4-nm" for op in ("qkv", "o", "gateup", "down")}, "lm_head": "int4"}
 print("| model | weights | batch | profile | limit KB | peak KB (K-split) | peak KB (no K-split) | fits without K-split | "
       "K-split ops | predicted ms |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for name, shape in SHAPES.items():
-    for wname, weights in (("bf16", {}), ("w4a16", W4)):
+    for wname, weights in (("bf16", {}), ("w4a16", W4), ("w4a16-nm", NM)):
         for batch in (1, 16):
             for prof in PROFILES.values():
                 plans = search(shape, batch, prof, max_plans=1, weights=weights)
