@@ -14,10 +14,8 @@ from egt.megakernel.profiles import get_profile
 from megakernel_check import plan_weights
 jobs = []
 for spec in sys.argv[1:]:
-    name, bs, ws, prof = spec.split(":", 3) if spec.count(":") == 3 else (None,) * 4
-    if name is None:  # a label with ':' (w4a16-2:4): split from both ends
-        head, prof = spec.rsplit(":", 1)
-        name, bs, ws = head.split(":", 2)
+    head, prof = spec.rsplit(":", 1)  # from both ends: a weights label may hold ':' (w4a16-2:4)
+    name, bs, ws = head.split(":", 2)
     for b in bs.split(","):
         for w in ws.split(","):
             jobs.append((name, int(b), plan_weights(w), prof))
