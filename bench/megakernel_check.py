@@ -1,11 +1,11 @@
 """MegaKernel correctness and quick timing on a GPU (run on the device machine).
 
-For each shape (random weights, bf16, or `--weights w4a16`: egt INT4 of every projection and the LM head, or
-`w4a16-2:4` / `w4a16-mix`: N:4 sparse INT4 layers, see `compress`): logits and the appended K/V row against the
-torch reference engine at
-contexts 1, 64, 1000, 4000; bit-identical repeated runs; 64 greedy steps against the reference (a divergence
-must be a near-tie: the reference's logit gap between its token and ours is within 2x the measured logit error
-at that step); and ms/step of the MegaKernel at context ~160 beside the copy-bandwidth floor.
+For each shape (random weights, bf16, or `--weights w4a16`: egt INT4 of every projection and the LM head,
+`w4a16-2:4` / `w4a16-mix`: N:4 sparse INT4 layers, or `w3a16`: INT3 with a few INT4 layers, see `compress`):
+logits and the appended K/V row against the torch reference engine at contexts 1, 64, 1000, 4000; bit-identical
+repeated runs; 64 greedy steps against the reference (a divergence must be a near-tie: the reference's logit gap
+between its token and ours is within 2x the measured logit error at that step); and ms/step of the MegaKernel at
+context ~160 beside the copy-bandwidth floor.
 
     python bench/megakernel_check.py [--shapes a,b] [--out results.json] [--ctx 1,64,1000,4000]
 """
@@ -52,27 +52,39 @@ def copy_bandwidth() -> float:
 INT4_GROUPS = (128, 64, 256, 128)
 
 
+def dense_bits(label: str, name: str, layers: int) -> int:
+    """Code bits of a dense projection (or the LM head) under a weights label. `w3a16` is a fixed stand-in for
+    egt's adaptive ~3.25 bpw plan (random weights have no sensitivity signal): INT3 everywhere but the first and
+    last layers and layer 1's v_proj, which stay INT4, so one binary switches bits per layer and one op (layer 1's
+    QKV) mixes them."""
+    if label != "w3a16" or name == "lm_head":
+        return 3 if label == "w3a16" else 4
+    i = int(name.split(".")[1])
+    return 4 if i in (0, layers - 1) or (i == 1 and name.endswith("v_proj")) else 3
+
+
 @torch.no_grad()
-def compress_int4(model):
-    """Quantize every projection and the LM head with egt.quant (round-to-nearest: random weights have no
-    calibration signal for GPTQ to use) into packed INT4 `QuantLinear` modules."""
+def compress_dense(model, label: str = "w4a16"):
+    """Quantize every dense projection and the LM head with egt.quant (round-to-nearest: random weights have no
+    calibration signal for GPTQ to use) into packed `QuantLinear` modules of `dense_bits`."""
     from egt.plan import LinearPlan
     from egt.quant import quantize_layers
-    plans = {}
+    plans, layers = {}, len(model.layers)
     for name, mod in model.named_modules():
         if not isinstance(mod, torch.nn.Linear):
             continue
+        bits = dense_bits(label, name, layers)
         if name == "lm_head":
-            plans[name] = LinearPlan(bits=4, group_size=128, symmetric=False)
+            plans[name] = LinearPlan(bits=bits, group_size=128, symmetric=False)
         else:
             g = INT4_GROUPS[int(name.split(".")[1]) % len(INT4_GROUPS)]
-            plans[name] = LinearPlan(bits=4, group_size=g, symmetric="self_attn" in name)
+            plans[name] = LinearPlan(bits=bits, group_size=g, symmetric="self_attn" in name)
     quantize_layers(model, None, plans, "rtn")
     torch.cuda.empty_cache()
     return model
 
 
-WEIGHT_LABELS = ("bf16", "w4a16", "w4a16-2:4", "w4a16-mix")
+WEIGHT_LABELS = ("bf16", "w4a16", "w4a16-2:4", "w4a16-mix", "w3a16")
 
 
 def layer_pattern(label: str, layer: int, layers: int) -> str:
@@ -88,19 +100,21 @@ def layer_pattern(label: str, layer: int, layers: int) -> str:
 
 def plan_weights(label: str) -> dict[str, str]:
     """MegaKernel weight kinds per op for a weights label (the LM head stays dense INT4 in the sparse labels)."""
-    from egt.megakernel.schedule import INT4, INT4_NM, MATVEC_OPS
+    from egt.megakernel.schedule import INT3, INT4, INT4_NM, MATVEC_OPS
     if label not in WEIGHT_LABELS:
         raise ValueError(f"weights must be one of {WEIGHT_LABELS}, got {label!r}")
     if label == "bf16":
         return {}
+    if label == "w3a16":
+        return {k: INT3 for k in MATVEC_OPS}
     return {k: INT4 if label == "w4a16" or k == "lm_head" else INT4_NM for k in MATVEC_OPS}
 
 
 def compress(model, label: str):
-    """The model compressed as `label` says: w4a16 = `compress_int4`; the sparse labels first prune each layer's
-    projections to its N:4 pattern (magnitude: random weights carry no calibration signal) and quantize the kept
-    values to INT4 (egt.sparsify's SparseQuantLinear, groups of kept values cycled as INT4_GROUPS), then
-    `compress_int4` quantizes what stayed dense (the dense layers and the LM head)."""
+    """The model compressed as `label` says: w4a16 / w3a16 = `compress_dense`; the sparse labels first prune each
+    layer's projections to its N:4 pattern (magnitude: random weights carry no calibration signal) and quantize the
+    kept values to INT4 (egt.sparsify's SparseQuantLinear, groups of kept values cycled as INT4_GROUPS), then
+    `compress_dense` quantizes what stayed dense (the dense layers and the LM head) to INT4."""
     plan_weights(label)  # validates the label
     if label == "bf16":
         return model
@@ -121,7 +135,7 @@ def compress(model, label: str):
         lp = LinearPlan(bits=4, group_size=INT4_GROUPS[i % len(INT4_GROUPS)], symmetric="self_attn" in name,
                         sparsity=pat)
         set_module(model, name, sp.quantize_kept(lp))
-    return compress_int4(model)
+    return compress_dense(model, label)
 
 
 def weight_bytes(model) -> int:
@@ -331,7 +345,7 @@ def main():
     ap.add_argument("--profile", default=None, help="GPU profile of the plan (default: this GPU); e.g. ada-l20")
     ap.add_argument("--weights", default="bf16", choices=WEIGHT_LABELS,
                     help="w4a16: egt INT4 of every projection and the LM head; w4a16-2:4 / w4a16-mix: N:4 sparse INT4 "
-                         "layers (see compress)")
+                         "layers; w3a16: INT3 with a few INT4 layers (see compress)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "megakernel_check.json"))
     a = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(1234)

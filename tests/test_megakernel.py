@@ -193,14 +193,15 @@ def test_cli_plan_and_dag(capsys):
 W4 = {op: "int4" for op in ("qkv", "o", "gateup", "down", "lm_head")}
 
 
-def _ql(n, k, group, sym, seed):
+def _ql(n, k, group, sym, seed, bits=4):
     import torch
 
     from egt.plan import LinearPlan
     from egt.quant.linear import QuantLinear
 
     torch.manual_seed(seed)
-    return QuantLinear.from_linear(torch.nn.Linear(k, n, bias=False), LinearPlan(bits=4, group_size=group, symmetric=sym))
+    return QuantLinear.from_linear(torch.nn.Linear(k, n, bias=False),
+                                   LinearPlan(bits=bits, group_size=group, symmetric=sym))
 
 
 @pytest.mark.parametrize("parts,nmat,tr,tk,ks", [
@@ -464,3 +465,107 @@ def test_ab_bench_variants_constrain_the_attention_options():
     # from=: the earlier variant's plan with exact attention fields (values the search does not offer too)
     q = ab.variant_plan(SHAPES["qwen2.5-1.5b"], "bf16", kv2, get_profile("h100"), earlier={"f": p})
     assert (q.attn.qk_lanes, q.attn.fold, q.attn.min_chunk, q.attn.sub) == (4, 1, 64, 64) and q.ops == p.ops
+
+
+# ---- INT3 operand kind (issue 9) ------------------------------------------------------------------------------------
+def _bits3_kernel_decode(a: int, b: int, c: int) -> list[int]:
+    """csrc Bits3::decode written out in Python (the same masks and shifts): the 32 codes of one vector."""
+    out = []
+    for i in range(4):
+        if i == 3:
+            lo = ((a >> 6) & 0x03030303) | ((c >> 4) & 0x04040404)
+            hi = ((b >> 6) & 0x03030303) | ((c >> 5) & 0x04040404)
+        else:
+            x = (a, b, c)[i]
+            lo, hi = x & 0x07070707, (x >> 3) & 0x07070707
+        for j in range(4):
+            out += [(lo >> 8 * j) & 0xFF, (hi >> 8 * j) & 0xFF]
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(codes=st.lists(st.integers(0, 7), min_size=32, max_size=32))
+def test_int3_vector_layout_is_what_the_kernel_decodes(codes):
+    import torch
+
+    from egt.megakernel.operands import bits3_codes, bits3_words
+    q = torch.tensor(codes)
+    words = bits3_words(q)
+    assert words.dtype == torch.int32 and words.shape == (3,)
+    assert torch.equal(bits3_codes(words), q)
+    assert _bits3_kernel_decode(*[w & 0xFFFFFFFF for w in words.tolist()]) == codes
+
+
+@settings(max_examples=25, deadline=None)
+@given(nmat=st.sampled_from([1, 2]), tr=st.sampled_from([8, 16, 32]), tk=st.sampled_from([32, 64, 128, 192]),
+       ks=st.sampled_from([1, 2]), groups=st.lists(st.sampled_from([32, 64, 128, -1]), min_size=1, max_size=3),
+       rows=st.integers(1, 3), sym=st.booleans(), widen=st.booleans(), seed=st.integers(0, 10**6))
+def test_int3_chunks_round_trip(nmat, tr, tk, ks, groups, rows, sym, widen, seed):
+    """INT3 chunks (kind int3) encode exactly the weights the 3-bit QuantLinear modules multiply by, for fused
+    matrices, ragged row tiles, K-splits and mixed group sizes; an op with a 4-bit module in this layer becomes the
+    INT4 chunk with the 3-bit parts widened, still exact."""
+    import torch
+
+    from egt.megakernel.operands import q3_chunks, q3_dequant
+    from egt.megakernel.schedule import q4_chunk_vecs
+    k = tk * ks * 2
+    groups = groups if nmat == 1 else groups[:1] * 2
+    mods = [_ql(8 * rows + 3 * i, k, grp, sym, seed + i, bits=3) for i, grp in enumerate(groups)]
+    if nmat == 2:
+        mods = [mods[0], _ql(mods[0].out_features, k, groups[1], not sym, seed + 7, bits=3)]
+    if widen:
+        mods[-1] = _ql(mods[-1].out_features, k, groups[-1], sym, seed + 9, bits=4)
+    mats = [mods] if nmat == 1 else [[m] for m in mods]
+    chunks, lg, bits = q3_chunks(mats, tr, tk, ks)
+    assert bits == (4 if widen else 3) and (1 << lg) >= 32 and tk % (1 << lg) == 0
+    n = sum(m.out_features for m in mats[0])
+    got = q3_dequant(chunks, lg, bits, n, k, nmat, tr, tk, ks)
+    want = torch.stack([torch.cat([m.dequantize() for m in part]) for part in mats])
+    assert torch.equal(got, want)
+    assert chunks.shape[1] * 4 == 16 * sum(q4_chunk_vecs(nmat, tr, tk))  # the INT4 stride: one ring for both
+
+
+def test_int3_kind_in_a_mixed_model_plan_and_codegen():
+    """A model whose adaptive plan mixes INT3 and INT4: INT3 layers, an INT4 layer, one op mixing both in a layer
+    and an INT3 LM head give one int3 kind per op, a plan that streams 3/8 of a byte a code, and a source with
+    the Q3W policy; INT3 beside N:4 sparse layers in one op is refused."""
+    import torch
+
+    from egt.megakernel.runtime import MegaKernelError, weight_kinds
+    from egt.megakernel.schedule import INT3, MATVEC_OPS, compression_label, weight_bytes_per_elem
+    from egt.modules import set_module
+    from egt.models import ModelShape, build_model
+    from egt.plan import LinearPlan
+    from egt.quant.linear import QuantLinear
+    shape = ModelShape("t", hidden=128, intermediate=256, layers=3, heads=4, kv_heads=2, head_dim=32, vocab=100)
+    m = build_model(shape)
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.normal_(0, 0.02)
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, torch.nn.Linear):
+            layer = -1 if name == "lm_head" else int(name.split(".")[1])
+            bits = 4 if layer == 0 or name == "layers.1.self_attn.v_proj" else 3
+            set_module(m, name, QuantLinear.from_linear(mod, LinearPlan(bits=bits, group_size=64)))
+    m = m.to(torch.bfloat16)
+    kinds = weight_kinds(m, torch.bfloat16)
+    assert kinds == {op: INT3 for op in MATVEC_OPS}
+    assert compression_label(kinds) == "w3a16"
+    assert weight_bytes_per_elem(INT3) < weight_bytes_per_elem("int4")
+    p = search(shape, 1, "h100", weights=kinds, max_plans=1)[0]
+    src = generate_source(p)
+    assert "using WQKV = Q3W<mk_t>;" in src and "using WLM = Q3W<mk_t>;" in src
+    assert "constexpr bool Q3_LM = true" in src and "constexpr bool Q3_DN = true" in src
+    assert "constexpr bool Q4_DN = false" in src
+    w4 = search(shape, 1, "h100", weights={op: "int4" for op in MATVEC_OPS}, max_plans=1)[0]
+    assert p.key() != w4.key() and p.plan_hash() != w4.plan_hash()
+    set_module(m, "layers.2.mlp.down_proj", _sql(128, 256, "2:4", 32, False, 5))
+    with pytest.raises(MegaKernelError, match="down"):
+        weight_kinds(m, torch.bfloat16)
+
+
+def test_cli_plan_int3(capsys):
+    from egt.megakernel.cli import main
+    assert main(["plan", "--model", "qwen2.5-1.5b", "--weights", "w3a16"]) == 0
+    out = capsys.readouterr().out
+    assert "|w3a16|bf16|h100|b1" in out and "gateup   int3" in out and "lm_head  int3" in out

@@ -1,6 +1,6 @@
 """MegaKernel on a GPU (skipped without CUDA): logits and KV rows against the torch reference, determinism, greedy
 agreement, the co-residency refusal, the torch custom op and Engine(backend="megakernel"); each with bf16 weights
-and with egt INT4 weights (issue 9)."""
+and with egt INT4 / N:4 sparse INT4 / INT3 weights (issue 9)."""
 import pytest
 import torch
 
@@ -10,20 +10,24 @@ pytestmark = [pytest.mark.cuda,
 REL_TOL = 3e-2  # see bench/megakernel_check.py: the bf16 torch reference itself is ~1.7e-2 from float32
 
 
-@pytest.fixture(scope="module", params=["bf16", "w4a16", "w4a16-tc", "w4a16-mix"])
+BENCH_LABELS = ("w4a16-mix", "w3a16")  # compressed by bench/megakernel_check.py `compress`
+SAME_ATTENTION = ("w4a16-tc", *BENCH_LABELS)  # variants whose attention code is w4a16's: its tests run once
+
+
+@pytest.fixture(scope="module", params=["bf16", "w4a16", "w4a16-tc", *BENCH_LABELS])
 def model(request):
     """bf16 weights, and egt INT4 of every projection and the LM head (issue 9: the MegaKernel reads the packed
     codes itself; the reference is the torch engine running the same QuantLinear modules); w4a16-mix: layers of
-    dense INT4, 2:4 and 1:4 sparse INT4 in one model (bench/megakernel_check.py `compress`)."""
+    dense INT4, 2:4 and 1:4 sparse INT4 in one model; w3a16: INT3 layers with INT4 ones, and one op mixing both."""
     from egt.models import random_model
     m = random_model("smollm2-135m", device="cuda", seed=3)
     m.egt_test_variant = request.param
-    if request.param == "w4a16-mix":
+    if request.param in BENCH_LABELS:
         import sys
         from pathlib import Path
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
         from megakernel_check import compress
-        compress(m, "w4a16-mix")
+        compress(m, request.param)
     elif request.param.startswith("w4a16"):
         from egt.plan import LinearPlan
         from egt.quant import quantize_layers
@@ -71,19 +75,7 @@ def _rel(a, b):
 @torch.inference_mode()
 def test_step_matches_reference(model, reference, decoder, ctx):
     from egt.transformer import KVCache
-    g = torch.Generator(device="cuda").manual_seed(ctx)
-    V = model.shape.vocab
-    cache, rcache = _caches(model, reference, 512)
-    if ctx > 1:
-        s = torch.arange(ctx - 1, device="cuda")
-        toks = torch.randint(0, V, (1, ctx - 1), device="cuda", generator=g)
-        model(toks, s.view(1, -1), s, cache)
-        if rcache is not cache:
-            reference(toks, s.view(1, -1), s, rcache)
-    mk = KVCache(cache.k.clone(), cache.v.clone())
-    tok = torch.randint(0, V, (1,), device="cuda", generator=g)
-    mk.k[:, :, :, ctx - 1:] = float("nan")  # poison: the kernel must write the new row and read no later one
-    mk.v[:, :, :, ctx - 1:] = float("nan")
+    mk, rcache, tok = _prefilled(model, reference, ctx, 512, ctx)
     ref = _ref_step(reference, rcache, tok, ctx - 1)
     nxt, logits = decoder.step(tok, [ctx - 1], [0], ctx - 1, mk)
     assert torch.isfinite(logits).all()
@@ -183,7 +175,7 @@ def _attn_plan(model, want: dict):
 @pytest.fixture(scope="module", params=sorted(ATTN_OPTIONS))
 def attn_decoder(model, request):
     from egt.megakernel.runtime import MegaKernelDecoder
-    if model.egt_test_variant in ("w4a16-tc", "w4a16-mix"):
+    if model.egt_test_variant in SAME_ATTENTION:
         pytest.skip("the attention code is the same as w4a16's")
     return MegaKernelDecoder(model, batch=1, plan=_attn_plan(model, ATTN_OPTIONS[request.param]))
 
@@ -231,7 +223,7 @@ def test_folded_combine_is_bit_identical_to_the_last_arriver_combine(model, refe
     from egt.megakernel.runtime import MegaKernelDecoder
     from egt.megakernel.schedule import MegaPlan
     from egt.transformer import KVCache
-    if model.egt_test_variant in ("w4a16-tc", "w4a16-mix"):
+    if model.egt_test_variant in SAME_ATTENTION:
         pytest.skip("the attention code is the same as w4a16's")
     folded = _attn_plan(model, {"qk_lanes": 4, "fold": 1, "min_chunk": 32})
     plain = MegaPlan(**{**folded.__dict__, "attn": dataclasses.replace(folded.attn, fold=0)})

@@ -13,7 +13,7 @@ from collections import Counter
 from ..models import SHAPES
 from .dag import build_dag, check_phases
 from .profiles import PROFILES
-from .schedule import INT4, INT4_NM, MATVEC_OPS
+from .schedule import INT3, INT4, INT4_NM, MATVEC_OPS
 from .search import PlanStore, plan_for
 
 
@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--profile", default="h100", choices=sorted(PROFILES))
-    p.add_argument("--weights", default="bf16", choices=("bf16", "w4a16", "w4a16-nm"),
+    p.add_argument("--weights", default="bf16", choices=("bf16", "w4a16", "w4a16-nm", "w3a16"),
                    help="w4a16: egt INT4 in every projection and the LM head; w4a16-nm: N:4 sparse INT4 layers "
-                        "(2:4 / 1:4 / dense INT4 per layer) and an INT4 LM head (issue 9)")
+                        "(2:4 / 1:4 / dense INT4 per layer) and an INT4 LM head; w3a16: INT3 (or INT4 per layer) in "
+                        "every projection and the LM head (issue 9)")
     p.add_argument("--json", action="store_true")
     d = sub.add_parser("dag", help="task DAG summary of one decode step")
     d.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
@@ -36,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     shape = SHAPES[a.model]
     if a.cmd == "plan":
-        weights = {} if a.weights == "bf16" else {
-            op: INT4 if a.weights == "w4a16" or op == "lm_head" else INT4_NM for op in MATVEC_OPS}
+        if a.weights in ("bf16", "w3a16"):
+            weights = {op: INT3 for op in MATVEC_OPS} if a.weights == "w3a16" else {}
+        else:
+            weights = {op: INT4 if a.weights == "w4a16" or op == "lm_head" else INT4_NM for op in MATVEC_OPS}
         plan = plan_for(shape, a.batch, a.profile, store=PlanStore(), weights=weights)
         rep = plan.smem_report()
         if a.json:

@@ -18,13 +18,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .schedule import INT4_KINDS, INT4_NM, INT4_TC, MegaPlan, is_dense
+from .schedule import INT3, INT4_KINDS, INT4_NM, INT4_TC, MegaPlan, is_dense
 
 CSRC = Path(__file__).parent / "csrc"
 HEADERS = ("mk_common.cuh", "mk_matvec.cuh", "mk_attention.cuh", "mk_kernel.cuh")
 DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
 WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "int4": "Q4W<mk_t>",
-                   "int4-tc": "Q4TC<mk_t>", "int4-nm": "S4W<mk_t>"}
+                   "int4-tc": "Q4TC<mk_t>", "int4-nm": "S4W<mk_t>", "int3": "Q3W<mk_t>"}
 OP_FLAGS = {"qkv": "Q4_QKV", "o": "Q4_O", "gateup": "Q4_GU", "down": "Q4_DN", "lm_head": "Q4_LM"}
 
 
@@ -118,6 +118,8 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
           for name, flag in OP_FLAGS.items()],
         *[f"constexpr bool {flag.replace('Q4', 'S4')} = {'true' if ops[name].weight_kind == INT4_NM else 'false'};"
           for name, flag in OP_FLAGS.items() if name != "lm_head"],
+        *[f"constexpr bool {flag.replace('Q4', 'Q3')} = {'true' if ops[name].weight_kind == INT3 else 'false'};"
+          for name, flag in OP_FLAGS.items()],
     ]
     lines += [f"constexpr long long SCR_{k} = {v};" for k, v in scr.items() if k != "TOTAL"]
     lines += [f"constexpr int CNT_{k} = {v};" for k, v in cnt.items() if k != "TOTAL"]

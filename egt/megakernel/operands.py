@@ -1,4 +1,5 @@
-"""INT4 and N:4 sparse INT4 weights in the MegaKernel's chunk layout (weight kinds "int4", "int4-tc", "int4-nm").
+"""INT4, N:4 sparse INT4 and INT3 weights in the MegaKernel's chunk layout (weight kinds "int4", "int4-tc",
+"int4-nm", "int3").
 
 The MegaKernel streams one stage (TR rows x TK columns of one row tile) per ring slot. For bf16 weights a stage is
 TR row segments read in place; for INT4 it is one contiguous chunk built here once, when the decoder is made:
@@ -23,6 +24,9 @@ Contract:
 - `nm_chunks(mats, tr, tk, ksplit)` / `nm_dequant(...)`: the same for one layer of an "int4-nm" op: 4-bit
   `SparseQuantLinear` modules with one N:4 pattern (or dense `QuantLinear`, N = 4, in the "rows" layout above);
   returns (chunks, lg, n). Layout in `nm_chunks`' docstring; the stride is the INT4 one.
+- `q3_chunks(mats, tr, tk, ksplit)` / `q3_dequant(...)`: the same for one layer of an "int3" op: 3-bit
+  `QuantLinear` modules (32 codes in 12 bytes, `bits3_words`), or the INT4 "rows" chunk where the op holds a
+  4-bit module in this layer (3-bit parts widened: exact); returns (chunks, lg, bits).
 - Memory: the chunks are a second copy of the op's INT4 weights (the modules keep theirs for the torch path).
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ import math
 
 import torch
 
+from ..quant.packing import pack
 from .schedule import ceil_div, q4_chunk_vecs
 
 MIN_LG = 5  # one 16-byte code vector (32 columns) never straddles a scale block
@@ -52,18 +57,27 @@ def scale_lg(mats, tk: int) -> int:
     return lg
 
 
+def _pairs(mod, lg: int, kept: int | None = None) -> torch.Tensor:
+    """(scale, offset) fp16 pairs as int32 [rows, K >> lg] of a quantized module: one per 2^lg columns (kept values
+    for a sparse module, whose groups count `kept` values). Symmetric codes decode as (q - 2^(bits-1)) * scale, so
+    their offset is -2^(bits-1) * scale (exact in fp16)."""
+    k = kept or mod.in_features
+    g = k if mod.group_size in (-1, None) or mod.group_size >= k else mod.group_size
+    col = torch.arange(0, k, 1 << lg, device=mod.scales.device)
+    s = mod.scales[:, col // g].float()
+    o = mod.offsets[:, col // g].float() if mod.offsets is not None else -float(1 << (mod.bits - 1)) * s
+    return torch.stack([s.half(), o.half()], dim=-1).contiguous().view(torch.int32).squeeze(-1)
+
+
 def _matrix(parts, lg: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed words [n, K/8], (scale, offset) pairs as int32 [n, K >> lg]) of row-stacked QuantLinear parts."""
+    """(packed 4-bit words [n, K/8], (scale, offset) pairs as int32 [n, K >> lg]) of row-stacked QuantLinear parts.
+    3-bit parts are widened to 4-bit words (the same codes, scales and offsets: exact)."""
     words, pairs = [], []
     for mod in parts:
-        if getattr(mod, "bits", None) != 4 or mod.qweight.shape[1] * 8 != mod.in_features:
-            raise ValueError(f"{type(mod).__name__} is not a 4-bit QuantLinear with K a multiple of 8")
-        g, k = _group(mod), mod.in_features
-        col = torch.arange(0, k, 1 << lg, device=mod.scales.device)
-        s = mod.scales[:, col // g].float()
-        o = mod.offsets[:, col // g].float() if mod.offsets is not None else -8.0 * s
-        pairs.append(torch.stack([s.half(), o.half()], dim=-1).contiguous().view(torch.int32).squeeze(-1))
-        words.append(mod.qweight)
+        if getattr(mod, "bits", None) not in (3, 4) or hasattr(mod, "indices") or mod.in_features % 32:
+            raise ValueError(f"{type(mod).__name__} is not a 3- or 4-bit QuantLinear with K a multiple of 32")
+        pairs.append(_pairs(mod, lg))
+        words.append(mod.qweight if mod.bits == 4 else pack(mod.codes(), 4))
     return torch.cat(words), torch.cat(pairs)
 
 
@@ -179,11 +193,7 @@ def nm_chunks(mats, tr: int, tk: int, ksplit: int) -> tuple[torch.Tensor, int, i
     for parts in mats:
         c, i, p = [], [], []
         for mod in parts:
-            kept = mod.kept
-            col = torch.arange(0, kept, 1 << lg, device=mod.scales.device)
-            s = mod.scales[:, col // _kept_group(mod)].float()
-            o = mod.offsets[:, col // _kept_group(mod)].float() if mod.offsets is not None else -8.0 * s
-            p.append(torch.stack([s.half(), o.half()], dim=-1).contiguous().view(torch.int32).squeeze(-1))
+            p.append(_pairs(mod, lg, mod.kept))
             c.append(mod.qweight)
             i.append(mod.indices.contiguous().view(torch.int16))
         codes.append(torch.cat(c)), index.append(torch.cat(i)), pairs.append(torch.cat(p))
@@ -242,3 +252,90 @@ def nm_dequant(chunks: torch.Tensor, lg: int, n: int, rows_n: int, k: int, nmat:
     dense = torch.zeros(nmat, nt * tr, k, device=b.device)
     dense.scatter_(-1, col, vals)
     return dense[:, :rows_n]
+
+
+# ---- INT3 (weight kind "int3", csrc Q3W) --------------------------------------------------------------------------
+def bits3_words(codes: torch.Tensor) -> torch.Tensor:
+    """3-bit codes [..., 32] -> int32 words [..., 3] in csrc Bits3's order: byte j of word i < 3 holds columns 8i+2j
+    (bits 0-2) and 8i+2j+1 (bits 3-5); columns 24+2j and 24+2j+1 put their low two bits in bits 6-7 of byte j of
+    words 0 and 1, their high bit in bits 6 and 7 of byte j of word 2."""
+    q = codes.to(torch.int64).view(*codes.shape[:-1], 4, 4, 2)  # [..., i, j, e]: column 8i + 2j + e
+    byte = q[..., :3, :, 0] | (q[..., :3, :, 1] << 3)          # [..., 3 words, 4 bytes]
+    last = q[..., 3, :, :]                                       # [..., j, e]
+    byte[..., 0, :] |= (last[..., 0] & 3) << 6
+    byte[..., 1, :] |= (last[..., 1] & 3) << 6
+    byte[..., 2, :] |= ((last[..., 0] >> 2) << 6) | ((last[..., 1] >> 2) << 7)
+    words = (byte << torch.arange(0, 32, 8, device=codes.device)).sum(-1)
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+
+
+def bits3_codes(words: torch.Tensor) -> torch.Tensor:
+    """The inverse of `bits3_words`: int32 words [..., 3] -> codes [..., 32] (int64)."""
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    byte = (w.unsqueeze(-1) >> torch.arange(0, 32, 8, device=w.device)) & 0xFF  # [..., 3, 4]
+    head = torch.stack([byte & 7, (byte >> 3) & 7], -1)                        # [..., 3, j, e]
+    lo = torch.stack([byte[..., 0, :] >> 6, byte[..., 1, :] >> 6], -1)         # [..., j, e]
+    hi = torch.stack([(byte[..., 2, :] >> 6) & 1, byte[..., 2, :] >> 7], -1)
+    return torch.cat([head, (lo | (hi << 2)).unsqueeze(-3)], -3).flatten(-3)
+
+
+def q3_chunks(mats, tr: int, tk: int, ksplit: int) -> tuple[torch.Tensor, int, int]:
+    """(int32 [chunks, words], lg, bits) of one op in one layer, `mats` as in `q4_chunks`, every module a 3- or 4-bit
+    `QuantLinear`. All 3-bit: the INT3 chunk (csrc Q3W), stride as for INT4:
+      codes [NMAT][TR][TK/32][3] int32 (`bits3_words`), then pairs [NMAT][TR][TK >> lg] at the next 16 bytes.
+    Any 4-bit module: the whole op of this layer is the INT4 "rows" chunk (3-bit parts widened, exact), bits = 4."""
+    bits = {getattr(mod, "bits", None) for part in mats for mod in part}
+    if bits - {3, 4} or any(hasattr(mod, "indices") for part in mats for mod in part):
+        raise ValueError(f"the int3 kind reads 3- and 4-bit QuantLinear modules, not {sorted(bits, key=str)}-bit "
+                         "or sparse ones")
+    if 4 in bits:
+        buf, lg = q4_chunks(mats, tr, tk, ksplit, "rows")
+        return buf, lg, 4
+    nmat, lg = len(mats), scale_lg(mats, tk)
+    codes, pairs = [], []
+    for parts in mats:
+        if any(mod.in_features % 32 for mod in parts):
+            raise ValueError("INT3 rows must hold whole 32-code blocks (K a multiple of 32)")
+        codes.append(torch.cat([mod.codes() for mod in parts]))
+        pairs.append(torch.cat([_pairs(mod, lg) for mod in parts]))
+    n, k = codes[0].shape
+    if any(c.shape != codes[0].shape for c in codes):
+        raise ValueError("the matrices of one op must have the same shape")
+    if k % (ksplit * tk) or tk % 32:
+        raise ValueError(f"K={k} does not split into {ksplit} parts of whole {tk}-column stages of 32-code vectors")
+    nt, cp, sps = ceil_div(n, tr), k // ksplit // tk, tk >> lg
+    rows, chunks = nt * tr, nt * ksplit * cp
+    q = torch.zeros(nmat, rows, k, dtype=torch.uint8, device=codes[0].device)
+    p = torch.zeros(nmat, rows, k >> lg, dtype=torch.int32, device=q.device)
+    for m in range(nmat):
+        q[m, :n], p[m, :n] = codes[m], pairs[m]
+    words = bits3_words(q.view(nmat, rows, k // 32, 32)).view(nmat, nt, tr, ksplit, cp, tk // 32 * 3)
+    words = words.permute(1, 3, 4, 0, 2, 5).reshape(chunks, -1)
+    p = p.view(nmat, nt, tr, ksplit, cp, sps).permute(1, 3, 4, 0, 2, 5).reshape(chunks, -1)
+    p0 = ceil_div(words.shape[1], 4) * 4  # pairs start at a 16-byte boundary
+    out = torch.zeros(chunks, 4 * sum(q4_chunk_vecs(nmat, tr, tk)), dtype=torch.int32, device=q.device)
+    assert p0 + p.shape[1] <= out.shape[1], "an INT3 chunk outgrew the INT4 stride"
+    out[:, :words.shape[1]] = words
+    out[:, p0:p0 + p.shape[1]] = p
+    return out.contiguous(), lg, 3
+
+
+def q3_dequant(chunks: torch.Tensor, lg: int, bits: int, n: int, k: int, nmat: int, tr: int, tk: int,
+               ksplit: int) -> torch.Tensor:
+    """The dense float32 weights [nmat, n, k] that `q3_chunks` output encodes (the tests' inverse)."""
+    if bits == 4:
+        return q4_dequant(chunks, lg, n, k, nmat, tr, tk, ksplit, "rows")
+    nt, cp, sps = ceil_div(n, tr), k // ksplit // tk, tk >> lg
+    cw = nmat * tr * tk // 32 * 3
+    p0 = ceil_div(cw, 4) * 4
+
+    def untile(t, per_stage):  # [chunks, nmat*tr*per_stage] -> [nmat, rows, ksplit*cp*per_stage]
+        t = t.reshape(nt, ksplit, cp, nmat, tr, per_stage).permute(3, 0, 4, 1, 2, 5)
+        return t.reshape(nmat, nt * tr, ksplit * cp * per_stage)
+
+    codes = bits3_codes(untile(chunks[:, :cw], tk // 32 * 3).reshape(nmat, nt * tr, k // 32, 3)).reshape(nmat, -1, k)
+    so = untile(chunks[:, p0:p0 + nmat * tr * sps], sps).contiguous().view(torch.float16)
+    so = so.view(nmat, nt * tr, k >> lg, 2).float()
+    scale = so[..., 0].repeat_interleave(1 << lg, dim=-1)
+    offset = so[..., 1].repeat_interleave(1 << lg, dim=-1)
+    return (scale * codes.float() + offset)[:, :n]

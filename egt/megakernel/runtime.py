@@ -4,8 +4,9 @@ Contract:
 - `MegaKernelDecoder(model, batch)` finds (or searches) the plan for (model shape, batch, profile), builds or
   reuses the binary, loads it with ctypes and refuses a grid that the occupancy API says cannot be co-resident
   (`MegaKernelError`). Weight kinds per op come from the model (`weight_kinds`): bf16/fp16 `nn.Linear` weights are
-  read in place; 4-bit `QuantLinear` and N:4 `SparseQuantLinear` weights are repacked once into the kernel's chunks
-  (`operands.py`, a second copy on the GPU). Any other module kind, or two kinds within one op, is refused.
+  read in place; 3/4-bit `QuantLinear` and 4-bit N:4 `SparseQuantLinear` weights are repacked once into the
+  kernel's chunks (`operands.py`, a second copy on the GPU). Any other module kind (INT8, 3-bit sparse), or two
+  kinds within one op that no kind combines, is refused.
 - `step(tokens, rope_pos, attn_start, slot, cache)` is one launch on the current stream: it appends this step's
   K/V at cache row `slot` for every batch row, attends rows attn_start[b]..slot, writes float32 logits [B, V]
   and the greedy next token. Inputs are copied into the decoder's device buffers with stream-ordered copies.
@@ -25,9 +26,9 @@ import time
 import torch
 
 from .codegen import BuildError, build, counter_layout, scratch_layout
-from .operands import nm_chunks, q4_chunks
+from .operands import nm_chunks, q3_chunks, q4_chunks
 from .profiles import get_profile
-from .schedule import INT4, INT4_KINDS, INT4_NM, INT4_TC, Q4_CHUNK_KINDS, MegaPlan, model_kind
+from .schedule import INT3, INT4, INT4_KINDS, INT4_NM, INT4_TC, Q4_CHUNK_KINDS, MegaPlan, model_kind
 from .search import PlanStore, plan_for
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -47,16 +48,17 @@ def module_kind(mod, dtype: torch.dtype) -> str:
 
     if type(mod) is torch.nn.Linear and mod.weight.dtype == dtype:
         return f"dense-{DTYPE_NAMES[dtype]}"
-    if isinstance(mod, QuantLinear) and mod.bits == 4:
-        return INT4
+    if isinstance(mod, QuantLinear) and mod.bits in (3, 4):
+        return INT4 if mod.bits == 4 else INT3
     if isinstance(mod, SparseQuantLinear) and mod.bits == 4:
         return INT4_NM
     return f"{type(mod).__name__}({getattr(mod, 'plan', None) and mod.plan.describe()})"
 
 
 def weight_kinds(model, dtype: torch.dtype) -> dict[str, str]:
-    """Weight kind per matvec op (only those not dense); one kind per op in every layer, or MegaKernelError. An op
-    with N:4 sparse INT4 in some layers is `int4-nm` and may keep dense INT4 (N = 4) in others."""
+    """Weight kind per matvec op (only those not dense); one kind per op in every layer, or MegaKernelError. Two
+    kinds carry dense INT4 layers beside their own, so one binary runs a mixed model: an op with N:4 sparse INT4 in
+    some layers is `int4-nm`, one with INT3 in some layers (or some of its matrices) is `int3`."""
     dense = f"dense-{DTYPE_NAMES[dtype]}"
     found: dict[str, set[str]] = {op: set() for op in (*OP_MODULES, "lm_head")}
     for layer in model.layers:
@@ -65,14 +67,15 @@ def weight_kinds(model, dtype: torch.dtype) -> dict[str, str]:
     found["lm_head"].add(module_kind(model.lm_head, dtype))
     out = {}
     for op, ks in found.items():
-        if INT4_NM in ks and op != "lm_head":
-            ks = ks - {INT4}
-        bad = ks - {dense, INT4, INT4_NM}
+        for mixed in (INT4_NM, INT3):
+            if mixed in ks:
+                ks = ks - {INT4}
+        bad = ks - {dense, INT4, INT4_NM, INT3}
         if bad or len(ks) > 1 or (op == "lm_head" and INT4_NM in ks):
             raise MegaKernelError(
-                f"{op}: the MegaKernel reads {dense}, 4-bit QuantLinear or (in the layers) 4-bit N:4 SparseQuantLinear "
-                f"weights, one kind per op in every layer; this model has {sorted(ks)} (INT3/INT8 are not in the "
-                "MegaKernel yet)")
+                f"{op}: the MegaKernel reads {dense}, 3/4-bit QuantLinear or (in the layers) 4-bit N:4 "
+                f"SparseQuantLinear weights, one kind per op in every layer (INT4 may join INT3 or N:4 layers); "
+                f"this model has {sorted(ks)} (INT8 and 3-bit sparse weights are not in the MegaKernel yet)")
         if ks != {dense}:
             out[op] = ks.pop()
     return out
@@ -152,18 +155,21 @@ class MegaKernelDecoder:
         return _ptr(t)
 
     def _q4(self, op: str, mats) -> tuple[int, int, int]:
-        """Chunk buffer, log2 scale granularity and N (kept of 4) of an INT4 op (the buffer kept alive here)."""
+        """Chunk buffer, log2 scale granularity and format byte (N kept of 4 for int4-nm, code bits for int3) of a
+        chunked op in one layer (the buffer kept alive here)."""
         s = self.plan.ops[op]
         kind = self.plan.weights[op]
         try:
             if kind == INT4_NM:
-                buf, lg, n = nm_chunks(mats, s.tr, s.tk, s.ksplit)
+                buf, lg, fmt = nm_chunks(mats, s.tr, s.tk, s.ksplit)
+            elif kind == INT3:
+                buf, lg, fmt = q3_chunks(mats, s.tr, s.tk, s.ksplit)
             else:
-                (buf, lg), n = q4_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if kind == INT4_TC else "rows"), 4
+                (buf, lg), fmt = q4_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if kind == INT4_TC else "rows"), 4
         except ValueError as e:
             raise MegaKernelError(f"{op}: {e}") from e
         self._chunks.append(buf)
-        return _ptr(buf), lg, n
+        return _ptr(buf), lg, fmt
 
     def _setup_buffers(self):
         m, dev, B = self.model, self.device, self.batch
@@ -184,24 +190,25 @@ class MegaKernelDecoder:
         for layer in m.layers:
             a, mlp = layer.self_attn, layer.mlp
             row = [0] * 14  # csrc/mk_kernel.cuh TBL_*
-            lg, nm = [0] * 4, [0] * 4
+            lg, fmt = [0] * 4, [0] * 4
             # op -> (first table slot, its matrices: each a list of the modules whose rows stack into it)
             ops = {"qkv": (0, [[a.q_proj, a.k_proj, a.v_proj]]), "o": (6, [[a.o_proj]]),
                    "gateup": (7, [[mlp.gate_proj], [mlp.up_proj]]), "down": (9, [[mlp.down_proj]])}
             for i, (op, (slot, mats)) in enumerate(ops.items()):
                 if k.get(op) in Q4_CHUNK_KINDS:
-                    row[slot], lg[i], nm[i] = self._q4(op, mats)
+                    row[slot], lg[i], fmt[i] = self._q4(op, mats)
                 else:
                     ws = [self._dense(mod.weight) for part in mats for mod in part]
                     row[slot:slot + len(ws)] = ws
             row[3:6] = [bias(a.q_proj), bias(a.k_proj), bias(a.v_proj)]
             row[10:12] = [self._dense(layer.input_layernorm.weight), self._dense(layer.post_attention_layernorm.weight)]
             row[12] = lg[0] | lg[1] << 8 | lg[2] << 16 | lg[3] << 24
-            row[13] = nm[0] | nm[1] << 8 | nm[2] << 16 | nm[3] << 24
+            row[13] = fmt[0] | fmt[1] << 8 | fmt[2] << 16 | fmt[3] << 24
             ptrs += row
         self.inv_freq = m.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
-        if k.get("lm_head") in INT4_KINDS:
-            lm, lm_lg, _ = self._q4("lm_head", [[m.lm_head]])
+        if k.get("lm_head") in (*INT4_KINDS, INT3):
+            lm, lg, bits = self._q4("lm_head", [[m.lm_head]])
+            lm_lg = lg | bits << 8
         else:
             lm, lm_lg = self._dense(m.lm_head.weight), 0
         ptrs += [self._dense(m.embed_tokens.weight), lm, self._dense(m.norm.weight), _ptr(self.inv_freq), lm_lg]

@@ -11,8 +11,9 @@ Contract:
 - Weight operand kinds (one per op, the same in every layer): `dense-bf16`/`dense-fp16` (rows read in place) and
   `int4` (the MegaKernel layout of `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
   the stage's packed codes and its (scale, offset) pairs), `int4-tc` (the same chunks with the codes in tensor-core
-  fragment order), `int4-nm` (N:4 sparse INT4 chunks with 2-bit positions, N per layer). A kind changes the stage
-  footprint here and the policy the codegen picks, nothing else.
+  fragment order), `int4-nm` (N:4 sparse INT4 chunks with 2-bit positions, N per layer), `int3` (INT3 chunks, or
+  INT4 in the layers whose op holds a 4-bit module: bits per layer). A kind changes the stage footprint here and
+  the policy the codegen picks, nothing else.
 - The validity rules here mirror the static_asserts in csrc/, so an invalid schedule is rejected in Python before
   any compiler runs.
 """
@@ -86,7 +87,8 @@ INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
 INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16 rows a warp, batch <= 2
 INT4_KINDS = (INT4, INT4_TC)
 INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
-Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM)  # kinds read from operands.py chunks (the same stride)
+INT3 = "int3"        # INT3 (or INT4 where a layer's op holds a 4-bit module), bits per layer at run time
+Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM, INT3)  # kinds read from operands.py chunks (the same stride)
 Q4_CODES_PER_VEC = 32  # one 16-byte vector of packed codes: 32 INT4 weights, 4 int32 words
 
 
@@ -113,15 +115,19 @@ def compression_label(weights: dict[str, str]) -> str:
         return "none"
     if set(weights) == set(MATVEC_OPS) and set(weights.values()) == {INT4}:
         return "w4a16"
+    if set(weights) == set(MATVEC_OPS) and set(weights.values()) == {INT3}:
+        return "w3a16"
     return ",".join(f"{k}={v}" for k, v in sorted(weights.items()))
 
 
 def weight_bytes_per_elem(kind: str, group: int = 128) -> float:
     """Bytes the kernel streams per weight (INT4: the code nibble plus a 4-byte (scale, offset) pair per group;
-    N:4 sparse INT4 is costed at 2:4: half the codes, a 2-bit index per kept value)."""
+    N:4 sparse INT4 is costed at 2:4: half the codes, a 2-bit index per kept value; INT3 at 3 bits a code)."""
     if is_dense(kind):
         return 2.0
-    return 0.5 * (0.75 + 4.0 / group) if kind == INT4_NM else 0.5 + 4.0 / group
+    if kind == INT4_NM:
+        return 0.5 * (0.75 + 4.0 / group)
+    return (0.375 if kind == INT3 else 0.5) + 4.0 / group
 
 
 def stage_bytes(op: "MatvecOp", tr: int, tk: int) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (INT4, INT4_NM, INT4_TC, MAX_RING, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
+from .schedule import (INT3, INT4, INT4_NM, INT4_TC, MAX_RING, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
                        attn_page_bytes, ceil_div, compression_label, is_dense, matvec_check, matvec_ops,
                        matvec_page_bytes, matvec_ring_bytes, stage_bytes, static_smem_bytes, weight_bytes_per_elem)
 
@@ -95,11 +95,13 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
         ops_per_elem = (4.0 + 3.0 * batch) / 2
     else:
         # INT4: byte-permute + subtract per code, one FMA per batch row, and the activation unpack + group sum
-        # (2 per batch row) shared by the rows and matrices a warp holds; lanes past the stage's vectors idle
+        # (2 per batch row) shared by the rows and matrices a warp holds; lanes past the stage's vectors idle.
+        # INT3 takes ~0.15 more logic ops a code to isolate its bytes.
         rpw = s.tr // (threads // 32 // s.wpr)
         vpr, tpr = s.tk // 32, 32 * s.wpr
         util = vpr / (ceil_div(vpr, tpr) * tpr)
-        ops_per_elem = (2.4 + batch + 2 * batch / (rpw * op.nmat)) / util
+        code_ops = 2.55 if op.weight_kind == INT3 else 2.4
+        ops_per_elem = (code_ops + batch + 2 * batch / (rpw * op.nmat)) / util
     t_compute = elems * ops_per_elem / FMA_PER_SM_PER_US / (threads / 512) ** 0.25
     steps = tiles * s.ksplit * ((op.k // s.ksplit) // s.tk)
     t_steps = steps * 0.04 + tiles * (0.25 if s.wpr > 1 else 0.08) * max(1, batch // 4)

@@ -41,10 +41,11 @@ using AttnC = AttnCfg<NH, NKV, HD, ATT_S, ATT_SUB, ATT_ROT, ATT_MINC, ATT_HPI, A
 
 // Per-layer table (u64 each). Dense ops: row pointers of q/k/v, o, gate/up, down. INT4 ops: TBL_WQ, TBL_WO, TBL_WG
 // and TBL_WD hold the op's chunk buffer instead (q/k/v and gate/up packed together), TBL_LG the log2 of each
-// INT4 op's scale granularity, one byte each: qkv | o << 8 | gate/up << 16 | down << 24, and TBL_NM (sparse kind)
-// the kept values per group of 4 of each op in this layer, bytes in the same order.
+// INT4 op's scale granularity, one byte each: qkv | o << 8 | gate/up << 16 | down << 24, and TBL_FMT each op's
+// format in this layer, bytes in the same order: the kept values per group of 4 (sparse kind) or the code bits
+// (INT3 kind). GL_LMLG: the LM head's log2 scale granularity | its code bits << 8 (INT3 kind).
 enum { TBL_WQ = 0, TBL_WK, TBL_WV, TBL_BQ, TBL_BK, TBL_BV, TBL_WO, TBL_WG, TBL_WU, TBL_WD, TBL_LN1, TBL_LN2, TBL_LG,
-       TBL_NM, LT = 14 };
+       TBL_FMT, LT = 14 };
 enum { GL_EMBED = 0, GL_LM, GL_NORM, GL_INVF, GL_LMLG };
 
 __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
@@ -76,34 +77,43 @@ struct RowTwo {
   __device__ const uint4* operator()(int m, int n) const { return (m == 0 ? a : b) + (long long)n * rv; }
 };
 
-// ---- weight sources per op: the codegen picks each op's kind (Q4_* / S4_* flags), the schedule stays the same ----
+// ---- weight sources per op: the codegen picks each op's kind (Q4_* / S4_* / Q3_* flags), the schedule stays the same
 __device__ __forceinline__ const uint4* u4p(unsigned long long a) { return reinterpret_cast<const uint4*>(a); }
 __device__ __forceinline__ int lg_of(const unsigned long long* lt, int op) { return (int)((lt[TBL_LG] >> (8 * op)) & 0xff); }
+__device__ __forceinline__ int fmt_of(const unsigned long long* lt, int op) { return (int)((lt[TBL_FMT] >> (8 * op)) & 0xff); }
 __device__ __forceinline__ S4Src s4(const unsigned long long* lt, int tbl, int op) {
-  return S4Src{u4p(lt[tbl]), lg_of(lt, op), (int)((lt[TBL_NM] >> (8 * op)) & 0xff)};
+  return S4Src{u4p(lt[tbl]), lg_of(lt, op), fmt_of(lt, op)};
+}
+__device__ __forceinline__ Q3Src q3(const unsigned long long* lt, int tbl, int op) {
+  return Q3Src{u4p(lt[tbl]), lg_of(lt, op), fmt_of(lt, op)};
 }
 __device__ __forceinline__ auto src_qkv(const unsigned long long* lt) {
   if constexpr (S4_QKV) return s4(lt, TBL_WQ, 0);
+  else if constexpr (Q3_QKV) return q3(lt, TBL_WQ, 0);
   else if constexpr (Q4_QKV) return Q4Src{u4p(lt[TBL_WQ]), lg_of(lt, 0)};
   else return RowQKV{u4p(lt[TBL_WQ]), u4p(lt[TBL_WK]), u4p(lt[TBL_WV])};
 }
 __device__ __forceinline__ auto src_o(const unsigned long long* lt) {
   if constexpr (S4_O) return s4(lt, TBL_WO, 1);
+  else if constexpr (Q3_O) return q3(lt, TBL_WO, 1);
   else if constexpr (Q4_O) return Q4Src{u4p(lt[TBL_WO]), lg_of(lt, 1)};
   else return RowOne{u4p(lt[TBL_WO]), NH * HD / 8};
 }
 __device__ __forceinline__ auto src_gu(const unsigned long long* lt) {
   if constexpr (S4_GU) return s4(lt, TBL_WG, 2);
+  else if constexpr (Q3_GU) return q3(lt, TBL_WG, 2);
   else if constexpr (Q4_GU) return Q4Src{u4p(lt[TBL_WG]), lg_of(lt, 2)};
   else return RowTwo{u4p(lt[TBL_WG]), u4p(lt[TBL_WU]), H / 8};
 }
 __device__ __forceinline__ auto src_dn(const unsigned long long* lt) {
   if constexpr (S4_DN) return s4(lt, TBL_WD, 3);
+  else if constexpr (Q3_DN) return q3(lt, TBL_WD, 3);
   else if constexpr (Q4_DN) return Q4Src{u4p(lt[TBL_WD]), lg_of(lt, 3)};
   else return RowOne{u4p(lt[TBL_WD]), I / 8};
 }
 __device__ __forceinline__ auto src_lm(const unsigned long long* gl) {
-  if constexpr (Q4_LM) return Q4Src{u4p(gl[GL_LM]), (int)gl[GL_LMLG]};
+  if constexpr (Q3_LM) return Q3Src{u4p(gl[GL_LM]), (int)(gl[GL_LMLG] & 0xff), (int)((gl[GL_LMLG] >> 8) & 0xff)};
+  else if constexpr (Q4_LM) return Q4Src{u4p(gl[GL_LM]), (int)(gl[GL_LMLG] & 0xff)};
   else return RowOne{u4p(gl[GL_LM]), H / 8};
 }
 

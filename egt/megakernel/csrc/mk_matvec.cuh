@@ -13,7 +13,8 @@
 //   `issue_bulk` with sm_90 bulk copies when the plan asks for them) and multiplied (`accumulate`), plus any
 //   per-part activation data it needs (`extra_floats`, `after_stage`). `DenseW` reads bf16/fp16 rows in place;
 //   `Q4W` and `Q4TC` read the INT4 chunk layout of egt/megakernel/operands.py on CUDA cores / tensor cores, `S4W`
-//   its N:4 sparse INT4 chunks. The schedule, the ring and the epilogues are the same for every kind.
+//   its N:4 sparse INT4 chunks, `Q3W` its INT3 chunks. The schedule, the ring and the epilogues are the same for
+//   every kind.
 #pragma once
 #include "mk_common.cuh"
 
@@ -127,6 +128,128 @@ MK_COLD_LOOP
   }
 };
 
+// Chunked weight kinds (operands.py): stage (tile, kp, ch) is one contiguous run of `nvec` 16-byte vectors at a
+// fixed stride STRIDE (vectors) from `base`; a stage copies only the vectors its layer's format uses.
+template <class C, int STRIDE>
+__device__ __forceinline__ const uint4* chunk_at(const uint4* base, int tile, int kp, int ch) {
+  return base + ((long long)(tile * C::KS + kp) * C::CP + ch) * STRIDE;
+}
+template <class C, int STRIDE>
+__device__ __forceinline__ void chunk_issue(uint4* buf, int tile, int kp, int ch, const uint4* base, int nvec, int first) {
+  const uint4* chunk = chunk_at<C, STRIDE>(base, tile, kp, ch);
+MK_COLD_LOOP
+  for (int v = threadIdx.x - first; v < nvec; v += NTHR - first) cp_async16(buf + v, chunk + v);
+}
+// sm_90: the stage's chunk is one contiguous run: one bulk copy.
+template <class C, int STRIDE>
+__device__ __forceinline__ void chunk_issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const uint4* base,
+                                                 int nvec, int lane) {
+  if (lane == 0) {
+    mbar_expect(bar, 16u * nvec);
+    bulk_g2s(buf, chunk_at<C, STRIDE>(base, tile, kp, ch), 16u * nvec, bar);
+  }
+}
+
+// Code -> float without an int->float conversion: put the code byte in the mantissa of 2^23 (one byte permute),
+// subtract 2^23 (exact). `lo` and `hi` hold four isolated codes a byte: q[2i] from byte i of lo, q[2i+1] of hi.
+__device__ __forceinline__ void bytes8(uint32_t lo, uint32_t hi, float (&q)[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    q[2 * i] = __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7440 + i)) - 8388608.f;
+    q[2 * i + 1] = __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7440 + i)) - 8388608.f;
+  }
+}
+
+// The codes of one 32-column vector of a dense quantized row, decoded eight columns at a time (`decode(i, q)`:
+// columns 8i .. 8i+7, in order). Nib4: egt.quant's INT4 word, code k at bits 4(k%8) of word k/8 (one uint4).
+struct Nib4 {
+  uint4 w;
+  __device__ __forceinline__ void load(const uint4* codes, int vec) { w = codes[vec]; }
+  __device__ __forceinline__ void decode(int i, float (&q)[8]) const {
+    const uint32_t x = i == 0 ? w.x : (i == 1 ? w.y : (i == 2 ? w.z : w.w));
+    bytes8(x & 0x0F0F0F0Fu, (x >> 4) & 0x0F0F0F0Fu, q);
+  }
+};
+// Bits3: operands.py's INT3 vector, three words a, b, c. Byte j of word i < 3 holds columns 8i+2j (bits 0-2) and
+// 8i+2j+1 (bits 3-5); columns 24+2j and 24+2j+1 take their low two bits from bits 6-7 of byte j of a and b and
+// their high bit from bits 6 and 7 of byte j of c. So every eight columns cost 2-4 logic ops, about as INT4's.
+struct Bits3 {
+  uint32_t a, b, c;
+  __device__ __forceinline__ void load(const uint4* codes, int vec) {
+    const uint32_t* p = reinterpret_cast<const uint32_t*>(codes) + 3 * vec;  // stride 3 words: no bank conflict
+    a = p[0], b = p[1], c = p[2];
+  }
+  __device__ __forceinline__ void decode(int i, float (&q)[8]) const {
+    if (i == 3) {
+      bytes8(((a >> 6) & 0x03030303u) | ((c >> 4) & 0x04040404u), ((b >> 6) & 0x03030303u) | ((c >> 5) & 0x04040404u), q);
+    } else {
+      const uint32_t x = i == 0 ? a : (i == 1 ? b : c);
+      bytes8(x & 0x07070707u, (x >> 3) & 0x07070707u, q);
+    }
+  }
+};
+
+// y += W x for dense quantized codes (format F) with (scale, offset) pairs per 2^lg columns, on CUDA cores:
+// sum_k (s q_k + o) x_k = s * sum_k q_k x_k + o * sum_k x_k, one scale FMA per vector, not per weight.
+// codes [NMAT][TR][TK/32] vectors in F's layout; pairs [NMAT][TR][TK >> lg] half2.
+template <class F, typename T, class C>
+__device__ __forceinline__ void dense_codes(const uint4* codes, const __half2* pairs, const uint4* xs, int ch, int slot,
+                                            int wi, int lane, int lg, LaneAcc<C>& st) {
+  auto& acc = st.v;
+  constexpr int VPR = C::TK / 32, VPT = (VPR + C::TPR - 1) / C::TPR;
+  const int sps = C::TK >> lg;
+MK_VEC_LOOP
+  for (int v = 0; v < VPT; ++v) {
+    const int c = wi * 32 + lane + v * C::TPR;
+    if (VPT * C::TPR == VPR || c < VPR) {
+      const int gi = (c * 32) >> lg;
+      F w[C::RPW][C::NMAT];
+#pragma unroll
+      for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) w[j][m].load(codes, (m * C::TR + slot * C::RPW + j) * VPR + c);
+      float dot[C::RPW][C::NMAT][NB], xsum[NB];
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        xsum[b] = 0.f;
+#pragma unroll
+        for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+          for (int m = 0; m < C::NMAT; ++m) dot[j][m][b] = 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float xf[NB][8];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          unpack8<T>(xs[b * (C::KP / 8) + ch * (C::TK / 8) + c * 4 + i], xf[b]);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) xsum[b] += xf[b][e];
+        }
+#pragma unroll
+        for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+          for (int m = 0; m < C::NMAT; ++m) {
+            float q[8];
+            w[j][m].decode(i, q);
+#pragma unroll
+            for (int b = 0; b < NB; ++b)
+#pragma unroll
+              for (int e = 0; e < 8; ++e) dot[j][m][b] = fmaf(q[e], xf[b][e], dot[j][m][b]);
+          }
+      }
+#pragma unroll
+      for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) {
+          const float2 so = __half22float2(pairs[(m * C::TR + slot * C::RPW + j) * sps + gi]);
+#pragma unroll
+          for (int b = 0; b < NB; ++b) acc[j][m][b] = fmaf(so.x, dot[j][m][b], fmaf(so.y, xsum[b], acc[j][m][b]));
+        }
+    }
+  }
+}
+
 // INT4 weights in the MegaKernel chunk layout (egt/megakernel/operands.py). Chunk (tile, kp, ch) is contiguous:
 //   codes  [NMAT][TR][TK/32] x uint4   (32 codes per vector, egt.quant's nibble order: code k at bits 4(k%8) of
 //                                       word k/8)
@@ -143,93 +266,21 @@ template <typename T> struct Q4W {
   template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
   template <class C> __host__ __device__ static constexpr int code_vec() { return C::NMAT * C::TR * (C::TK / 32); }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return code_vec<C>() + (C::NMAT * C::TR * (C::TK / 32) * 4 + 15) / 16; }
+  template <class C> __device__ static __forceinline__ int pair_vecs(int lg) { return (C::NMAT * C::TR * (C::TK >> lg) * 4 + 15) / 16; }
   template <class C, class SRC>
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
-    const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
-    const int n = code_vec<C>() + (C::NMAT * C::TR * (C::TK >> src.lg) * 4 + 15) / 16;
-MK_COLD_LOOP
-    for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16(buf + v, chunk + v);
+    chunk_issue<C, stage_vec<C>()>(buf, tile, kp, ch, src.base, code_vec<C>() + pair_vecs<C>(src.lg), first);
   }
-  // sm_90: the stage's chunk is one contiguous run: one bulk copy.
   template <class C, class SRC>
   __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const SRC& src,
                                                     int lane) {
-    if (lane == 0) {
-      const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
-      const unsigned bytes = 16u * (code_vec<C>() + (C::NMAT * C::TR * (C::TK >> src.lg) * 4 + 15) / 16);
-      mbar_expect(bar, bytes);
-      bulk_g2s(buf, chunk, bytes, bar);
-    }
+    chunk_issue_bulk<C, stage_vec<C>()>(buf, bar, tile, kp, ch, src.base, code_vec<C>() + pair_vecs<C>(src.lg), lane);
   }
-  // Code -> float without an int->float conversion: put the nibble in the mantissa of 2^23 (one byte permute from
-  // a word of isolated nibbles), subtract 2^23 (exact). Even codes come from w & 0x0F0F0F0F, odd from w >> 4.
-  __device__ static __forceinline__ void codes8(uint32_t w, float (&q)[8]) {
-    const uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      q[2 * i] = __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7440 + i)) - 8388608.f;
-      q[2 * i + 1] = __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7440 + i)) - 8388608.f;
-    }
-  }
-  // sum_k (s q_k + o) x_k = s * sum_k q_k x_k + o * sum_k x_k: one scale FMA per vector, not per weight.
+  __device__ static __forceinline__ void codes8(uint32_t w, float (&q)[8]) { bytes8(w & 0x0F0F0F0Fu, (w >> 4) & 0x0F0F0F0Fu, q); }
   template <class C, class SRC>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, const SRC& src, LaneAcc<C>& st) {
-    auto& acc = st.v;
-    constexpr int VPR = C::TK / 32, VPT = (VPR + C::TPR - 1) / C::TPR;
-    const int sps = C::TK >> src.lg;
-    const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
-MK_VEC_LOOP
-    for (int v = 0; v < VPT; ++v) {
-      const int c = wi * 32 + lane + v * C::TPR;
-      if (VPT * C::TPR == VPR || c < VPR) {
-        const int gi = (c * 32) >> src.lg;
-        uint4 w[C::RPW][C::NMAT];
-#pragma unroll
-        for (int j = 0; j < C::RPW; ++j)
-#pragma unroll
-          for (int m = 0; m < C::NMAT; ++m) w[j][m] = buf[(m * C::TR + slot * C::RPW + j) * VPR + c];
-        float dot[C::RPW][C::NMAT][NB], xsum[NB];
-#pragma unroll
-        for (int b = 0; b < NB; ++b) {
-          xsum[b] = 0.f;
-#pragma unroll
-          for (int j = 0; j < C::RPW; ++j)
-#pragma unroll
-            for (int m = 0; m < C::NMAT; ++m) dot[j][m][b] = 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float xf[NB][8];
-#pragma unroll
-          for (int b = 0; b < NB; ++b) {
-            unpack8<T>(xs[b * (C::KP / 8) + ch * (C::TK / 8) + c * 4 + i], xf[b]);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) xsum[b] += xf[b][e];
-          }
-#pragma unroll
-          for (int j = 0; j < C::RPW; ++j)
-#pragma unroll
-            for (int m = 0; m < C::NMAT; ++m) {
-              const uint32_t word = i == 0 ? w[j][m].x : (i == 1 ? w[j][m].y : (i == 2 ? w[j][m].z : w[j][m].w));
-              float q[8];
-              codes8(word, q);
-#pragma unroll
-              for (int b = 0; b < NB; ++b)
-#pragma unroll
-                for (int e = 0; e < 8; ++e) dot[j][m][b] = fmaf(q[e], xf[b][e], dot[j][m][b]);
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < C::RPW; ++j)
-#pragma unroll
-          for (int m = 0; m < C::NMAT; ++m) {
-            const float2 so = __half22float2(pairs[(m * C::TR + slot * C::RPW + j) * sps + gi]);
-#pragma unroll
-            for (int b = 0; b < NB; ++b) acc[j][m][b] = fmaf(so.x, dot[j][m][b], fmaf(so.y, xsum[b], acc[j][m][b]));
-          }
-      }
-    }
+    dense_codes<Nib4, T, C>(buf, reinterpret_cast<const __half2*>(buf + code_vec<C>()), xs, ch, slot, wi, lane, src.lg, st);
   }
 };
 
@@ -370,7 +421,7 @@ MK_COLD_LOOP
 };
 
 // N:4 sparse INT4 (egt.sparsify's SparseQuantLinear: kept values quantized as a dense row of K*N/4 columns, and a
-// 2-bit position inside its group of 4 per kept value), N a per-layer run-time value (TBL_NM), so one binary runs a
+// 2-bit position inside its group of 4 per kept value), N a per-layer run-time value (TBL_FMT), so one binary runs a
 // model that mixes 2:4, 1:4 and dense INT4 layers. Chunk (tile, kp, ch) for N in {1, 2} (operands.py):
 //   codes  [NMAT][TR][WR] x u32    WR = TK*N/32 words, 8 kept codes each (egt.quant's nibble order)
 //   index  [NMAT][TR][WR] x u16    the 2-bit positions of a word's 8 kept values, first in the low bits
@@ -390,25 +441,17 @@ template <typename T> struct S4W {
   template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
   template <class C> __device__ static __forceinline__ int pairs_byte(int n) { return (6 * C::NMAT * C::TR * (C::TK * n / 32) + 3) & ~3; }
   template <class C> __device__ static __forceinline__ int chunk_vecs(const S4Src& s) {
-    if (s.n == 4) return Q4W<T>::template code_vec<C>() + (C::NMAT * C::TR * (C::TK >> s.lg) * 4 + 15) / 16;
+    if (s.n == 4) return Q4W<T>::template code_vec<C>() + Q4W<T>::template pair_vecs<C>(s.lg);
     return (pairs_byte<C>(s.n) + C::NMAT * C::TR * ((C::TK * s.n / 4) >> s.lg) * 4 + 15) / 16;
   }
   template <class C>
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const S4Src& src, int first) {
-    const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
-    const int n = chunk_vecs<C>(src);
-MK_COLD_LOOP
-    for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16(buf + v, chunk + v);
+    chunk_issue<C, stage_vec<C>()>(buf, tile, kp, ch, src.base, chunk_vecs<C>(src), first);
   }
   template <class C>
   __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const S4Src& src,
                                                     int lane) {
-    if (lane == 0) {
-      const uint4* chunk = src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * stage_vec<C>();
-      const unsigned bytes = 16u * chunk_vecs<C>(src);
-      mbar_expect(bar, bytes);
-      bulk_g2s(buf, chunk, bytes, bar);
-    }
+    chunk_issue_bulk<C, stage_vec<C>()>(buf, bar, tile, kp, ch, src.base, chunk_vecs<C>(src), lane);
   }
   template <class C> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xp, const S4Src& src) {
     if (src.n == 4) return;  // the dense loop reads the staged part itself
@@ -474,6 +517,43 @@ MK_VEC_LOOP
     if (src.n == 2) sparse<2, C>(buf, xp, ch, slot, wi, lane, src.lg, st);
     else if (src.n == 1) sparse<1, C>(buf, xp, ch, slot, wi, lane, src.lg, st);
     else Q4W<T>::template accumulate<C>(buf, xs, ch, slot, wi, lane, src, st);
+  }
+};
+
+// Dense INT3 (egt.quant 3-bit QuantLinear) with INT4 allowed per layer: `bits` (3 or 4) is a per-layer run-time
+// value (the table's format byte), so one binary runs a model whose adaptive plan mixes INT3 and INT4 layers.
+// Chunk (tile, kp, ch) for bits == 3 (operands.py `q3_chunks`):
+//   codes  [NMAT][TR][TK/32] x 3 u32   (Bits3's order: 32 codes in 12 bytes)
+//   pairs  [NMAT][TR][TK >> lg] x half2 at the next 16-byte boundary, as in Q4W
+// bits == 4 layers use the Q4W chunk and loop. The stride is Q4W's, so an INT3 stage copies 3/4 of the code bytes.
+struct Q3Src {
+  const uint4* base;  // chunk 0 of this layer's op
+  int lg;
+  int bits;           // 3 or 4
+};
+template <typename T> struct Q3W {
+  template <class C> using Acc = LaneAcc<C>;
+  template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
+  template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
+  template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
+  template <class C> __host__ __device__ static constexpr int code_vec() { return (C::NMAT * C::TR * (C::TK / 32) * 12 + 15) / 16; }
+  template <class C> __device__ static __forceinline__ int chunk_vecs(const Q3Src& s) {
+    return (s.bits == 4 ? Q4W<T>::template code_vec<C>() : code_vec<C>()) + Q4W<T>::template pair_vecs<C>(s.lg);
+  }
+  template <class C>
+  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const Q3Src& src, int first) {
+    chunk_issue<C, stage_vec<C>()>(buf, tile, kp, ch, src.base, chunk_vecs<C>(src), first);
+  }
+  template <class C>
+  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const Q3Src& src,
+                                                    int lane) {
+    chunk_issue_bulk<C, stage_vec<C>()>(buf, bar, tile, kp, ch, src.base, chunk_vecs<C>(src), lane);
+  }
+  template <class C>
+  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, const Q3Src& src, LaneAcc<C>& st) {
+    if (src.bits == 4) Q4W<T>::template accumulate<C>(buf, xs, ch, slot, wi, lane, src, st);
+    else dense_codes<Bits3, T, C>(buf, reinterpret_cast<const __half2*>(buf + code_vec<C>()), xs, ch, slot, wi, lane, src.lg, st);
   }
 };
 
