@@ -9,7 +9,9 @@ SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `c
 AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk`, `qk_lanes`, `fold` (an exact
 value, or `>=N` / `<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints;
 with `from=NAME` it is instead the plan of the earlier variant NAME (same shape and weights) with the given
-AttnSchedule fields set to exact values, everything else unchanged (a one-option A/B).
+AttnSchedule fields set to exact values, everything else unchanged (a one-option A/B). `csrc=DIR` builds the
+variant's kernel from the opcode headers in DIR (another code state's egt/megakernel/csrc, e.g. exported with
+`git archive`), so a kernel change is A/B-tested in one run on one card: `base:csrc=DIR;new:` (same plan).
 `--trace NAMES` also runs a traced build of those variants (layer 2, context 140) and prints where the layer's
 time goes, as bench/megakernel_trace.py does.
 Correctness per variant: logits at contexts 1 and 1000 against the torch engine (bf16 weights: the bf16 torch
@@ -21,6 +23,7 @@ exits (run it where nvcc is, then carry the cache).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -105,6 +108,22 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
 TRACE_LAYER = 2
 
 
+@contextlib.contextmanager
+def code_state(csrc: str):
+    """Build and load kernels from the opcode headers in `csrc` ("" = this checkout's) inside the block."""
+    old = os.environ.pop("EGT_MK_CSRC", None)
+    if csrc:
+        if not (Path(csrc) / "mk_kernel.cuh").exists():
+            raise FileNotFoundError(f"csrc={csrc}: no mk_kernel.cuh there")
+        os.environ["EGT_MK_CSRC"] = str(Path(csrc).resolve())
+    try:
+        yield
+    finally:
+        os.environ.pop("EGT_MK_CSRC", None)
+        if old is not None:
+            os.environ["EGT_MK_CSRC"] = old
+
+
 def trace_points(model, plan, ctx: int = 140) -> list[str]:
     """Earliest / median / latest block at each stamped point of layer TRACE_LAYER (bench/megakernel_trace.py)."""
     from bench.megakernel_trace import POINTS  # stamp index -> name
@@ -150,9 +169,12 @@ def main():
                     earlier[vname] = p
     t0 = time.time()
     traced = set(filter(None, a.trace.split(",")))
-    builds = [(j[4], None) for j in jobs] + [(j[4], TRACE_LAYER) for j in jobs if j[2] in traced]
-    with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 2))) as ex:
-        list(ex.map(lambda b: build(b[0], trace_layer=b[1]), builds))
+    # one parallel build pass per code state: $EGT_MK_CSRC selects the headers (read by the build itself)
+    for csrc in sorted({j[3].get("csrc", "") for j in jobs}):
+        builds = [(j[4], None) for j in jobs if j[3].get("csrc", "") == csrc]
+        builds += [(j[4], TRACE_LAYER) for j in jobs if j[2] in traced and j[3].get("csrc", "") == csrc]
+        with code_state(csrc), ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 2))) as ex:
+            list(ex.map(lambda b: build(b[0], trace_layer=b[1]), builds))
     print(f"built {len(jobs)} plans in {time.time() - t0:.0f} s", flush=True)
     if a.build_only:
         return
@@ -178,7 +200,8 @@ def main():
                "attn": vars(plan.attn), "ops": {k: vars(v) for k, v in plan.ops.items()}, "weight_bytes": nbytes,
                "smem_peak": plan.smem.get("peak"), "plan": plan.to_dict()}
         try:
-            dec = MegaKernelDecoder(model, batch=1, plan=plan)
+            with code_state(kv.get("csrc", "")):
+                dec = MegaKernelDecoder(model, batch=1, plan=plan)
             errs = []
             for ctx in (1, 1000):
                 cache = model.setup_cache(1, ctx + 8)
@@ -201,7 +224,8 @@ def main():
             del dec
             if vname in traced:
                 try:  # a failing trace does not fail the variant's checks and timings
-                    row["trace"] = trace_points(model, plan)
+                    with code_state(kv.get("csrc", "")):
+                        row["trace"] = trace_points(model, plan)
                     print(f"== trace {name} {w} {vname} layer {TRACE_LAYER} ctx 140 (us from earliest qkv-wait start)")
                     print("\n".join(row["trace"]), flush=True)
                 except Exception as e:

@@ -20,8 +20,10 @@ POINTS = {0: "qkv wait start", 1: "qkv wait end", 2: "qkv done", 3: "attn start"
           # stamped by the blocks that run attention items, for their first item only
           11: "att: qkv ready", 12: "att: q/k/v roped", 13: "att: first K/V in", 16: "att: q.k done",
           17: "att: softmax done", 14: "att: scores+PV", 15: "att: item end",
-          # inside gate/up (csrc MK_PROBE): activation staged, first stage in smem / done, last stage in smem, end
-          20: "gu: x staged", 21: "gu: stage 0 ready", 22: "gu: stage 0 done", 23: "gu: last ready", 24: "gu: end"}
+          # inside gate/up and down (csrc MK_PROBE): activation staged, first stage in smem / done, last stage in
+          # smem, end
+          20: "gu: x staged", 21: "gu: stage 0 ready", 22: "gu: stage 0 done", 23: "gu: last ready", 24: "gu: end",
+          25: "dn: x staged", 26: "dn: stage 0 ready", 27: "dn: stage 0 done", 28: "dn: last ready", 29: "dn: end"}
 
 
 def main():

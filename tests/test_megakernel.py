@@ -451,20 +451,41 @@ def test_attention_qk_lanes_and_fold_are_plan_options():
         assert (d.fold, d.min_chunk, d.qk_lanes) == (1, 128, 1), name
 
 
-def test_ab_bench_variants_constrain_the_attention_options():
+def _ab_module():
     import importlib.util
     from pathlib import Path
-
-    from egt.megakernel.profiles import get_profile
     spec = importlib.util.spec_from_file_location("mk_ab", Path(__file__).parents[1] / "bench" / "megakernel_ab.py")
     ab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ab)
+    return ab
+
+
+def test_ab_bench_variants_constrain_the_attention_options():
+    from egt.megakernel.profiles import get_profile
+    ab = _ab_module()
     (name, kv), (n2, kv2) = ab.parse_variants("f:fold=1,min_chunk=>=256;l4:from=f,qk_lanes=4,min_chunk=64,sub=64")
     p = ab.variant_plan(SHAPES["qwen2.5-1.5b"], "bf16", kv, get_profile("h100"))
     assert name == "f" and p.attn.fold == 1 and p.attn.min_chunk >= 256
     # from=: the earlier variant's plan with exact attention fields (values the search does not offer too)
     q = ab.variant_plan(SHAPES["qwen2.5-1.5b"], "bf16", kv2, get_profile("h100"), earlier={"f": p})
     assert (q.attn.qk_lanes, q.attn.fold, q.attn.min_chunk, q.attn.sub) == (4, 1, 64, 64) and q.ops == p.ops
+
+
+def test_ab_code_state_builds_from_another_csrc(tmp_path):
+    """`csrc=DIR` variants: the build cache key (and nvcc's include path) follow $EGT_MK_CSRC inside code_state."""
+    from egt.megakernel.codegen import CSRC, library_path, nvcc_command
+    ab = _ab_module()
+    p = search(SHAPES["smollm2-135m"], 1, "h100", max_plans=1)[0]
+    here = library_path(p)
+    other = tmp_path / "csrc"
+    shutil.copytree(CSRC, other)
+    (other / "mk_kernel.cuh").write_text((other / "mk_kernel.cuh").read_text() + "\n// another code state\n")
+    with ab.code_state(str(other)):
+        assert library_path(p) != here and f"-I{other}" in nvcc_command(tmp_path / "a.cu", tmp_path / "a.so")
+    assert library_path(p) == here
+    with pytest.raises(FileNotFoundError), ab.code_state(str(tmp_path)):
+        pass
+
 
 
 # ---- INT3 operand kind (issue 9) ------------------------------------------------------------------------------------

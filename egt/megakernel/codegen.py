@@ -4,8 +4,9 @@ Contract:
 - `generate_source(plan)` returns one self-contained CUDA C++ translation unit: the plan's constants and op configs
   (the schedule) followed by the opcode headers in csrc/. Nothing about the schedule is decided at run time.
 - `build(plan)` compiles it with nvcc into a shared library (sm_80 and sm_90 machine code by default; override
-  with EGT_MK_ARCHS="80;90") and caches it under the user cache directory by plan hash + source hash, so an
-  unchanged plan never recompiles. Concurrent builds write to a temporary name and rename atomically.
+  with EGT_MK_ARCHS="80;90") and caches it under the user cache directory by plan hash + source hash (the headers
+  included, `csrc_dir()`), so an unchanged plan never recompiles. Concurrent builds write to a temporary name and
+  rename atomically.
 - `scratch_layout(plan)` / `counter_layout(plan)` are the single source of the device buffers' offsets; the
   generated code and the runtime both take them from here.
 """
@@ -21,6 +22,12 @@ from pathlib import Path
 from .schedule import INT3, INT4_KINDS, INT4_NM, INT4_TC, MegaPlan, is_dense
 
 CSRC = Path(__file__).parent / "csrc"
+
+
+def csrc_dir() -> Path:
+    """The opcode headers: the package's, or $EGT_MK_CSRC (another code state's csrc/, for an A/B of a kernel
+    change in one run: bench/megakernel_ab.py `csrc=`)."""
+    return Path(os.environ.get("EGT_MK_CSRC") or CSRC)
 HEADERS = ("mk_common.cuh", "mk_matvec.cuh", "mk_attention.cuh", "mk_kernel.cuh")
 DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
 WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "int4": "Q4W<mk_t>",
@@ -199,7 +206,7 @@ def archs() -> list[str]:
 
 
 def nvcc_command(src: Path, out: Path) -> list[str]:
-    cmd = [nvcc_path(), str(src), f"-I{CSRC}", "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-o", str(out),
+    cmd = [nvcc_path(), str(src), f"-I{csrc_dir()}", "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-o", str(out),
            "-Xptxas", "-v", "--threads", "0", "-lineinfo"]
     for a in archs():
         cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
@@ -207,7 +214,7 @@ def nvcc_command(src: Path, out: Path) -> list[str]:
 
 
 def library_path(plan: MegaPlan, trace_layer: int | None = None) -> Path:
-    src = generate_source(plan, trace_layer) + "".join((CSRC / h).read_text() for h in HEADERS)
+    src = generate_source(plan, trace_layer) + "".join((csrc_dir() / h).read_text() for h in HEADERS)
     h = hashlib.sha256((src + "|" + ";".join(archs())).encode()).hexdigest()[:16]
     return cache_dir() / f"mk_{plan.plan_hash()}_{h}.so"
 

@@ -119,7 +119,6 @@ __device__ __forceinline__ unsigned ld_relaxed(const unsigned* p) {
   asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-__device__ __forceinline__ void fence_acq_rel() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
 __device__ __forceinline__ void red_release(unsigned* p, unsigned v) {
   asm volatile("red.release.gpu.global.add.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
@@ -142,7 +141,9 @@ enum { MK_OK = 0, MK_TIMEOUT = 1 };
 // so a dependency that never arrives (a grid that is not co-resident, a bug) ends the kernel instead of hanging.
 __device__ __forceinline__ void block_wait(const unsigned* c, unsigned target, int* ctl, unsigned long long timeout_ns) {
   if (threadIdx.x == 0) {
-    // Poll with relaxed loads (cheaper than an acquire per poll) and order the block's later reads with one fence.
+    // Poll with relaxed loads (cheaper than an acquire per poll), then one acquire load of the counter: it reads
+    // the last arrival of the release sequence, so the block's later reads see every arriving block's writes.
+    // (An acquire load, not a fence.acq_rel: the fence also waits for this thread's own outstanding accesses.)
     if (ld_relaxed(c) < target) {
       const unsigned long long t0 = global_ns();
       unsigned spins = 0;
@@ -157,7 +158,7 @@ __device__ __forceinline__ void block_wait(const unsigned* c, unsigned target, i
         }
       }
     }
-    fence_acq_rel();
+    (void)ld_acquire(c);
   }
   __syncthreads();
 }

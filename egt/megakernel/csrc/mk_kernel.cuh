@@ -118,6 +118,23 @@ __device__ __forceinline__ auto src_lm(const unsigned long long* gl) {
 }
 
 // ---- activation stagers --------------------------------------------------------------------------------------
+// L2 -> shared copy of n 16-byte vectors (`at(v)`: vector v's address) with four loads in flight per thread before
+// their stores: a long activation (down's 8960 columns: 4-5 vectors a thread) then costs one L2 round trip, not
+// one per vector, while the loop itself stays rolled in compact code.
+template <class AT> __device__ __forceinline__ void stage_vecs(uint4* dst, int n, const AT& at) {
+  constexpr int U = 4;
+MK_COLD_LOOP
+  for (int v0 = threadIdx.x; v0 < n; v0 += U * NTHR) {
+    uint4 r[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (v0 + u * NTHR < n) r[u] = __ldcg(at(v0 + u * NTHR));
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (v0 + u * NTHR < n) dst[v0 + u * NTHR] = r[u];
+  }
+}
+
 // RMSNorm fused into the consumer: every block recomputes the row's rms (K elements, from L2) instead of paying a
 // grid-wide barrier for a separate norm task.
 template <int K, int KS> struct NormStage {
@@ -149,11 +166,7 @@ MK_COLD_LOOP
   // KS == 1: stage raw x, reduce the squares from shared memory (fixed order), normalise in place; one trip to L2.
   __device__ void fused(uint4* xs) const {
     constexpr int VP = K / 8;
-MK_COLD_LOOP
-    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
-      const int b = v / VP, c = v - b * VP;
-      xs[v] = __ldcg(reinterpret_cast<const uint4*>(row(b)) + c);
-    }
+    stage_vecs(xs, NB * VP, [&](int v) { return reinterpret_cast<const uint4*>(row(v / VP)) + v % VP; });
     __syncthreads();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 MK_COLD_LOOP
@@ -209,11 +222,7 @@ template <int K, int KS> struct PlainStage {
   const mk_t* x;  // [NB, K]
   __device__ void operator()(uint4* xs, int kp) const {
     constexpr int KP = K / KS, VP = KP / 8;
-MK_COLD_LOOP
-    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
-      const int b = v / VP, c = v - b * VP;
-      xs[v] = __ldcg(reinterpret_cast<const uint4*>(x + (long long)b * K + kp * KP) + c);
-    }
+    stage_vecs(xs, NB * VP, [&](int v) { return reinterpret_cast<const uint4*>(x + (long long)(v / VP) * K + kp * KP) + v % VP; });
     __syncthreads();
   }
 };
@@ -342,13 +351,12 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     }
     MK_STAMP(2);
     block_arrive(c_qkv + l);
-    // RoPE + KV append + split attention (+ combine); the o projection's weights start streaming inside
+    // RoPE + KV append + split attention (+ combine); the o projection's weights start streaming from inside
     MK_STAMP(3);
     {
       auto pre_o = [&]() { Matvec<MvO, WO>::prefill(ring, src_o(lt)); };
-      Attention<AttnC>::run<Matvec<MvO, WO>::PF_GROUPS>(l, ring, page, p, qkv, att, part_o, part_ml, c_qkv + l,
-                                                        c_arr + (long long)l * Attention<AttnC>::PAIRS, c_att + l, E1,
-                                                        inv_freq, p.ctl, pre_o);
+      Attention<AttnC>::run(l, ring, page, p, qkv, att, part_o, part_ml, c_qkv + l,
+                            c_arr + (long long)l * Attention<AttnC>::PAIRS, c_att + l, E1, inv_freq, p.ctl, pre_o);
     }
     MK_STAMP(4);
     // ATT_FOLD: the O staging combines the split partials (its split counts are read here, before the wait)
@@ -388,13 +396,19 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     Matvec<MvDN, WDN>::prefill(ring, src_dn(lt));
     block_wait(c_gu + l, ALL, p.ctl, p.timeout_ns);
     MK_STAMP(9);
-    // down projection + residual
+    // down projection + residual (its probes land 5 slots after gate/up's)
+#ifdef EGT_MK_TRACE
+    if (threadIdx.x == 0) mk_probe = (p.trace && l == EGT_MK_TRACE) ? p.trace + blockIdx.x * 32 + 5 : nullptr;
+#endif
     {
       PlainStage<I, MvDN::KS> st{hbuf};
       EpiResid e{xM, nullptr, xA, s_res, 0, 0};
       Matvec<MvDN, WDN>::run(ring, page, src_dn(lt), st, e);
     }
     MK_STAMP(10);
+#ifdef EGT_MK_TRACE
+    if (threadIdx.x == 0) mk_probe = nullptr;
+#endif
     block_arrive(c_dn + l);
     if (l + 1 < L) {
       const unsigned long long* nt = lt + LT;

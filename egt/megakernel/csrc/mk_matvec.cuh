@@ -572,7 +572,6 @@ template <class C, class WF> struct Matvec {
   // Bulk copies (sm_90) cost one instruction a run: the whole ring but the stage the loop refills first.
   static constexpr int PF_WANT = (PREFETCH_BYTES + STAGE_VEC * 16 - 1) / (STAGE_VEC * 16);
   static constexpr int PF = MK_BULK ? C::ST - 1 : (PF_WANT < 1 ? 1 : (PF_WANT > C::ST - 1 ? C::ST - 1 : PF_WANT));
-  static constexpr int PF_GROUPS = MK_BULK ? 0 : PF;  // cp.async groups a prefill leaves pending
   static constexpr int XS_BYTES = XVEC * 16;
   static constexpr int EXTRA_FLOATS = WF::template extra_floats<C>();  // the policy's per-part data (after xs)
   static constexpr int RED_FLOATS = (C::WPR > 1) ? NW * RPW * C::NMAT * NB : 0;
