@@ -27,26 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from egt.models import SHAPES, hf_config_for_shape, random_model  # noqa: E402
+from common import copy_bandwidth  # noqa: E402
 from megakernel_check import WEIGHT_LABELS, compress, weight_bytes  # noqa: E402
 
 PROMPT = 128
-
-
-def copy_bandwidth() -> float:
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(10):
-        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record(); b.copy_(a); e.record(); torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    ts.sort()
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * (1 << 30) / (ts[len(ts) // 2] / 1e3)
 
 
 def hf_generate_ms(name, batch, static):
@@ -160,7 +144,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
-    bw = copy_bandwidth()
+    bw = copy_bandwidth() * 1e9  # bytes/s
     dev = torch.cuda.get_device_name()
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{dev}: copy {bw / 1e9:.0f} GB/s, torch {torch.__version__}", flush=True)

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import copy_bandwidth  # noqa: E402
 from egt.models import SHAPES, random_model  # noqa: E402
 from egt.megakernel.runtime import MegaKernelDecoder  # noqa: E402
 from egt.transformer import KVCache  # noqa: E402
@@ -29,22 +31,6 @@ from egt.transformer import KVCache  # noqa: E402
 # round every intermediate to bf16; with random weights the torch bf16 reference is itself ~1.7e-2 from a float32
 # run of the same model, so the check also records both paths' distance to float32 (they must be alike).
 REL_TOL = 3e-2
-
-
-def copy_bandwidth() -> float:
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(10):
-        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record(); b.copy_(a); e.record(); torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    ts.sort()
-    del a, b
-    return 2 * (1 << 30) / (ts[len(ts) // 2] / 1e3)
 
 
 # Group sizes egt's INT4 plans use, cycled over the layers so that one binary serves adaptive (per-layer) groups;
@@ -349,7 +335,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "bench/results"), "megakernel_check.json"))
     a = ap.parse_args()
     gen = torch.Generator(device="cuda").manual_seed(1234)
-    bw = copy_bandwidth()
+    bw = copy_bandwidth() * 1e9  # bytes/s
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBs": bw / 1e9,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rel_tol": REL_TOL, "shapes": []}
     print(f"{res['device']} copy {bw / 1e9:.0f} GB/s", flush=True)

@@ -41,6 +41,7 @@ struct MvCfg {
 // Accumulator of the CUDA-core policies: each lane holds partial sums of the rows its warp owns; `rows` hands
 // them to the tile epilogue (which sums the lanes and the warps of a row).
 template <class C> struct LaneAcc {
+  static constexpr bool OWNED = false;  // lanes hold partial sums of every row: the epilogue sums the warp
   float v[C::RPW][C::NMAT][NB];
   __device__ __forceinline__ void clear() {
 #pragma unroll
@@ -297,6 +298,9 @@ template <typename T> struct Q4W {
 template <typename T> struct Q4TC {
   static constexpr float BASE = 128.f;
   template <class C> struct Acc {
+    // Each (row, batch) sum lives whole in one lane of the C fragment, so the epilogue needs no warp reduction.
+    static constexpr bool OWNED = true;
+    __device__ static __forceinline__ int owner(int j, int b) { return (j & 7) * 4 + (b >> 1); }
     float c[C::NMAT][4];  // folded (scaled) sums
     float t[C::NMAT][4];  // raw-code sums of the current run
     float x[2];           // sum x of the current run, batch rows 2t and 2t+1
@@ -694,22 +698,31 @@ template <class C, class WF> struct Matvec {
     MK_PROBE(24);
   }
 
+  // The lane that finishes output (row j of the warp, batch b): the one holding its whole sum (OWNED
+  // accumulators), else lanes in turn after a warp reduction.
+  __device__ static __forceinline__ int out_lane(int j, int b) {
+    using A = typename WF::template Acc<C>;
+    if constexpr (A::OWNED) return A::owner(j, b);
+    else return (j * NB + b) & 31;
+  }
   template <class EPI>
   __device__ static __forceinline__ void finish_tile(float (&acc)[RPW][C::NMAT][NB], int tile, int tl, int kp, float* red,
                                                      float* accs, int warp, int lane, int slot, EPI& epi) {
+    if constexpr (!WF::template Acc<C>::OWNED) {
 #pragma unroll
-    for (int j = 0; j < RPW; ++j)
+      for (int j = 0; j < RPW; ++j)
 #pragma unroll
-      for (int m = 0; m < C::NMAT; ++m)
+        for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
-        for (int b = 0; b < NB; ++b) acc[j][m][b] = warp_sum(acc[j][m][b]);
+          for (int b = 0; b < NB; ++b) acc[j][m][b] = warp_sum(acc[j][m][b]);
+    }
     if constexpr (C::WPR == 1) {
       // The warp owns its rows: lanes share out the (row, batch) outputs, no block barrier needed.
 #pragma unroll
       for (int j = 0; j < RPW; ++j)
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
-          if (((j * NB + b) & 31) == lane) {
+          if (out_lane(j, b) == lane) {
             const int r = slot * RPW + j;
             const int n = tile * C::TR + r;
             float v[C::NMAT];
@@ -727,14 +740,14 @@ template <class C, class WF> struct Matvec {
           }
         }
     } else {
-      if (lane == 0) {
 #pragma unroll
-        for (int j = 0; j < RPW; ++j)
+      for (int j = 0; j < RPW; ++j)
 #pragma unroll
-          for (int m = 0; m < C::NMAT; ++m)
+        for (int b = 0; b < NB; ++b)
+          if (lane == (WF::template Acc<C>::OWNED ? out_lane(j, b) : 0)) {
 #pragma unroll
-            for (int b = 0; b < NB; ++b) red[((warp * RPW + j) * C::NMAT + m) * NB + b] = acc[j][m][b];
-      }
+            for (int m = 0; m < C::NMAT; ++m) red[((warp * RPW + j) * C::NMAT + m) * NB + b] = acc[j][m][b];
+          }
       __syncthreads();
 MK_COLD_LOOP
       for (int it = threadIdx.x; it < C::TR * NB; it += NTHR) {
