@@ -146,7 +146,7 @@ def test_cli_plan_shows_weight_kinds_copy_path_and_attention(capsys):
     # N:4 sparse INT4 layers with an INT4 LM head: the stored, GPU-timed plan of that key
     assert main(["plan", "--model", "qwen2.5-1.5b", "--weights", "w4a16-nm"]) == 0
     out = capsys.readouterr().out
-    assert "gateup   int4-nm" in out and "lm_head  int4 " in out and "measured" in out
+    assert "gateup   int4-nm" in out and "lm_head  int4" in out and "measured" in out
 
 
 def test_bulk_copy_is_a_plan_option_and_tensor_core_int4_counts_its_sums():
