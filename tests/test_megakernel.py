@@ -329,6 +329,19 @@ def test_sparse_int4_kind_refuses_mixed_patterns_in_one_op():
         nm_chunks([[_sql(8, 256, "2:4", 32, False, 0), _sql(8, 256, "1:4", 32, False, 1)]], 16, 64, 1)
 
 
+def _tiny_model():
+    """A 3-layer random float32 model (shape, model) whose projections the kind tests replace."""
+    import torch
+
+    from egt.models import ModelShape, build_model
+    shape = ModelShape("t", hidden=128, intermediate=256, layers=3, heads=4, kv_heads=2, head_dim=32, vocab=100)
+    m = build_model(shape)
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.normal_(0, 0.02)
+    return shape, m
+
+
 def test_sparse_int4_kind_in_a_mixed_model_plan_and_codegen():
     """A model mixing dense INT4, 2:4 and 1:4 layers: one int4-nm kind per layer op (dense layers are N = 4), an
     INT4 LM head, a plan whose smem model counts the padded activation copy, and a source with the S4W policy."""
@@ -337,14 +350,9 @@ def test_sparse_int4_kind_in_a_mixed_model_plan_and_codegen():
     from egt.megakernel.runtime import MegaKernelError, weight_kinds
     from egt.megakernel.schedule import INT4_NM, matvec_page_bytes
     from egt.modules import set_module
-    from egt.models import ModelShape, build_model
     from egt.plan import LinearPlan
     from egt.quant.linear import QuantLinear
-    shape = ModelShape("t", hidden=128, intermediate=256, layers=3, heads=4, kv_heads=2, head_dim=32, vocab=100)
-    m = build_model(shape)
-    with torch.no_grad():
-        for prm in m.parameters():
-            prm.normal_(0, 0.02)
+    shape, m = _tiny_model()
     for name, mod in list(m.named_modules()):
         if isinstance(mod, torch.nn.Linear):
             layer = -1 if name == "lm_head" else int(name.split(".")[1])
@@ -555,14 +563,9 @@ def test_int3_kind_in_a_mixed_model_plan_and_codegen():
     from egt.megakernel.runtime import MegaKernelError, weight_kinds
     from egt.megakernel.schedule import INT3, MATVEC_OPS, compression_label, weight_bytes_per_elem
     from egt.modules import set_module
-    from egt.models import ModelShape, build_model
     from egt.plan import LinearPlan
     from egt.quant.linear import QuantLinear
-    shape = ModelShape("t", hidden=128, intermediate=256, layers=3, heads=4, kv_heads=2, head_dim=32, vocab=100)
-    m = build_model(shape)
-    with torch.no_grad():
-        for prm in m.parameters():
-            prm.normal_(0, 0.02)
+    shape, m = _tiny_model()
     for name, mod in list(m.named_modules()):
         if isinstance(mod, torch.nn.Linear):
             layer = -1 if name == "lm_head" else int(name.split(".")[1])
