@@ -1,6 +1,7 @@
 """Peak shared memory per block of the best plan per (shape, weights, batch, profile), with and without K-split
-(CPU only). weights: bf16, w4a16 (every matvec op in the MegaKernel's INT4 chunk layout, issue 9) and w4a16-nm
-(N:4 sparse INT4 layers, kind int4-nm, with an INT4 LM head; its stage is sized for the densest layer).
+(CPU only). weights: bf16, w4a16 (every matvec op in the MegaKernel's INT4 chunk layout, issue 9), w4a16-nm
+(N:4 sparse INT4 layers, kind int4-nm, with an INT4 LM head; its stage is sized for the densest layer) and w3a16
+(kind int3 everywhere; its stage has the INT4 stride, so an INT4 layer fits the same ring).
 
     python bench/megakernel_smem_report.py > bench/results/megakernel/smem_report.md
 """
@@ -15,11 +16,12 @@ from egt.models import SHAPES  # noqa: E402
 
 W4 = {op: "int4" for op in ("qkv", "o", "gateup", "down", "lm_head")}
 NM = {**{op: "int4-nm" for op in ("qkv", "o", "gateup", "down")}, "lm_head": "int4"}
+W3 = {op: "int3" for op in W4}
 print("| model | weights | batch | profile | limit KB | peak KB (K-split) | peak KB (no K-split) | fits without K-split | "
       "K-split ops | predicted ms |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for name, shape in SHAPES.items():
-    for wname, weights in (("bf16", {}), ("w4a16", W4), ("w4a16-nm", NM)):
+    for wname, weights in (("bf16", {}), ("w4a16", W4), ("w4a16-nm", NM), ("w3a16", W3)):
         for batch in (1, 16):
             for prof in PROFILES.values():
                 plans = search(shape, batch, prof, max_plans=1, weights=weights)
