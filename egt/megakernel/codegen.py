@@ -22,17 +22,17 @@ from pathlib import Path
 from .schedule import INT3, INT4_KINDS, INT4_NM, INT4_TC, MegaPlan, is_dense
 
 CSRC = Path(__file__).parent / "csrc"
+HEADERS = ("mk_common.cuh", "mk_matvec.cuh", "mk_attention.cuh", "mk_kernel.cuh")
+DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
+WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "int4": "Q4W<mk_t>",
+                   "int4-tc": "Q4TC<mk_t>", "int4-nm": "S4W<mk_t>", "int3": "Q3W<mk_t>"}
+OP_FLAGS = {"qkv": "Q4_QKV", "o": "Q4_O", "gateup": "Q4_GU", "down": "Q4_DN", "lm_head": "Q4_LM"}
 
 
 def csrc_dir() -> Path:
     """The opcode headers: the package's, or $EGT_MK_CSRC (another code state's csrc/, for an A/B of a kernel
     change in one run: bench/megakernel_ab.py `csrc=`)."""
     return Path(os.environ.get("EGT_MK_CSRC") or CSRC)
-HEADERS = ("mk_common.cuh", "mk_matvec.cuh", "mk_attention.cuh", "mk_kernel.cuh")
-DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
-WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "int4": "Q4W<mk_t>",
-                   "int4-tc": "Q4TC<mk_t>", "int4-nm": "S4W<mk_t>", "int3": "Q3W<mk_t>"}
-OP_FLAGS = {"qkv": "Q4_QKV", "o": "Q4_O", "gateup": "Q4_GU", "down": "Q4_DN", "lm_head": "Q4_LM"}
 
 
 class BuildError(RuntimeError):
@@ -206,8 +206,8 @@ def archs() -> list[str]:
 
 
 def nvcc_command(src: Path, out: Path) -> list[str]:
-    cmd = [nvcc_path(), str(src), f"-I{csrc_dir()}", "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-o", str(out),
-           "-Xptxas", "-v", "--threads", "0", "-lineinfo"]
+    cmd = [nvcc_path(), str(src), f"-I{csrc_dir()}", "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-o",
+           str(out), "-Xptxas", "-v", "--threads", "0", "-lineinfo"]
     for a in archs():
         cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
     return cmd

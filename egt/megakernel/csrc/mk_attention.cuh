@@ -247,8 +247,8 @@ MK_COLD_LOOP
 
   // Runs this block's items for layer l. Returns after the block's last item; the caller waits on att_done.
   // pre(): the next op's weight prefill, issued once this block's items are done (at once by a block without
-  // items). A block with items is on the layer's critical path: issuing a deep prefill before its QKV wait held
-  // its threads (the wait's __syncthreads) 1-4 us past QKV's completion in H100 traces.
+  // items), so no prefill group is ever committed between an item's K/V issue and its wait, which drains every
+  // group. Issuing it before the QKV wait measured no faster (bench/results/megakernel/ab_h100.md, run 10).
   template <class PRE>
   __device__ static void run(int l, Ring& ring, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out,
                              float* part_o, float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done,
