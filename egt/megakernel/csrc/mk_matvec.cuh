@@ -129,27 +129,32 @@ MK_COLD_LOOP
   }
 };
 
-// Chunked weight kinds (operands.py): stage (tile, kp, ch) is one contiguous run of `nvec` 16-byte vectors at a
-// fixed stride STRIDE (vectors) from `base`; a stage copies only the vectors its layer's format uses.
-template <class C, int STRIDE>
-__device__ __forceinline__ const uint4* chunk_at(const uint4* base, int tile, int kp, int ch) {
-  return base + ((long long)(tile * C::KS + kp) * C::CP + ch) * STRIDE;
-}
-template <class C, int STRIDE>
-__device__ __forceinline__ void chunk_issue(uint4* buf, int tile, int kp, int ch, const uint4* base, int nvec, int first) {
-  const uint4* chunk = chunk_at<C, STRIDE>(base, tile, kp, ch);
-MK_COLD_LOOP
-  for (int v = threadIdx.x - first; v < nvec; v += NTHR - first) cp_async16(buf + v, chunk + v);
-}
-// sm_90: the stage's chunk is one contiguous run: one bulk copy.
-template <class C, int STRIDE>
-__device__ __forceinline__ void chunk_issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const uint4* base,
-                                                 int nvec, int lane) {
-  if (lane == 0) {
-    mbar_expect(bar, 16u * nvec);
-    bulk_g2s(buf, chunk_at<C, STRIDE>(base, tile, kp, ch), 16u * nvec, bar);
+// Chunked weight kinds (operands.py): stage (tile, kp, ch) is one contiguous run of 16-byte vectors at a fixed
+// stride from the op's chunk 0; a stage copies only the vectors its layer's format uses. Policy W (CRTP) gives the
+// stride (`stage_vec`) and that count (`chunk_vecs(src)`); this gives it `issue` (cp.async) and `issue_bulk`.
+template <class W> struct ChunkCopy {
+  template <class C, class SRC>
+  __device__ static __forceinline__ const uint4* chunk(const SRC& src, int tile, int kp, int ch) {
+    return src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * W::template stage_vec<C>();
   }
-}
+  template <class C, class SRC>
+  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
+    const uint4* from = chunk<C>(src, tile, kp, ch);
+    const int n = W::template chunk_vecs<C>(src);
+MK_COLD_LOOP
+    for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16(buf + v, from + v);
+  }
+  // sm_90: the stage's chunk is one contiguous run: one bulk copy.
+  template <class C, class SRC>
+  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const SRC& src,
+                                                    int lane) {
+    if (lane == 0) {
+      const unsigned bytes = 16u * W::template chunk_vecs<C>(src);
+      mbar_expect(bar, bytes);
+      bulk_g2s(buf, chunk<C>(src, tile, kp, ch), bytes, bar);
+    }
+  }
+};
 
 // Code -> float without an int->float conversion: put the code byte in the mantissa of 2^23 (one byte permute),
 // subtract 2^23 (exact). `lo` and `hi` hold four isolated codes a byte: q[2i] from byte i of lo, q[2i+1] of hi.
@@ -261,22 +266,14 @@ struct Q4Src {
   const uint4* base;  // chunk 0 of this layer's op
   int lg;
 };
-template <typename T> struct Q4W {
+template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
   template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
   template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
   template <class C> __host__ __device__ static constexpr int code_vec() { return C::NMAT * C::TR * (C::TK / 32); }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return code_vec<C>() + (C::NMAT * C::TR * (C::TK / 32) * 4 + 15) / 16; }
   template <class C> __device__ static __forceinline__ int pair_vecs(int lg) { return (C::NMAT * C::TR * (C::TK >> lg) * 4 + 15) / 16; }
-  template <class C, class SRC>
-  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
-    chunk_issue<C, stage_vec<C>()>(buf, tile, kp, ch, src.base, code_vec<C>() + pair_vecs<C>(src.lg), first);
-  }
-  template <class C, class SRC>
-  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const SRC& src,
-                                                    int lane) {
-    chunk_issue_bulk<C, stage_vec<C>()>(buf, bar, tile, kp, ch, src.base, code_vec<C>() + pair_vecs<C>(src.lg), lane);
-  }
+  template <class C, class SRC> __device__ static __forceinline__ int chunk_vecs(const SRC& src) { return code_vec<C>() + pair_vecs<C>(src.lg); }
   __device__ static __forceinline__ void codes8(uint32_t w, float (&q)[8]) { bytes8(w & 0x0F0F0F0Fu, (w >> 4) & 0x0F0F0F0Fu, q); }
   template <class C, class SRC>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
@@ -295,7 +292,7 @@ template <typename T> struct Q4W {
 // weights instead of a dequantization to bf16 per weight; sum x per 32 columns is computed once per staged
 // activation part (`after_stage`). The 128 x sum cancels in float32 (products exact, ~10 of 24 bits lost).
 // Pairs region as in Q4W.
-template <typename T> struct Q4TC {
+template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
   static constexpr float BASE = 128.f;
   template <class C> struct Acc {
     // Each (row, batch) sum lives whole in one lane of the C fragment, so the epilogue needs no warp reduction.
@@ -326,15 +323,7 @@ template <typename T> struct Q4TC {
   template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
   // float sums of x per 32 columns of the staged part, [NB][KP/32], after the activations in the op's page
   template <class C> __host__ __device__ static constexpr int extra_floats() { return NB * C::KP / 32; }
-  template <class C, class SRC>
-  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
-    Q4W<T>::template issue<C>(buf, tile, kp, ch, src, first);
-  }
-  template <class C, class SRC>
-  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const SRC& src,
-                                                    int lane) {
-    Q4W<T>::template issue_bulk<C>(buf, bar, tile, kp, ch, src, lane);
-  }
+  template <class C, class SRC> __device__ static __forceinline__ int chunk_vecs(const SRC& src) { return Q4W<T>::template chunk_vecs<C>(src); }
   template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xsum, const SRC&) {
     constexpr int NBLK32 = C::KP / 32;
 MK_COLD_LOOP
@@ -438,24 +427,15 @@ struct S4Src {
   int lg;             // log2 of the scale block (kept values for N <= 2, columns for N == 4)
   int n;              // kept values per group of 4: 1, 2 or 4
 };
-template <typename T> struct S4W {
+template <typename T> struct S4W : ChunkCopy<S4W<T>> {
   template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int xps() { return C::KP + C::KP / 16; }  // padded row
   template <class C> __host__ __device__ static constexpr int extra_floats() { return NB * xps<C>(); }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
   template <class C> __device__ static __forceinline__ int pairs_byte(int n) { return (6 * C::NMAT * C::TR * (C::TK * n / 32) + 3) & ~3; }
   template <class C> __device__ static __forceinline__ int chunk_vecs(const S4Src& s) {
-    if (s.n == 4) return Q4W<T>::template code_vec<C>() + Q4W<T>::template pair_vecs<C>(s.lg);
+    if (s.n == 4) return Q4W<T>::template chunk_vecs<C>(s);
     return (pairs_byte<C>(s.n) + C::NMAT * C::TR * ((C::TK * s.n / 4) >> s.lg) * 4 + 15) / 16;
-  }
-  template <class C>
-  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const S4Src& src, int first) {
-    chunk_issue<C, stage_vec<C>()>(buf, tile, kp, ch, src.base, chunk_vecs<C>(src), first);
-  }
-  template <class C>
-  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const S4Src& src,
-                                                    int lane) {
-    chunk_issue_bulk<C, stage_vec<C>()>(buf, bar, tile, kp, ch, src.base, chunk_vecs<C>(src), lane);
   }
   template <class C> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xp, const S4Src& src) {
     if (src.n == 4) return;  // the dense loop reads the staged part itself
@@ -535,23 +515,14 @@ struct Q3Src {
   int lg;
   int bits;           // 3 or 4
 };
-template <typename T> struct Q3W {
+template <typename T> struct Q3W : ChunkCopy<Q3W<T>> {
   template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
   template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
   template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
   template <class C> __host__ __device__ static constexpr int code_vec() { return (C::NMAT * C::TR * (C::TK / 32) * 12 + 15) / 16; }
   template <class C> __device__ static __forceinline__ int chunk_vecs(const Q3Src& s) {
-    return (s.bits == 4 ? Q4W<T>::template code_vec<C>() : code_vec<C>()) + Q4W<T>::template pair_vecs<C>(s.lg);
-  }
-  template <class C>
-  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const Q3Src& src, int first) {
-    chunk_issue<C, stage_vec<C>()>(buf, tile, kp, ch, src.base, chunk_vecs<C>(src), first);
-  }
-  template <class C>
-  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const Q3Src& src,
-                                                    int lane) {
-    chunk_issue_bulk<C, stage_vec<C>()>(buf, bar, tile, kp, ch, src.base, chunk_vecs<C>(src), lane);
+    return s.bits == 4 ? Q4W<T>::template chunk_vecs<C>(s) : code_vec<C>() + Q4W<T>::template pair_vecs<C>(s.lg);
   }
   template <class C>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
@@ -705,6 +676,22 @@ template <class C, class WF> struct Matvec {
     if constexpr (A::OWNED) return A::owner(j, b);
     else return (j * NB + b) & 31;
   }
+  // Row r of tile `tile` (the block's tl-th), batch b, K part kp: K parts add up in shared memory (KS > 1); the
+  // last part's sum goes to the epilogue.
+  template <class EPI>
+  __device__ static __forceinline__ void emit(float (&v)[C::NMAT], int tile, int tl, int r, int b, int kp, float* accs,
+                                              EPI& epi) {
+    if constexpr (C::KS > 1) {
+      float* a = accs + ((tl * C::TR + r) * NB + b) * C::NMAT;
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m) {
+        if (kp > 0) v[m] += a[m];
+        a[m] = v[m];
+      }
+    }
+    const int n = tile * C::TR + r;
+    if (kp == C::KS - 1 && n < C::N) epi(n, b, v);
+  }
   template <class EPI>
   __device__ static __forceinline__ void finish_tile(float (&acc)[RPW][C::NMAT][NB], int tile, int tl, int kp, float* red,
                                                      float* accs, int warp, int lane, int slot, EPI& epi) {
@@ -724,19 +711,10 @@ template <class C, class WF> struct Matvec {
         for (int b = 0; b < NB; ++b) {
           if (out_lane(j, b) == lane) {
             const int r = slot * RPW + j;
-            const int n = tile * C::TR + r;
             float v[C::NMAT];
 #pragma unroll
             for (int m = 0; m < C::NMAT; ++m) v[m] = acc[j][m][b];
-            if constexpr (C::KS > 1) {
-              float* a = accs + ((tl * C::TR + r) * NB + b) * C::NMAT;
-#pragma unroll
-              for (int m = 0; m < C::NMAT; ++m) {
-                if (kp > 0) v[m] += a[m];
-                a[m] = v[m];
-              }
-            }
-            if (kp == C::KS - 1 && n < C::N) epi(n, b, v);
+            emit(v, tile, tl, r, b, kp, accs, epi);
           }
         }
     } else {
@@ -753,7 +731,6 @@ MK_COLD_LOOP
       for (int it = threadIdx.x; it < C::TR * NB; it += NTHR) {
         const int r = it / NB, b = it % NB;
         const int sl = r / RPW, j = r % RPW;
-        const int n = tile * C::TR + r;
         float v[C::NMAT];
 #pragma unroll
         for (int m = 0; m < C::NMAT; ++m) {
@@ -762,15 +739,7 @@ MK_COLD_LOOP
           for (int w = 0; w < C::WPR; ++w) t += red[(((sl * C::WPR + w) * RPW + j) * C::NMAT + m) * NB + b];
           v[m] = t;
         }
-        if constexpr (C::KS > 1) {
-          float* a = accs + ((tl * C::TR + r) * NB + b) * C::NMAT;
-#pragma unroll
-          for (int m = 0; m < C::NMAT; ++m) {
-            if (kp > 0) v[m] += a[m];
-            a[m] = v[m];
-          }
-        }
-        if (kp == C::KS - 1 && n < C::N) epi(n, b, v);
+        emit(v, tile, tl, r, b, kp, accs, epi);
       }
     }
   }
