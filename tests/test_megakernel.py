@@ -593,3 +593,47 @@ def test_cli_plan_int3(capsys):
     assert main(["plan", "--model", "qwen2.5-1.5b", "--weights", "w3a16"]) == 0
     out = capsys.readouterr().out
     assert "|w3a16|bf16|h100|b1" in out and "gateup   int3" in out and "lm_head  int3" in out
+
+
+def test_cli_plan_from_a_compressed_directory(tmp_path, capsys):
+    """`egt megakernel plan --from DIR`: the plan for a compressed model's own shape and per-op kinds (INT3 layers
+    beside INT4 ones make every op `int3`; the tied LM head stays dense), and a one-line error with exit code 2
+    for a format the MegaKernel does not read (an INT8 layer) or a directory that is not an egt model."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from egt.format import save_compressed
+    from egt.megakernel.cli import main
+    from egt.models import ModelShape, build_model, default_model_dir, hf_config_for_shape
+    from egt.modules import set_module
+    from egt.plan import LinearPlan
+    from egt.quant.linear import QuantLinear
+    tok = AutoTokenizer.from_pretrained(default_model_dir(progress=False))
+    shape = ModelShape("tiny", hidden=128, intermediate=256, layers=2, heads=4, kv_heads=2, head_dim=32,
+                       vocab=len(tok), tie_embeddings=True)
+    hf = hf_config_for_shape(shape)
+
+    def saved(bits_of, name):
+        torch.manual_seed(0)
+        m = build_model(shape, hf)
+        with torch.no_grad():
+            for prm in m.parameters():
+                prm.normal_(0, 0.02)
+        layers = {}
+        for n, mod in list(m.named_modules()):
+            if isinstance(mod, torch.nn.Linear) and n != "lm_head":
+                layers[n] = LinearPlan(bits=bits_of(n), group_size=64)
+                set_module(m, n, QuantLinear.from_linear(mod, layers[n]))
+        return save_compressed(m, tok, hf, CompressionPlan("adaptive", layers=layers), tmp_path / name)
+
+    good = saved(lambda n: 4 if n.startswith("layers.0.") else 3, "int3")
+    assert main(["plan", "--from", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny|h128i256l2q4kv2d32" in out and "down=int3,gateup=int3,o=int3,qkv=int3|bf16|h100|b1" in out
+    assert "qkv      int3" in out and "lm_head  dense-bf16" in out
+    bad = saved(lambda n: 8 if n == "layers.1.mlp.down_proj" else 4, "int8")
+    for where in (bad, tmp_path / "missing"):
+        with pytest.raises(SystemExit) as e:
+            main(["plan", "--from", str(where)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "--from" in err

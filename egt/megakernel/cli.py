@@ -17,6 +17,17 @@ from .schedule import INT3, INT4, INT4_NM, MATVEC_OPS
 from .search import PlanStore, plan_for
 
 
+def compressed_kinds(directory: str):
+    """(shape, MegaKernel weight kind per op) of an egt compressed-model directory, loaded on the CPU in bf16 (the
+    dtype the MegaKernel runs); MegaKernelError names a format it does not read."""
+    import torch
+
+    from ..format import load_compressed
+    from .runtime import weight_kinds
+    model, _, _ = load_compressed(directory, dtype=torch.bfloat16)
+    return model.shape, weight_kinds(model, torch.bfloat16)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..cli import OneLineErrors
     ap = OneLineErrors(prog="egt megakernel", description=__doc__.splitlines()[0])
@@ -29,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="w4a16: egt INT4 in every projection and the LM head; w4a16-nm: N:4 sparse INT4 layers "
                         "(2:4 / 1:4 / dense INT4 per layer) and an INT4 LM head; w3a16: INT3 (or INT4 per layer) in "
                         "every projection and the LM head (issue 9)")
+    p.add_argument("--from", dest="model_dir", metavar="DIR", default=None,
+                   help="an egt compressed-model directory (egt compress --out DIR): the plan for its shape and its "
+                        "per-op weight kinds, instead of --model and --weights (loads it on the CPU)")
     p.add_argument("--json", action="store_true")
     d = sub.add_parser("dag", help="task DAG summary of one decode step")
     d.add_argument("--model", default="smollm2-135m", choices=sorted(SHAPES))
@@ -37,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     shape = SHAPES[a.model]
     if a.cmd == "plan":
-        if a.weights in ("bf16", "w3a16"):
+        if a.model_dir:
+            try:
+                shape, weights = compressed_kinds(a.model_dir)
+            except Exception as e:  # a directory egt cannot load, or a format the MegaKernel does not read
+                ap.error(f"--from {a.model_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        elif a.weights in ("bf16", "w3a16"):
             weights = {op: INT3 for op in MATVEC_OPS} if a.weights == "w3a16" else {}
         else:
             weights = {op: INT4 if a.weights == "w4a16" or op == "lm_head" else INT4_NM for op in MATVEC_OPS}
