@@ -61,8 +61,7 @@ def _pairs(mod, lg: int, kept: int | None = None) -> torch.Tensor:
     """(scale, offset) fp16 pairs as int32 [rows, K >> lg] of a quantized module: one per 2^lg columns (kept values
     for a sparse module, whose groups count `kept` values). Symmetric codes decode as (q - 2^(bits-1)) * scale, so
     their offset is -2^(bits-1) * scale (exact in fp16)."""
-    k = kept or mod.in_features
-    g = k if mod.group_size in (-1, None) or mod.group_size >= k else mod.group_size
+    k, g = (kept, _kept_group(mod)) if kept else (mod.in_features, _group(mod))
     col = torch.arange(0, k, 1 << lg, device=mod.scales.device)
     s = mod.scales[:, col // g].float()
     o = mod.offsets[:, col // g].float() if mod.offsets is not None else -float(1 << (mod.bits - 1)) * s
@@ -223,6 +222,12 @@ def nm_chunks(mats, tr: int, tk: int, ksplit: int) -> tuple[torch.Tensor, int, i
     return out.view(torch.int32), lg, n
 
 
+def _untile(t: torch.Tensor, per_stage: int, nt: int, ksplit: int, cp: int, nmat: int, tr: int) -> torch.Tensor:
+    """Chunk-major [chunks, nmat*tr*per_stage] -> row-major [nmat, rows, ksplit*cp*per_stage] (the tests' inverses)."""
+    t = t.reshape(nt, ksplit, cp, nmat, tr, per_stage).permute(3, 0, 4, 1, 2, 5)
+    return t.reshape(nmat, nt * tr, ksplit * cp * per_stage)
+
+
 def nm_dequant(chunks: torch.Tensor, lg: int, n: int, rows_n: int, k: int, nmat: int, tr: int, tk: int,
                ksplit: int) -> torch.Tensor:
     """The dense float32 weights [nmat, rows_n, k] that `nm_chunks` output encodes (the tests' inverse)."""
@@ -234,13 +239,10 @@ def nm_dequant(chunks: torch.Tensor, lg: int, n: int, rows_n: int, k: int, nmat:
     x = nmat * tr * wr
     p0 = (6 * x + 3) // 4 * 4
 
-    def untile(t, per_stage):  # [chunks, nmat*tr*per_stage] -> [nmat, rows, ksplit*cp*per_stage]
-        t = t.reshape(nt, ksplit, cp, nmat, tr, per_stage).permute(3, 0, 4, 1, 2, 5)
-        return t.reshape(nmat, nt * tr, ksplit * cp * per_stage)
 
-    words = untile(b[:, :4 * x].contiguous().view(torch.int32), wr)
-    idx = untile(b[:, 4 * x:6 * x].contiguous().view(torch.int16), wr)
-    so = untile(b[:, p0:p0 + 4 * nmat * tr * sps].contiguous().view(torch.int32), sps)
+    words = _untile(b[:, :4 * x].contiguous().view(torch.int32), wr, nt, ksplit, cp, nmat, tr)
+    idx = _untile(b[:, 4 * x:6 * x].contiguous().view(torch.int16), wr, nt, ksplit, cp, nmat, tr)
+    so = _untile(b[:, p0:p0 + 4 * nmat * tr * sps].contiguous().view(torch.int32), sps, nt, ksplit, cp, nmat, tr)
     shifts = torch.arange(0, 32, 4, device=b.device, dtype=torch.int32)
     codes = ((words.unsqueeze(-1) >> shifts) & 0xF).flatten(-2).float()          # [nmat, rows, kept]
     pos = ((idx.to(torch.int32).unsqueeze(-1) >> (2 * torch.arange(8, device=b.device, dtype=torch.int32))) & 3)
@@ -329,12 +331,10 @@ def q3_dequant(chunks: torch.Tensor, lg: int, bits: int, n: int, k: int, nmat: i
     cw = nmat * tr * tk // 32 * 3
     p0 = ceil_div(cw, 4) * 4
 
-    def untile(t, per_stage):  # [chunks, nmat*tr*per_stage] -> [nmat, rows, ksplit*cp*per_stage]
-        t = t.reshape(nt, ksplit, cp, nmat, tr, per_stage).permute(3, 0, 4, 1, 2, 5)
-        return t.reshape(nmat, nt * tr, ksplit * cp * per_stage)
 
-    codes = bits3_codes(untile(chunks[:, :cw], tk // 32 * 3).reshape(nmat, nt * tr, k // 32, 3)).reshape(nmat, -1, k)
-    so = untile(chunks[:, p0:p0 + nmat * tr * sps], sps).contiguous().view(torch.float16)
+    words = _untile(chunks[:, :cw], tk // 32 * 3, nt, ksplit, cp, nmat, tr)
+    codes = bits3_codes(words.reshape(nmat, nt * tr, k // 32, 3)).reshape(nmat, -1, k)
+    so = _untile(chunks[:, p0:p0 + nmat * tr * sps], sps, nt, ksplit, cp, nmat, tr).contiguous().view(torch.float16)
     so = so.view(nmat, nt * tr, k >> lg, 2).float()
     scale = so[..., 0].repeat_interleave(1 << lg, dim=-1)
     offset = so[..., 1].repeat_interleave(1 << lg, dim=-1)
