@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from ..models import ModelShape
 
 MATVEC_OPS = ("qkv", "o", "gateup", "down", "lm_head")
-MAX_RING = 8  # ring stages at most: one mbarrier each (and one for attention) in static shared memory (csrc)
+MAX_RING = 8  # ring stages at most: one mbarrier each in static shared memory (csrc)
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,9 @@ def attn_page_bytes(shape: ModelShape, a: AttnSchedule, threads: int) -> int:
 
 
 def static_smem_bytes(batch: int, threads: int, residual_rows: int = 0) -> int:
-    return batch * 8 + (threads // 32) * batch * 8 + 16 + residual_rows * batch * 2 + 8 * (MAX_RING + 1)
+    """The kernel's static shared variables, rounded up to the 128-byte alignment of the dynamic part after them."""
+    raw = batch * 8 + (threads // 32) * batch * 8 + 16 + residual_rows * batch * 2 + 8 * MAX_RING
+    return ceil_div(raw, 128) * 128
 
 
 def attn_check(shape: ModelShape, a: AttnSchedule, threads: int) -> str | None:
@@ -220,7 +222,7 @@ class MegaPlan:
     compression: str = "none"  # label of the weight formats: "none" (all dense), "w4a16", ...
     weights: dict[str, str] = field(default_factory=dict)  # op -> weight kind where not dense-{dtype}
     prefetch_kb: int = 48  # weight bytes a block issues for the next op before waiting on its dependency
-    bulk_copy: bool = False  # sm_90: stream weights and K/V rows with cp.async.bulk + mbarriers (else cp.async)
+    bulk_copy: bool = False  # sm_90: stream the weights with cp.async.bulk + mbarriers (else cp.async; K/V: cp.async)
     compact_code: bool = True  # small code: rolled once-per-op loops (csrc MK_COLD_LOOP, MK_VEC_LOOP)
     threads: int = 512
     blocks: int = 132

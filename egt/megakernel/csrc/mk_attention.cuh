@@ -62,28 +62,13 @@ template <class C> struct Attention {
                 "q.k lanes: a power of two dividing the row's 16-byte chunks");
   static_assert(4 * TG * G * HD >= 2 * (G + 2) * HD, "the reduction area holds the raw q/k/v rows");
 
-  // K/V rows [t0, t0 + cnt) but the new row `slot` into the page. Bulk (sm_90): warp 0 issues one copy a row on
-  // mbarrier MAX_RING; cp.async: every thread 16 bytes, one group. Each issue is waited on once by wait_kv.
-  __device__ static __forceinline__ void issue_kv(Ring& ring, unsigned char* pg, const mk_t* kc, const mk_t* vc,
-                                                  int t0, int cnt, int slot) {
+  // K/V rows [t0, t0 + cnt) but the new row `slot` into the page: every thread 16 bytes with cp.async, one group,
+  // waited on once by wait_kv. Always cp.async, also where the weights stream with bulk copies: a bulk copy per
+  // 128-256-byte row queued behind the TMA unit and delayed the attention blocks by microseconds (traced, H100).
+  __device__ static __forceinline__ void issue_kv(unsigned char* pg, const mk_t* kc, const mk_t* vc, int t0, int cnt,
+                                                  int slot) {
     mk_t* ks = reinterpret_cast<mk_t*>(pg + OFF_K);
     mk_t* vs = reinterpret_cast<mk_t*>(pg + OFF_V);
-#if MK_BULK
-    if (threadIdx.x < 32) {
-      const int rows = cnt - ((slot >= t0 && slot < t0 + cnt) ? 1 : 0);
-      if (threadIdx.x == 0) mbar_expect(ring.bar + MAX_RING, (unsigned)(rows * HD * 2 * 2));
-      fence_proxy_async();  // the page held the previous op's activations (generic stores)
-      __syncwarp();
-MK_COLD_LOOP
-      for (int q = threadIdx.x; q < cnt; q += 32) {
-        const int t = t0 + q;
-        if (t != slot) {
-          bulk_g2s_keep(ks + q * KROW, kc + (long long)t * HD, HD * 2, ring.bar + MAX_RING);
-          bulk_g2s_keep(vs + q * KROW, vc + (long long)t * HD, HD * 2, ring.bar + MAX_RING);
-        }
-      }
-    }
-#else
     constexpr int VR = HD / 8;
 MK_COLD_LOOP
     for (int v = threadIdx.x; v < cnt * VR; v += NTHR) {
@@ -95,17 +80,9 @@ MK_COLD_LOOP
       }
     }
     cp_commit();
-#endif
   }
-  // The K/V group is the newest cp.async group in flight: no weight prefill is issued between issue and wait.
-  __device__ static __forceinline__ void wait_kv(Ring& ring) {
-#if MK_BULK
-    mbar_wait(ring.bar + MAX_RING, (ring.phase >> MAX_RING) & 1u);
-    ring.phase ^= 1u << MAX_RING;
-#else
-    cp_wait<0>();
-#endif
-  }
+  // The K/V group is the newest cp.async group in flight: no cp.async weight prefill is issued between issue and wait.
+  __device__ static __forceinline__ void wait_kv() { cp_wait<0>(); }
 
   // Rotate element d of a head whose raw values (in shared memory) start at `src` (HF rotate-half convention).
   __device__ static __forceinline__ float rope(const mk_t* src, int d, float pos, const float* inv_freq, float scale) {
@@ -250,7 +227,7 @@ MK_COLD_LOOP
   // items), so no prefill group is ever committed between an item's K/V issue and its wait, which drains every
   // group. Issuing it before the QKV wait measured no faster (bench/results/megakernel/ab_h100.md, run 10).
   template <class PRE>
-  __device__ static void run(int l, Ring& ring, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out,
+  __device__ static void run(int l, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out,
                              float* part_o, float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done,
                              unsigned E1, const float* inv_freq, int* ctl, const PRE& pre) {
     int first = (int)((blockIdx.x + NBLK - (C::ROT % NBLK)) % NBLK);
@@ -312,7 +289,7 @@ MK_COLD_LOOP
       const long long base = ((((long long)l * NB + b) * C::NKV + g) * p.maxlen) * HD;
       mk_t* kc = p.kc + base;
       mk_t* vc = p.vc + base;
-      issue_kv(ring, pg, kc, vc, t0, min(cnt, C::SUB), slot);
+      issue_kv(pg, kc, vc, t0, min(cnt, C::SUB), slot);
       const float pos = (float)__ldcg(p.rope_pos + b);
       if (!waited) {
         block_wait(qkv_done, E1 * NBLK, ctl, p.timeout_ns);
@@ -359,8 +336,8 @@ MK_COLD_LOOP
 #pragma unroll 1
       for (int sb = t0; sb < t1; sb += C::SUB) {
         const int cs = min(C::SUB, t1 - sb);
-        if (sb != t0) issue_kv(ring, pg, kc, vc, sb, cs, slot);
-        wait_kv(ring);
+        if (sb != t0) issue_kv(pg, kc, vc, sb, cs, slot);
+        wait_kv();
         __syncthreads();
         if (first_wait) MK_STAMP(13);
         first_wait = false;

@@ -51,15 +51,14 @@ template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.as
 // One instruction moves a whole contiguous run into shared memory and its completion is counted in bytes on an
 // mbarrier. Why: per-thread 16-byte cp.async keeps too few bytes in flight per SM (traced on an H100: an INT4
 // block share streamed at ~10 GB/s per SM), and issuing thousands of them delays the block's own wake-up.
-// It is a plan option (EGT_MK_BULK_COPY, codegen): measured slower than cp.async on an H100 so far
-// (bench/results/megakernel/). Other architectures (sm_80, sm_89) always use cp.async; MK_BULK says which path
-// a device pass compiles.
+// It is a plan option for the weight ring (EGT_MK_BULK_COPY, codegen); attention's K/V rows always use cp.async.
+// Other architectures (sm_80, sm_89) always use cp.async; MK_BULK says which path a device pass compiles.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(EGT_MK_BULK_COPY)
 #define MK_BULK 1
 #else
 #define MK_BULK 0
 #endif
-constexpr int MAX_RING = 8;  // ring stages at most (one mbarrier each); mbarrier MAX_RING is attention's K/V
+constexpr int MAX_RING = 8;  // ring stages at most (one mbarrier each)
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 __device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
@@ -84,12 +83,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
       " @!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)), "r"(parity) : "memory");
 #endif
 }
-// Generic-proxy accesses to shared memory before async-proxy (bulk) writes to the same bytes: order them.
-__device__ __forceinline__ void fence_proxy_async() {
-#if MK_BULK
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
 // Weights are read once per step: evict them first, so activations and the KV cache stay in L2.
 __device__ __forceinline__ void bulk_g2s(void* smem, const void* gmem, unsigned bytes, uint64_t* bar) {
 #if MK_BULK
@@ -98,13 +91,6 @@ __device__ __forceinline__ void bulk_g2s(void* smem, const void* gmem, unsigned 
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
           smem_u32(smem)), "l"(gmem), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
-#endif
-}
-// The same without the eviction hint (KV rows: the head slices of a kv head read them at about the same time).
-__device__ __forceinline__ void bulk_g2s_keep(void* smem, const void* gmem, unsigned bytes, uint64_t* bar) {
-#if MK_BULK
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   smem_u32(smem)), "l"(gmem), "r"(bytes), "r"(smem_u32(bar)) : "memory");
 #endif
 }
 

@@ -143,7 +143,14 @@ template <int K, int KS> struct NormStage {
   const mk_t* w;       // norm weight [K]
   float* rstd;         // shared [NB]
   bool emb;
+  uint4 w0 = {};       // weight vector threadIdx.x, loaded by preload() before the dependency wait
   __device__ const mk_t* row(int b) const { return emb ? x + (long long)tok[b] * K : x + (long long)b * K; }
+  // The norm weight does not depend on the wait: load this thread's first vector before it, so that staging
+  // costs one trip to L2 (the activations), not two.
+  __device__ void preload() {
+    if (threadIdx.x < K / 8) w0 = __ldg(reinterpret_cast<const uint4*>(w) + threadIdx.x);
+  }
+  __device__ uint4 wvec(int c) const { return c == (int)threadIdx.x ? w0 : __ldg(reinterpret_cast<const uint4*>(w) + c); }
   __device__ void prepare() const {
     if constexpr (KS == 1) return;  // the fused path computes rstd while staging
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -188,7 +195,7 @@ MK_COLD_LOOP
       const int b = v / VP, c = v - b * VP;
       float xf[8], wf[8], o[8];
       unpack8<mk_t>(xs[v], xf);
-      unpack8<mk_t>(__ldg(reinterpret_cast<const uint4*>(w) + c), wf);
+      unpack8<mk_t>(wvec(c), wf);
       const float r = rstd[b];
 #pragma unroll
       for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
@@ -208,7 +215,7 @@ MK_COLD_LOOP
       const int k0 = kp * KP + c * 8;
       float xf[8], wf[8], o[8];
       unpack8<mk_t>(__ldcg(reinterpret_cast<const uint4*>(row(b) + k0)), xf);
-      unpack8<mk_t>(__ldg(reinterpret_cast<const uint4*>(w + k0)), wf);
+      unpack8<mk_t>(wvec(k0 / 8), wf);
       const float r = rstd[b];
 #pragma unroll
       for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
@@ -287,8 +294,11 @@ struct EpiLM {
 using namespace egt;
 
 extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Params p) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ __align__(8) uint64_t s_bar[MAX_RING + 1];
+  // The ring starts on a 128-byte boundary, fixed at compile time. Without it the base followed the static
+  // variables' size, and a ring 16-112 bytes off that boundary slowed the step by 2-20% (H100; a run-time
+  // adjustment of the pointer cost 2-4% by itself: bench/results/megakernel/ab_h100.md runs 14-20).
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t s_bar[MAX_RING];
   Ring ring{reinterpret_cast<uint4*>(smem), s_bar, 0u};
   unsigned char* page = smem + RING_BYTES;
   __shared__ int s_tok[NB];
@@ -303,7 +313,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     mk_probe = nullptr;
 #endif
     s_e1 = (unsigned)__ldcg(p.ctl) + 1u;
-    for (int i = 0; i <= MAX_RING; ++i) mbar_init(s_bar + i, 1);  // one producer arrival (with its bytes) a fill
+    for (int i = 0; i < MAX_RING; ++i) mbar_init(s_bar + i, 1);  // one producer arrival (with its bytes) a fill
     mbar_init_fence();
   }
   if (threadIdx.x < NB) s_tok[threadIdx.x] = __ldcg(p.tokens_in + threadIdx.x);
@@ -341,10 +351,11 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     const unsigned long long* lt = tb + (long long)l * LT;
     // RMSNorm -> QKV (bias)
     MK_STAMP(0);
-    if (l > 0) block_wait(c_dn + l - 1, ALL, p.ctl, p.timeout_ns);
-    MK_STAMP(1);
     {
       NormStage<H, MvQKV::KS> st{l == 0 ? embed : xA, s_tok, T(lt[TBL_LN1]), s_rstd, l == 0};
+      st.preload();
+      if (l > 0) block_wait(c_dn + l - 1, ALL, p.ctl, p.timeout_ns);
+      MK_STAMP(1);
       st.prepare();
       EpiQKV e{qkv, T(lt[TBL_BQ]), T(lt[TBL_BK]), T(lt[TBL_BV])};
       Matvec<MvQKV, WQKV>::run(ring, page, src_qkv(lt), st, e);
@@ -355,7 +366,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     MK_STAMP(3);
     {
       auto pre_o = [&]() { Matvec<MvO, WO>::prefill(ring, src_o(lt)); };
-      Attention<AttnC>::run(l, ring, page, p, qkv, att, part_o, part_ml, c_qkv + l,
+      Attention<AttnC>::run(l, page, p, qkv, att, part_o, part_ml, c_qkv + l,
                             c_arr + (long long)l * Attention<AttnC>::PAIRS, c_att + l, E1, inv_freq, p.ctl, pre_o);
     }
     MK_STAMP(4);
@@ -376,14 +387,15 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     MK_STAMP(6);
     block_arrive(c_o + l);
     Matvec<MvGU, WGU>::prefill(ring, src_gu(lt));
-    block_wait(c_o + l, ALL, p.ctl, p.timeout_ns);
-    MK_STAMP(7);
-    // RMSNorm -> gate/up -> SiLU * up
-#ifdef EGT_MK_TRACE
-    if (threadIdx.x == 0) mk_probe = (p.trace && l == EGT_MK_TRACE) ? p.trace + blockIdx.x * 32 : nullptr;
-#endif
     {
+      // RMSNorm -> gate/up -> SiLU * up
       NormStage<H, MvGU::KS> st{xM, s_tok, T(lt[TBL_LN2]), s_rstd, false};
+      st.preload();
+      block_wait(c_o + l, ALL, p.ctl, p.timeout_ns);
+      MK_STAMP(7);
+#ifdef EGT_MK_TRACE
+      if (threadIdx.x == 0) mk_probe = (p.trace && l == EGT_MK_TRACE) ? p.trace + blockIdx.x * 32 : nullptr;
+#endif
       st.prepare();
       EpiGU e{hbuf};
       Matvec<MvGU, WGU>::run(ring, page, src_gu(lt), st, e);
@@ -418,7 +430,6 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     }
   }
   // final RMSNorm -> LM head -> argmax
-  block_wait(c_dn + L - 1, ALL, p.ctl, p.timeout_ns);
   EpiLM e{p.logits};
 #pragma unroll
   for (int b = 0; b < NB; ++b) {
@@ -427,6 +438,8 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   }
   {
     NormStage<H, MvLM::KS> st{xA, s_tok, T(gl[GL_NORM]), s_rstd, false};
+    st.preload();
+    block_wait(c_dn + L - 1, ALL, p.ctl, p.timeout_ns);
     st.prepare();
     Matvec<MvLM, WLM>::run(ring, page, src_lm(gl), st, e);
   }

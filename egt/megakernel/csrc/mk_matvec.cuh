@@ -23,7 +23,7 @@ namespace egt {
 // The weight ring: ST stage slots in shared memory (an op's stage size) and, for bulk copies, one mbarrier per slot.
 struct Ring {
   uint4* buf;
-  uint64_t* bar;   // [MAX_RING + 1] in shared memory: one per slot, then attention's K/V
+  uint64_t* bar;   // [MAX_RING] in shared memory: one per slot
   unsigned phase;  // bit i: parity of mbarrier i's next completion (every thread tracks the same value)
 };
 
