@@ -3,29 +3,14 @@ import pytest
 import torch
 
 from egt.plan import LinearPlan
-from egt.quant.packing import pack
-from egt.quant.quantizer import dequantize_groups, quantize_groups
+from egt.quant.quantizer import quantize_groups
 from egt.sparsify import pattern as P
+from kernel_weights import packed_int4
 
 from egt import kernels as _kernels  # noqa: E402
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not _kernels.available(), reason="needs CUDA and nvcc (or a built kernel library)")]
-
-
-def _packed(out_f, in_f, n, group, sym, seed):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(out_f, in_f, generator=g) * 0.05
-    if n == 4:
-        vals, idx = w, None
-    else:  # random masks: every position pattern, not only what magnitude pruning would pick
-        vals, idx = P.compact(w, P.topn_in_groups(torch.rand(out_f, in_f, generator=g), n), n)
-    qg = quantize_groups(vals, 4, group, sym)
-    deq = dequantize_groups(qg.q, qg.scale, qg.offset, 4, group)
-    dense = deq if n == 4 else P.expand(deq, idx, n, in_f)
-    dev = "cuda"
-    return (pack(qg.q, 4).to(dev), None if idx is None else P.pack_indices(idx).to(dev), qg.scale.to(dev),
-            None if qg.offset is None else qg.offset.to(dev), dense.to(dev).double())
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
@@ -35,7 +20,7 @@ def _packed(out_f, in_f, n, group, sym, seed):
 def test_gemv_matches_expanded_reference(n, out_f, in_f, group, sym):
     from egt.sparsify.kernels import sparse_w4_gemv
 
-    q, idx, s, o, dense = _packed(out_f, in_f, n, group, sym, seed=out_f + in_f + n)
+    (q, idx, s, o), dense = packed_int4(out_f, in_f, n, group, sym, seed=out_f + in_f + n)
     cases = [(1, torch.float16, None), (8, torch.float16, None), (3, torch.bfloat16, None), (2, torch.float16, (1, 1, 16)),
              (5, torch.float16, (1, 4, 4)), (4, torch.float16, (1, 2, 8))]
     for b, dtype, config in cases:
@@ -73,7 +58,7 @@ def test_module_forward_matches_cpu_path(n, in_f):
 def test_bad_input_is_rejected_clearly():
     from egt.sparsify.kernels import sparse_w4_gemv
 
-    q, idx, s, o, _ = _packed(64, 256, 2, 128, False, 0)
+    (q, idx, s, o), _ = packed_int4(64, 256, 2, 128, False, 0)
     with pytest.raises(ValueError, match="1 <= B <= 8"):
         sparse_w4_gemv(torch.randn(9, 256, device="cuda", dtype=torch.float16), q, idx, s, o, 2, 128)
     with pytest.raises(ValueError, match="does not hold"):

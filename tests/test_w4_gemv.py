@@ -8,28 +8,10 @@ import pytest
 import torch
 
 from egt import kernels as K
-from egt.quant.packing import pack
-from egt.quant.quantizer import dequantize_groups, quantize_groups
-from egt.sparsify import pattern as P
+from kernel_weights import packed_int4
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not K.available(), reason="needs CUDA and nvcc (or a built kernel library)")]
-
-
-def _packed(out_f, in_f, n, group, sym, seed):
-    """(qweight, indices, scales, offsets) on CUDA and the dense dequantized weight in float64."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(out_f, in_f, generator=g) * 0.05
-    if n == 4:
-        vals, idx = w, None
-    else:  # random masks: every position pattern
-        vals, idx = P.compact(w, P.topn_in_groups(torch.rand(out_f, in_f, generator=g), n), n)
-    qg = quantize_groups(vals, 4, group, sym)
-    deq = dequantize_groups(qg.q, qg.scale, qg.offset, 4, group)
-    dense = deq if n == 4 else P.expand(deq, idx, n, in_f)
-    wts = (pack(qg.q, 4).cuda(), None if idx is None else P.pack_indices(idx).cuda(), qg.scale.cuda(),
-           None if qg.offset is None else qg.offset.cuda())
-    return wts, dense.cuda().double()
 
 
 def _check(y, x, dense, rel=2e-3):
@@ -56,7 +38,7 @@ CASES = [(77, 1152, 4, 128, False), (77, 1152, 4, 64, True), (77, 1152, 2, 64, F
 
 @pytest.mark.parametrize("out_f,in_f,n,group,sym", CASES)
 def test_matches_fp64_reference_every_config(out_f, in_f, n, group, sym):
-    wts, dense = _packed(out_f, in_f, n, group, sym, seed=out_f * 3 + in_f + n)
+    wts, dense = packed_int4(out_f, in_f, n, group, sym, seed=out_f * 3 + in_f + n)
     max_m = K.MAX_M_DENSE if n == 4 else K.MAX_M_SPARSE
     for m in sorted({1, 2, 5, max_m}):
         for config in (None, (1, 1, 4), (1, 2, 8), (1, 3, 16), (1, 5, 4)):
@@ -70,7 +52,7 @@ def _chain_weights(seed):
              (1536, 2048, 4, 64, False, (1, 3, 8)), (4096, 1536, 2, 64, True, (1, 2, 4)), (1536, 4096, 4, 128, True, None)]
     out = []
     for i, (o, k, n, g, sym, cfg) in enumerate(specs):
-        wts, dense = _packed(o, k, n, g, sym, seed + i)
+        wts, dense = packed_int4(o, k, n, g, sym, seed + i)
         out.append((wts, dense, n, g, cfg))
     return out
 
