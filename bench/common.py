@@ -11,6 +11,8 @@ Contract:
   removed; host launch cost excluded).
 - `copies_for(nbytes)` -> how many distinct copies of an operand of nbytes a timing must rotate over so that the
   total exceeds 4x the card's L2 (each call then streams its operand from HBM).
+- `time_decode_steps(dec, cache, batch, ctx)` -> (median, sorted) ms per MegaKernel decode step: one launch per
+  step with device-fed tokens, every timed run restarting at context `ctx`.
 """
 from __future__ import annotations
 
@@ -92,3 +94,28 @@ def copy_same_size(nbytes: int) -> float:
     us = time_graph([lambda s=s, d=d: d.copy_(s) for s, d in zip(srcs, dsts)])
     del srcs, dsts
     return 2 * half / (us * 1e-6) / 1e9
+
+
+def time_decode_steps(dec, cache, batch: int, ctx: int, n: int = 100, reps: int = 5, warmup: int = 5):
+    """ms per decode step of a MegaKernelDecoder: `warmup` launches, then `reps` runs of `n` launches (advance=True:
+    each step feeds its argmax to the next), every run restarting at context `ctx`, so the cache needs rows up to
+    ctx + max(n, warmup). Returns (median, sorted times)."""
+    def start():
+        dec.set_inputs([1] * batch, [ctx] * batch, [0] * batch, ctx)
+
+    start()
+    for _ in range(warmup):
+        dec.launch(cache, logits=False, advance=True)
+    dec.check()
+    ts = []
+    for _ in range(reps):
+        start()
+        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
+        s.record()
+        for _ in range(n):
+            dec.launch(cache, logits=False, advance=True)
+        e.record()
+        dec.check()
+        ts.append(s.elapsed_time(e) / n)
+    ts.sort()
+    return ts[len(ts) // 2], ts

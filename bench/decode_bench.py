@@ -11,7 +11,8 @@ prompt 128 tokens; decode steps at context ~128-200.
   static = `cache_implementation="static"`, which transformers compiles with torch.compile.
 - torch-graph: our reference decode step (`Transformer.forward`: SDPA, cuBLAS, a static cache with a mask) captured
   once as a CUDA graph and replayed (median of 5 x 50 replays).
-- egt-megakernel: one persistent-kernel launch per step with device-fed tokens (median of 5 x 100 launches).
+- egt-megakernel: one persistent-kernel launch per step with device-fed tokens (median of 5 x 100 launches,
+  bench/common.time_decode_steps).
 - floor: weight bytes read per step (all projections + LM head, bf16) / device-to-device copy bandwidth.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from egt.models import SHAPES, hf_config_for_shape, random_model  # noqa: E402
-from common import copy_bandwidth  # noqa: E402
+from common import copy_bandwidth, time_decode_steps  # noqa: E402
 from megakernel_check import WEIGHT_LABELS, compress, weight_bytes  # noqa: E402
 
 PROMPT = 128
@@ -115,22 +116,11 @@ def megakernel_ms(model, batch):
     slots = torch.arange(PROMPT, device="cuda")
     with torch.inference_mode():
         model(torch.randint(0, model.shape.vocab, (batch, PROMPT), device="cuda"), slots.expand(batch, -1), slots, cache)
-    ts = []
-    for r in range(6):
-        dec.set_inputs([1] * batch, [PROMPT] * batch, [0] * batch, PROMPT)
-        st, en = torch.cuda.Event(True), torch.cuda.Event(True)
-        st.record()
-        for _ in range(100):
-            dec.launch(cache, logits=False, advance=True)
-        en.record()
-        dec.check()
-        if r:
-            ts.append(st.elapsed_time(en) / 100)
-    ts.sort()
+    ms, _ = time_decode_steps(dec, cache, batch, PROMPT, warmup=100)
     info = {"plan_hash": dec.plan.plan_hash(), "measured_plan": dec.plan.measured_ms is not None,
             "smem_peak": dec.plan.smem_report()["peak"], "regs": dec.info["regs"]}
     del dec, cache
-    return ts[len(ts) // 2], info
+    return ms, info
 
 
 def main():

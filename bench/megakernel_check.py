@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_bandwidth  # noqa: E402
+from common import copy_bandwidth, time_decode_steps  # noqa: E402
 from egt.models import SHAPES, random_model  # noqa: E402
 from egt.megakernel.runtime import MegaKernelDecoder  # noqa: E402
 from egt.transformer import KVCache  # noqa: E402
@@ -260,25 +260,10 @@ def check_shape(name, ctxs, steps, gen, weights="bf16", profile=None):
         out["vs_fp32"]["ref_bf16_error"] = repr(e)[:300]
     print(f"  {name} vs fp32 at ctx 64: {out['vs_fp32']}", flush=True)
     del m32, cache32, cache16
-    # timing at context ~160, device-fed tokens (advance=1), one launch per step
+    # timing at context ~140-240, device-fed tokens (advance=1), one launch per step
     cache = model.setup_cache(1, 512)
-    prefill(model, cache, torch.randint(0, V, (1, 128), device="cuda", generator=gen))
-    dec.set_inputs([1], [128], [0], 128)
-    for _ in range(5):
-        dec.launch(cache, logits=False, advance=True)
-    dec.check()
-    n = 100
-    times = []
-    for _ in range(5):
-        dec.set_inputs([1], [140], [0], 140)
-        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record()
-        for _ in range(n):
-            dec.launch(cache, logits=False, advance=True)
-        e.record()
-        dec.check()
-        times.append(s.elapsed_time(e) / n)
-    times.sort()
+    prefill(model, cache, torch.randint(0, V, (1, 140), device="cuda", generator=gen))
+    _, times = time_decode_steps(dec, cache, 1, 140)
     out["ms_per_token"] = times[len(times) // 2]
     out["ms_spread"] = [times[0], times[-1]]
     del model, dec, cache, mk_cache

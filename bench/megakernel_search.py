@@ -29,27 +29,14 @@ from egt.megakernel.codegen import build  # noqa: E402
 from egt.megakernel.profiles import get_profile  # noqa: E402
 from egt.megakernel.runtime import MegaKernelDecoder  # noqa: E402
 from egt.megakernel.search import PlanStore, search, search_spread, spearman  # noqa: E402
+from common import time_decode_steps  # noqa: E402
 from megakernel_check import WEIGHT_LABELS, compress, plan_weights  # noqa: E402
 
 
-def time_decoder(dec, model, batch, ctx=140, n=100, reps=5):
-    cache = model.setup_cache(batch, ctx + n * (reps + 2) + 16)
-    dec.set_inputs([1] * batch, [ctx] * batch, [0] * batch, ctx)
-    for _ in range(5):
-        dec.launch(cache, logits=False, advance=True)
-    dec.check()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record()
-        for _ in range(n):
-            dec.launch(cache, logits=False, advance=True)
-        e.record()
-        dec.check()
-        ts.append(s.elapsed_time(e) / n)
-    ts.sort()
-    del cache
-    return ts[len(ts) // 2], ts
+def time_decoder(dec, model, batch, ctx=140):
+    """(median, sorted) ms per step at context ~ctx (bench/common.time_decode_steps) on a fresh cache."""
+    cache = model.setup_cache(batch, ctx + 128)
+    return time_decode_steps(dec, cache, batch, ctx)
 
 
 def main():
