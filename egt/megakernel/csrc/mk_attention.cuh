@@ -222,6 +222,25 @@ MK_COLD_LOOP
     }
   };
 
+  // Without FOLD, every split of (b, g, h) arrives on arrive[pr] (S a launch); the last to arrive merges the se
+  // partials in use and counts the pair done (with se == 1 the single item wrote its output itself). wrote: this
+  // split stored partials, which the fence publishes before its arrival.
+  __device__ static void arrive_combine(int b, int pr, int h0, int se, bool wrote, unsigned* arrive, unsigned E1,
+                                        int* flag, const float* part_o, const float* part_ml, mk_t* attn_out,
+                                        unsigned* att_done) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      if (wrote) __threadfence();
+      const unsigned old = atom_add_acq_rel(arrive + pr, 1u);
+      *flag = (se > 1 && old == E1 * C::S - 1);
+    }
+    __syncthreads();
+    if (*flag) {
+      combine(b, pr, h0, se, part_o, part_ml, attn_out);
+      block_arrive(att_done);
+    }
+  }
+
   // Runs this block's items for layer l. Returns after the block's last item; the caller waits on att_done.
   // pre(): the next op's weight prefill, issued once this block's items are done (at once by a block without
   // items), so no prefill group is ever committed between an item's K/V issue and its wait, which drains every
@@ -272,16 +291,7 @@ MK_COLD_LOOP
         if constexpr (C::FOLD) {
           block_arrive(att_done);  // every item counts once; the O staging reads only the se splits in use
         } else if constexpr (C::S > 1) {
-          __syncthreads();
-          if (tid == 0) {
-            const unsigned old = atom_add_acq_rel(arrive + pr, 1u);
-            *flag = (se > 1 && old == E1 * C::S - 1);
-          }
-          __syncthreads();
-          if (*flag) {
-            combine(b, pr, h0, se, part_o, part_ml, attn_out);
-            block_arrive(att_done);
-          }
+          arrive_combine(b, pr, h0, se, false, arrive, E1, flag, part_o, part_ml, attn_out, att_done);
           __syncthreads();
         }
         continue;
@@ -493,17 +503,7 @@ MK_COLD_LOOP
           if (tid == 0) atomicAdd(arrive + pr, 1u);  // keep the pair's arrival count per launch at S
         }
       } else {
-        __syncthreads();
-        if (tid == 0) {
-          __threadfence();
-          const unsigned old = atom_add_acq_rel(arrive + pr, 1u);
-          *flag = (old == E1 * C::S - 1);
-        }
-        __syncthreads();
-        if (*flag) {
-          combine(b, pr, h0, se, part_o, part_ml, attn_out);
-          block_arrive(att_done);
-        }
+        arrive_combine(b, pr, h0, se, true, arrive, E1, flag, part_o, part_ml, attn_out, att_done);
       }
       __syncthreads();
       if (item == first) MK_STAMP(15);
