@@ -287,10 +287,15 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
 // Chunk codes (operands.py, layout "tc"): [NMAT][TR/16][TK/64 quads][32 lanes] x uint4; word i of a lane holds the
 // 8 codes of its A-fragment registers for k-step 4q+i, nibble p = low and p+4 = high half of register p, so one
 // shift and one LOP3 (mask | OR of 0x4300, bf16 128) yield bf16x2 (128+lo, 128+hi), exact.
-// Late scaling: the MMA accumulates T = sum (128 + q) x over a run of one scale block into a temporary fragment,
-// and the run is folded in float32 as s*T + (o - 128 s) * sum x (w = s q + o). That is one LOP3 (+ shift) per two
-// weights instead of a dequantization to bf16 per weight; sum x per 32 columns is computed once per staged
+// Late scaling: the MMA accumulates T = sum (128 + q) x over one 32-column half of a quad into a temporary
+// fragment, and T is folded in float32 as s*T + (o - 128 s) * sum x (w = s q + o). That is one LOP3 (+ shift) per
+// two weights instead of a dequantization to bf16 per weight; sum x per 32 columns is computed once per staged
 // activation part (`after_stage`). The 128 x sum cancels in float32 (products exact, ~10 of 24 bits lost).
+// Latency, not issue, bounds this loop (two warps a scheduler at 256 threads): every shared-memory load of a quad
+// is issued at its top, and its k-steps accumulate in two independent MMA chains. With the weights already in
+// shared memory (bench/megakernel_ceiling.py, H100) that is 1.35x the rate of one chain with loads at each k-step
+// for one-matrix ops (qkv, o, down), 1.54x with 32-column scale blocks, 1.02x for gate/up; one-matrix ops ran
+// compute-bound below the per-SM share of copy bandwidth before.
 // Pairs region as in Q4W.
 template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
   static constexpr float BASE = 128.f;
@@ -299,14 +304,11 @@ template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
     static constexpr bool OWNED = true;
     __device__ static __forceinline__ int owner(int j, int b) { return (j & 7) * 4 + (b >> 1); }
     float c[C::NMAT][4];  // folded (scaled) sums
-    float t[C::NMAT][4];  // raw-code sums of the current run
-    float x[2];           // sum x of the current run, batch rows 2t and 2t+1
     __device__ __forceinline__ void clear() {
 #pragma unroll
       for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) c[m][i] = t[m][i] = 0.f;
-      x[0] = x[1] = 0.f;
+        for (int i = 0; i < 4; ++i) c[m][i] = 0.f;
     }
     // C fragment: c0, c1 = (row g, batch 2t, 2t+1), c2, c3 = (row g+8, ...): the lane-partial form finish_tile sums
     __device__ __forceinline__ void rows(float (&acc)[C::RPW][C::NMAT][NB], int lane) const {
@@ -346,70 +348,100 @@ MK_COLD_LOOP
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "n"(0x000F000F), "n"(0x43004300));
     return r;
   }
-  // Fold the run into the scaled sums with the (scale, offset) of scale block `blk` of rows g and g+8.
+  // c += s*T + (o - 128 s) * X for the C-fragment rows g and g+8 of every matrix, (s, o) from so[m][r]
   template <class C>
-  __device__ static __forceinline__ void fold(Acc<C>& st, const __half2* pairs, int slot, int g, int sps, int blk) {
+  __device__ static __forceinline__ void fold(Acc<C>& st, const float (&tf)[C::NMAT][4], const float (&xr)[2],
+                                              const __half2 (&so2)[C::NMAT][2]) {
 #pragma unroll
     for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const float2 so = __half22float2(pairs[(m * C::TR + slot * 16 + g + 8 * r) * sps + blk]);
+        const float2 so = __half22float2(so2[m][r]);
         const float off = fmaf(-BASE, so.x, so.y);
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          st.c[m][2 * r + e] = fmaf(so.x, st.t[m][2 * r + e], fmaf(off, st.x[e], st.c[m][2 * r + e]));
-          st.t[m][2 * r + e] = 0.f;
-        }
+        for (int e = 0; e < 2; ++e) st.c[m][2 * r + e] = fmaf(so.x, tf[m][2 * r + e], fmaf(off, xr[e], st.c[m][2 * r + e]));
       }
-    st.x[0] = st.x[1] = 0.f;
   }
-  template <class C, class SRC>
-  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
-                                                    int lane, const SRC& src, Acc<C>& st) {
-    static_assert(C::RPW == 16 && C::TK % 64 == 0 && NB <= 2, "tensor-core INT4: 16 rows a warp, 64-column quads");
+  // The quads of one stage. SPLIT (32-column scale blocks): the two MMA chains are the two halves, each folded
+  // with its own (s, o). Otherwise they are the even and odd k-steps, added and folded once a quad. Two loops, not
+  // one with a run-time test: the test and the second half's operands cost the common case 10-20% (H100).
+  template <class C, bool SPLIT>
+  __device__ static __forceinline__ void quads(const uint4* buf, const uint4* xs, int ch, int slot, int wi, int lane,
+                                               int lg, Acc<C>& st) {
     constexpr int QUADS = C::TK / 64;
+    constexpr int NH = SPLIT ? 2 : 1;  // scale blocks a quad
     const int g = lane >> 2, t = lane & 3;
-    const int sps = C::TK >> src.lg;
-    const int bmask = (1 << src.lg) - 1;
+    const int sps = C::TK >> lg;
     const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
     const float* xsum = reinterpret_cast<const float*>(xs + NB * C::KP / 8);
 #pragma unroll 1
     for (int q = wi; q < QUADS; q += C::WPR) {
+      // every shared-memory operand of the quad first: codes, B fragments of its 4 k-steps, scale pairs, sums of x
       uint4 wv[C::NMAT];
 #pragma unroll
       for (int m = 0; m < C::NMAT; ++m) wv[m] = buf[((m * (C::TR / 16) + slot) * QUADS + q) * 32 + lane];
+      uint32_t xb[8];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {  // two 32-column halves (a scale block holds at least one)
+      for (int i = 0; i < 4; ++i) {
+        const int k = ch * C::TK + q * 64 + i * 16;  // column of k-step i within the K part
+        xb[2 * i] = g < NB ? xw[(g * C::KP + k) / 2 + t] : 0u;
+        xb[2 * i + 1] = g < NB ? xw[(g * C::KP + k) / 2 + t + 4] : 0u;
+      }
+      __half2 so[NH][C::NMAT][2];  // [scale block][matrix][row g, g+8]
 #pragma unroll
-        for (int i2 = 0; i2 < 2; ++i2) {
-          const int i = h * 2 + i2;
-          const int k = ch * C::TK + q * 64 + i * 16;  // column of this k-step within the K part
-          uint32_t b0 = 0u, b1 = 0u;
-          if (g < NB) {
-            b0 = xw[(g * C::KP + k) / 2 + t];
-            b1 = xw[(g * C::KP + k) / 2 + t + 4];
-          }
+      for (int h = 0; h < NH; ++h)
 #pragma unroll
-          for (int m = 0; m < C::NMAT; ++m) {
-            const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
-            asm volatile(
-                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                "{%0,%1,%2,%3};\n"
-                : "+f"(st.t[m][0]), "+f"(st.t[m][1]), "+f"(st.t[m][2]), "+f"(st.t[m][3])
-                : "r"(raw(word, 0)), "r"(raw(word, 1)), "r"(raw(word, 2)), "r"(raw(word, 3)), "r"(b0), "r"(b1));
-          }
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            so[h][m][r] = pairs[(m * C::TR + slot * 16 + g + 8 * r) * sps + ((q * 64 + h * 32) >> lg)];
+      const int c32 = (ch * C::TK + q * 64) >> 5;  // first 32-column block of the quad within the K part
+      float xr[2][2];  // [half][batch 2t + e]
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) xr[h][e] = (2 * t + e < NB) ? xsum[(2 * t + e) * (C::KP / 32) + c32 + h] : 0.f;
+      float ta[C::NMAT][4], tb[C::NMAT][4];
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ta[m][i] = tb[m][i] = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int i = SPLIT ? (j >> 1) | ((j & 1) << 1) : j;  // issue order alternates the chains: 0 2 1 3 or 0 1 2 3
+        const bool second = SPLIT ? (i >= 2) : (i & 1);
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) {
+          const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
+          float* d = second ? tb[m] : ta[m];
+          asm volatile(
+              "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+              "{%0,%1,%2,%3};\n"
+              : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+              : "r"(raw(word, 0)), "r"(raw(word, 1)), "r"(raw(word, 2)), "r"(raw(word, 3)), "r"(xb[2 * i]),
+                "r"(xb[2 * i + 1]));
         }
-        const int c32 = (ch * C::TK + q * 64 + h * 32) >> 5;  // 32-column block within the K part
+      }
+      if constexpr (SPLIT) {
+        fold<C>(st, ta, xr[0], so[0]);
+        fold<C>(st, tb, xr[1], so[1]);
+      } else {
 #pragma unroll
-        for (int e = 0; e < 2; ++e)
-          if (2 * t + e < NB) st.x[e] += xsum[(2 * t + e) * (C::KP / 32) + c32];
-        // A run ends at a scale-block boundary, and where this warp's next quad is not the adjacent one.
-        const int next = q * 64 + (h + 1) * 32;
-        if ((next & bmask) == 0 || (h == 1 && (C::WPR > 1 || q + C::WPR >= QUADS)))
-          fold<C>(st, pairs, slot, g, sps, (q * 64 + h * 32) >> src.lg);
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) ta[m][i] += tb[m][i];
+        const float xq[2] = {xr[0][0] + xr[1][0], xr[0][1] + xr[1][1]};
+        fold<C>(st, ta, xq, so[0]);
       }
     }
+  }
+  template <class C, class SRC>
+  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, const SRC& src, Acc<C>& st) {
+    static_assert(C::RPW == 16 && C::TK % 64 == 0 && NB <= 2, "tensor-core INT4: 16 rows a warp, 64-column quads");
+    if (src.lg == 5) quads<C, true>(buf, xs, ch, slot, wi, lane, src.lg, st);
+    else quads<C, false>(buf, xs, ch, slot, wi, lane, src.lg, st);
   }
 };
 
