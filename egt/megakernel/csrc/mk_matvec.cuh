@@ -287,15 +287,15 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
 // Chunk codes (operands.py, layout "tc"): [NMAT][TR/16][TK/64 quads][32 lanes] x uint4; word i of a lane holds the
 // 8 codes of its A-fragment registers for k-step 4q+i, nibble p = low and p+4 = high half of register p, so one
 // shift and one LOP3 (mask | OR of 0x4300, bf16 128) yield bf16x2 (128+lo, 128+hi), exact.
-// Late scaling: the MMA accumulates T = sum (128 + q) x over one 32-column half of a quad into a temporary
-// fragment, and T is folded in float32 as s*T + (o - 128 s) * sum x (w = s q + o). That is one LOP3 (+ shift) per
+// Late scaling: the MMA accumulates T = sum (128 + q) x over a quad (over each half where a scale block is 32
+// columns) into temporary fragments, and T is folded in float32 as s*T + (o - 128 s) * sum x (w = s q + o). That is one LOP3 (+ shift) per
 // two weights instead of a dequantization to bf16 per weight; sum x per 32 columns is computed once per staged
 // activation part (`after_stage`). The 128 x sum cancels in float32 (products exact, ~10 of 24 bits lost).
 // Latency, not issue, bounds this loop (two warps a scheduler at 256 threads): every shared-memory load of a quad
 // is issued at its top, and its k-steps accumulate in two independent MMA chains. With the weights already in
-// shared memory (bench/megakernel_ceiling.py, H100) that is 1.35x the rate of one chain with loads at each k-step
-// for one-matrix ops (qkv, o, down), 1.54x with 32-column scale blocks, 1.02x for gate/up; one-matrix ops ran
-// compute-bound below the per-SM share of copy bandwidth before.
+// shared memory (bench/megakernel_ceiling.py, H100) that is 1.30-1.35x the rate of one chain with loads at each
+// k-step for one-matrix ops (qkv, o, down), 1.52x with 32-column scale blocks, 1.04x for gate/up; one-matrix ops
+// ran compute-bound below the per-SM share of copy bandwidth before.
 // Pairs region as in Q4W.
 template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
   static constexpr float BASE = 128.f;
