@@ -6,7 +6,7 @@
 SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `copy=bulk` (sm_90 bulk copies),
 `threads` (block size, e.g. 512 for INT4 kinds, whose default is 256), `code=unrolled` (MegaPlan.compact_code off),
 `slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none; with
-`copy=bulk|cp.async` and `pf=KB` it gets that copy path and weight prefetch depth), and
+`copy=bulk|cp.async`, `pf=KB` and `l2=KB` it gets that copy path, weight prefetch depth and L2 look-ahead), and
 AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk`, `qk_lanes`, `fold` (an exact
 value, or `>=N` / `<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints;
 with `from=NAME` it is instead the plan of the earlier variant NAME (same shape and weights) with the given
@@ -95,9 +95,10 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
         probe = MegaPlan(model=shape, batch=batch, profile=prof.name, blocks=prof.sms,
                          compression=compression_label(weights), weights=weights)
         plan = PlanStore().get(probe.key())
-        if plan is not None and {"copy", "pf"} & kv.keys():  # the stored schedule with another copy path / prefill
+        if plan is not None and {"copy", "pf", "l2"} & kv.keys():  # the stored schedule, another copy path / prefetch
             plan = MegaPlan(**{**plan.__dict__, "bulk_copy": kv.get("copy", "bulk" if plan.bulk_copy else "") == "bulk",
-                               "prefetch_kb": int(kv.get("pf", plan.prefetch_kb)), "predicted_ms": None,
+                               "prefetch_kb": int(kv.get("pf", plan.prefetch_kb)),
+                               "l2_ahead_kb": int(kv.get("l2", plan.l2_ahead_kb)), "predicted_ms": None,
                                "measured_ms": None})
         return plan
     plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"),

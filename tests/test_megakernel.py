@@ -114,6 +114,12 @@ def test_generated_source_bakes_the_schedule():
     loose = MegaPlan(**{**p.__dict__, "compact_code": False})
     assert "EGT_MK_COMPACT" not in generate_source(loose) and loose.plan_hash() != p.plan_hash()
     assert MegaPlan.from_dict(json.loads(json.dumps(loose.to_dict()))).compact_code is False
+    # the L2 look-ahead: off by default (and then absent from the hash, so older plans keep theirs), baked when set
+    assert p.l2_ahead_kb == 0 and "L2_AHEAD_BYTES = 0;" in src
+    ahead = MegaPlan(**{**p.__dict__, "l2_ahead_kb": 64})
+    assert "L2_AHEAD_BYTES = 65536;" in generate_source(ahead) and ahead.plan_hash() != p.plan_hash()
+    assert MegaPlan.from_dict(json.loads(json.dumps(ahead.to_dict()))).plan_hash() == ahead.plan_hash()
+    assert "l2_ahead_kb" not in p.codegen_dict()
 
 
 def test_attention_head_slices_and_counters():

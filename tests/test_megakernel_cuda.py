@@ -237,3 +237,23 @@ def test_folded_combine_is_bit_identical_to_the_last_arriver_combine(model, refe
         la = da.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()
         lb = db.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()
         assert torch.isfinite(la).all() and torch.equal(la, lb), ctx
+
+
+@pytest.mark.parametrize("kb", [64, 1024])
+@torch.inference_mode()
+def test_l2_look_ahead_changes_no_result(model, reference, kb):
+    """The L2 look-ahead (MegaPlan.l2_ahead_kb) only asks for weight lines early: the same schedule with it on must
+    give bit-identical logits. 64 KB stops inside an op's share; 1024 KB covers every op of this model whole and
+    splits runs into 64 KB pieces. Every weight kind of the model fixture (dense rows, INT4, N:4, INT3 chunks)."""
+    from egt.megakernel.runtime import MegaKernelDecoder
+    from egt.megakernel.schedule import MegaPlan
+    from egt.transformer import KVCache
+    base = _attn_plan(model, {})
+    ahead = MegaPlan(**{**base.__dict__, "l2_ahead_kb": kb})
+    da, db = MegaKernelDecoder(model, batch=1, plan=base), MegaKernelDecoder(model, batch=1, plan=ahead)
+    for ctx in (1, 300):
+        mk, rcache, tok = _prefilled(model, reference, ctx, 512, ctx)
+        la = da.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()
+        lb = db.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()
+        assert torch.isfinite(la).all() and torch.equal(la, lb), ctx
+        assert _rel(lb, _ref_step(reference, rcache, tok, ctx - 1)) < REL_TOL

@@ -120,7 +120,7 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         f"constexpr int ATT_QL = {plan.attn.qk_lanes}, ATT_FOLD = {plan.attn.fold};",
         f"constexpr int RING_BYTES = {smem['ring']}, PAGE_BYTES = {smem['page']}, SMEM_DYN = {smem['dynamic']};",
         f"constexpr int RES_ROWS = {plan.residual_rows()};",
-        f"constexpr int PREFETCH_BYTES = {plan.prefetch_kb * 1024};",
+        f"constexpr int PREFETCH_BYTES = {plan.prefetch_kb * 1024}, L2_AHEAD_BYTES = {plan.l2_ahead_kb * 1024};",
         *[f"constexpr bool {flag} = {'true' if ops[name].weight_kind in INT4_KINDS else 'false'};"
           for name, flag in OP_FLAGS.items()],
         *[f"constexpr bool {flag.replace('Q4', 'S4')} = {'true' if ops[name].weight_kind == INT4_NM else 'false'};"

@@ -44,6 +44,18 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
 }
+// Weights are read once per step: their 16-byte copies mark the line evict-first, so that the lines the L2
+// look-ahead brought in for a later op (and the activations, the KV cache) survive the stream of the current op.
+// By itself it measured within noise (bench/results/megakernel/ab_h100.md run 27).
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+  return pol;
+}
+__device__ __forceinline__ void cp_async16_ef(void* smem, const void* gmem, uint64_t pol) {
+  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(pol) : "memory");
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
@@ -91,6 +103,18 @@ __device__ __forceinline__ void bulk_g2s(void* smem, const void* gmem, unsigned 
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
           smem_u32(smem)), "l"(gmem), "r"(bytes), "r"(smem_u32(bar)), "l"(pol) : "memory");
+#endif
+}
+
+// L2 look-ahead (sm_90): one instruction asks for a contiguous run of a later op's weights to be brought into L2,
+// with no completion to wait for. Why: the ring holds only the first stages of the next op, so the HBM sits idle
+// through attention and the grid-wide waits; asked ahead, the later op reads the rest from L2. One lane issues
+// runs of at most 64 KB. Older architectures compile it to nothing (l2_ahead_kb then changes no timing).
+__device__ __forceinline__ void l2_prefetch(const void* gmem, long long bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const char* p = static_cast<const char*>(gmem);
+  for (; bytes > 0; bytes -= 65536, p += 65536)
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"((unsigned)min(bytes, 65536ll)) : "memory");
 #endif
 }
 

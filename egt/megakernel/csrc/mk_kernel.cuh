@@ -117,6 +117,23 @@ __device__ __forceinline__ auto src_lm(const unsigned long long* gl) {
   else return RowOne{u4p(gl[GL_LM]), H / 8};
 }
 
+// L2 look-ahead of layer l's op `op` (0 qkv, 1 o, 2 gate/up, 3 down; layer L: the LM head), up to the plan's
+// L2_AHEAD_BYTES of this block's share. Called where the op before it is prefilled, so that the HBM streams it
+// through attention and the grid-wide waits. One op only: anything further would pass through the L2 behind a
+// whole op's stream and be evicted before use. A plan option, measured per shape (ab_h100.md runs 26-30): it
+// helps where the ring holds little of an op's share (bf16 llama-3.2-1b, 4%); where the ring already holds most
+// of it (INT4 plans) or attention's loads queue behind it, the extra traffic only delays the critical path.
+__device__ __forceinline__ void l2_ahead(const unsigned long long* tb, int l, int op) {
+  if constexpr (L2_AHEAD_BYTES > 0) {
+    const unsigned long long* lt = tb + (long long)l * LT;
+    if (l == L) Matvec<MvLM, WLM>::l2_ahead(src_lm(lt), L2_AHEAD_BYTES);
+    else if (op == 0) Matvec<MvQKV, WQKV>::l2_ahead(src_qkv(lt), L2_AHEAD_BYTES);
+    else if (op == 1) Matvec<MvO, WO>::l2_ahead(src_o(lt), L2_AHEAD_BYTES);
+    else if (op == 2) Matvec<MvGU, WGU>::l2_ahead(src_gu(lt), L2_AHEAD_BYTES);
+    else Matvec<MvDN, WDN>::l2_ahead(src_dn(lt), L2_AHEAD_BYTES);
+  }
+}
+
 // ---- activation stagers --------------------------------------------------------------------------------------
 // L2 -> shared copy of N 16-byte vectors (`at(v)`: vector v's address), all of a thread's loads in flight before
 // its stores (up to 6): a long activation (qwen2.5-1.5b down's 8960 columns: 4.4 vectors a thread) then costs one
@@ -345,6 +362,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   {
     const unsigned long long* lt = tb;
     Matvec<MvQKV, WQKV>::prefill(ring, src_qkv(lt));
+    l2_ahead(tb, 0, 1);
   }
 #pragma unroll 1
   for (int l = 0; l < L; ++l) {
@@ -365,7 +383,10 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     // RoPE + KV append + split attention (+ combine); the o projection's weights start streaming from inside
     MK_STAMP(3);
     {
-      auto pre_o = [&]() { Matvec<MvO, WO>::prefill(ring, src_o(lt)); };
+      auto pre_o = [&]() {
+        Matvec<MvO, WO>::prefill(ring, src_o(lt));
+        l2_ahead(tb, l, 2);
+      };
       Attention<AttnC>::run(l, page, p, qkv, att, part_o, part_ml, c_qkv + l,
                             c_arr + (long long)l * Attention<AttnC>::PAIRS, c_att + l, E1, inv_freq, p.ctl, pre_o);
     }
@@ -387,6 +408,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     MK_STAMP(6);
     block_arrive(c_o + l);
     Matvec<MvGU, WGU>::prefill(ring, src_gu(lt));
+    l2_ahead(tb, l, 3);
     {
       // RMSNorm -> gate/up -> SiLU * up
       NormStage<H, MvGU::KS> st{xM, s_tok, T(lt[TBL_LN2]), s_rstd, false};
@@ -406,6 +428,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
 #endif
     block_arrive(c_gu + l);
     Matvec<MvDN, WDN>::prefill(ring, src_dn(lt));
+    l2_ahead(tb, l + 1, 0);
     block_wait(c_gu + l, ALL, p.ctl, p.timeout_ns);
     MK_STAMP(9);
     // down projection + residual (its probes land 5 slots after gate/up's)
@@ -425,6 +448,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     if (l + 1 < L) {
       const unsigned long long* nt = lt + LT;
       Matvec<MvQKV, WQKV>::prefill(ring, src_qkv(nt));
+      l2_ahead(tb, l + 1, 1);
     } else {
       Matvec<MvLM, WLM>::prefill(ring, src_lm(gl));
     }

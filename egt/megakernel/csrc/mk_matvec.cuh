@@ -71,6 +71,7 @@ template <typename T> struct DenseW {
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const RP& rp, int first) {
     constexpr int VPR = C::TK / 8;
     const int col0 = (kp * C::KP + ch * C::TK) / 8;
+    const uint64_t pol = evict_first_policy();
 MK_COLD_LOOP
     for (int v = threadIdx.x - first; v < stage_vec<C>(); v += NTHR - first) {
       const int m = v / (C::TR * VPR);
@@ -78,7 +79,7 @@ MK_COLD_LOOP
       const int r = rem / VPR;
       const int c = rem - r * VPR;
       const int n = tile * C::TR + r;
-      if (n < C::N) cp_async16(buf + v, rp(m, n) + col0 + c);
+      if (n < C::N) cp_async16_ef(buf + v, rp(m, n) + col0 + c, pol);
     }
   }
   // sm_90: one bulk copy per row run of the stage, issued by the lanes of one warp.
@@ -94,6 +95,23 @@ MK_COLD_LOOP
     for (int i = lane; i < C::NMAT * rows; i += 32) {
       const int m = i / rows, r = i - m * rows;
       bulk_g2s(buf + (m * C::TR + r) * VPR, rp(m, tile * C::TR + r) + col0, C::TK * 2, bar);
+    }
+  }
+  // L2 look-ahead: the rows of tiles [t0, t1) of each matrix, one run per matrix when its rows are contiguous in
+  // memory (else a run per row), in address order until `budget` bytes.
+  template <class C, class RP> __device__ static __forceinline__ void l2_share(int t0, int t1, const RP& rp, long long budget) {
+    constexpr long long ROW = C::K * 2;
+    const int n0 = t0 * C::TR, n1 = min(t1 * C::TR, C::N);
+MK_COLD_LOOP
+    for (int m = 0; m < C::NMAT && budget > 0 && n1 > n0; ++m) {
+      if (rp(m, n1 - 1) == rp(m, n0) + (long long)(n1 - 1 - n0) * (C::K / 8)) {
+        const long long b = min(budget, (n1 - n0) * ROW);
+        l2_prefetch(rp(m, n0), b);
+        budget -= b;
+      } else {
+MK_COLD_LOOP
+        for (int n = n0; n < n1 && budget > 0; ++n, budget -= ROW) l2_prefetch(rp(m, n), min(budget, ROW));
+      }
     }
   }
   template <class C, class RP>
@@ -141,8 +159,14 @@ template <class W> struct ChunkCopy {
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const SRC& src, int first) {
     const uint4* from = chunk<C>(src, tile, kp, ch);
     const int n = W::template chunk_vecs<C>(src);
+    const uint64_t pol = evict_first_policy();
 MK_COLD_LOOP
-    for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16(buf + v, from + v);
+    for (int v = threadIdx.x - first; v < n; v += NTHR - first) cp_async16_ef(buf + v, from + v, pol);
+  }
+  // L2 look-ahead: a block's tiles [t0, t1) are one contiguous run of chunks; its first `budget` bytes.
+  template <class C, class SRC>
+  __device__ static __forceinline__ void l2_share(int t0, int t1, const SRC& src, long long budget) {
+    l2_prefetch(chunk<C>(src, t0, 0, 0), min(budget, 16ll * (t1 - t0) * C::KS * C::CP * W::template stage_vec<C>()));
   }
   // sm_90: the stage's chunk is one contiguous run: one bulk copy.
   template <class C, class SRC>
@@ -642,6 +666,14 @@ template <class C, class WF> struct Matvec {
     tiles(t0, t1);
 #pragma unroll 1
     for (int s = 0; s < PF; ++s) issue(ring, s, t0, t1 - t0, src, NTHR > 32 ? 32 : 0);
+  }
+
+  // L2 look-ahead of the block's share of this op, up to `budget` bytes, issued by one lane.
+  template <class SRC> __device__ static __forceinline__ void l2_ahead(const SRC& src, long long budget) {
+    if (threadIdx.x != NTHR - 1) return;
+    int t0, t1;
+    tiles(t0, t1);
+    WF::template l2_share<C>(t0, t1, src, budget);
   }
 
   // src: where the weights are (the policy's source: a row map for DenseW, a Q4Src for Q4W).
