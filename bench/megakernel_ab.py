@@ -6,7 +6,8 @@
 SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `copy=bulk` (sm_90 bulk copies),
 `threads` (block size, e.g. 512 for INT4 kinds, whose default is 256), `code=unrolled` (MegaPlan.compact_code off),
 `slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none; with
-`copy=bulk|cp.async`, `pf=KB` and `l2=KB` it gets that copy path, weight prefetch depth and L2 look-ahead), and
+`copy=bulk|cp.async`, `pf=KB` and `l2=KB` it gets that copy path, weight prefetch depth and L2 look-ahead, and with
+`OP=tr/tk/stages/ksplit/wpr` (OP one of qkv, o, gateup, down, lm_head) that op's matvec schedule), and
 AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk`, `qk_lanes`, `fold` (an exact
 value, or `>=N` / `<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints;
 with `from=NAME` it is instead the plan of the earlier variant NAME (same shape and weights) with the given
@@ -39,7 +40,7 @@ from egt.models import SHAPES  # noqa: E402
 from egt.megakernel.codegen import build  # noqa: E402
 from egt.megakernel.profiles import get_profile  # noqa: E402
 from bench.megakernel_check import plan_weights  # noqa: E402
-from egt.megakernel.schedule import MegaPlan, compression_label  # noqa: E402
+from egt.megakernel.schedule import MatvecSchedule, MegaPlan, compression_label  # noqa: E402
 from egt.megakernel.search import PlanStore, predict_ms, search  # noqa: E402
 
 DEFAULT_VARIANTS = ("default;minc128:min_chunk=>=128;stored:stored=1;bulk:copy=bulk;"
@@ -64,6 +65,7 @@ def _ok(value: int, cond: str) -> bool:
 
 
 ATTN_FIELDS = ("hpi", "splits", "sub", "min_chunk", "qk_lanes", "fold")
+OP_NAMES = ("qkv", "o", "gateup", "down", "lm_head")
 
 
 def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earlier: dict | None = None):
@@ -95,11 +97,17 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
         probe = MegaPlan(model=shape, batch=batch, profile=prof.name, blocks=prof.sms,
                          compression=compression_label(weights), weights=weights)
         plan = PlanStore().get(probe.key())
-        if plan is not None and {"copy", "pf", "l2"} & kv.keys():  # the stored schedule, another copy path / prefetch
+        if plan is not None and {"copy", "pf", "l2", *OP_NAMES} & kv.keys():  # the stored plan with changes
+            ops = {name: MatvecSchedule(*map(int, kv[name].split("/")), plan.ops[name].rot) if name in kv else s
+                   for name, s in plan.ops.items()}
             plan = MegaPlan(**{**plan.__dict__, "bulk_copy": kv.get("copy", "bulk" if plan.bulk_copy else "") == "bulk",
                                "prefetch_kb": int(kv.get("pf", plan.prefetch_kb)),
-                               "l2_ahead_kb": int(kv.get("l2", plan.l2_ahead_kb)), "predicted_ms": None,
-                               "measured_ms": None})
+                               "l2_ahead_kb": int(kv.get("l2", plan.l2_ahead_kb)), "ops": ops, "smem": {},
+                               "predicted_ms": None, "measured_ms": None})
+            errs = plan.check(prof.smem_per_block)
+            if errs:
+                raise ValueError(f"{kv}: " + "; ".join(errs))
+            plan.smem_report()
         return plan
     plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"),
                    attn_filter=accept, attn_slices=bool(kv.get("slices")) or kv.get("hpi", "0") != "0",
