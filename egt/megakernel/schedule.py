@@ -222,7 +222,7 @@ class MegaPlan:
     compression: str = "none"  # label of the weight formats: "none" (all dense), "w4a16", ...
     weights: dict[str, str] = field(default_factory=dict)  # op -> weight kind where not dense-{dtype}
     prefetch_kb: int = 48  # weight bytes a block issues for the next op before waiting on its dependency
-    l2_ahead_kb: int = 0  # sm_90: bytes of the op after the next one a block asks into L2 early (0: none)
+    l2_ahead_kb: int = 0  # sm_90: KB of the op after the next one a block asks into L2 early (0: none)
     bulk_copy: bool = False  # sm_90: stream the weights with cp.async.bulk + mbarriers (else cp.async; K/V: cp.async)
     compact_code: bool = True  # small code: rolled once-per-op loops (csrc MK_COLD_LOOP, MK_VEC_LOOP)
     threads: int = 512
