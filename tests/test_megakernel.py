@@ -188,6 +188,10 @@ def test_cli_plan_and_dag(capsys):
     assert main(["plan", "--model", "smollm2-135m", "--profile", "ada-l20"]) == 0
     out = capsys.readouterr().out
     assert "ada-l20" in out and "92 blocks" in out and "without K-split" in out
+    assert "KB prefilled before a wait" in out and "into L2" not in out
+    # the stored llama-3.2-1b bf16 H100 plan asks the op after the next into L2 (ab_h100.md runs 27-30)
+    assert main(["plan", "--model", "llama-3.2-1b", "--profile", "h100"]) == 0
+    assert "64 KB of the op after asked into L2" in capsys.readouterr().out
     assert main(["plan", "--model", "qwen2.5-0.5b", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["batch"] == 1 and set(d["ops"]) == {"qkv", "o", "gateup", "down", "lm_head"}

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grid {plan.blocks} blocks x {plan.threads} threads; predicted {plan.predicted_ms or float('nan'):.3f} ms")
         print(f"shared memory peak {rep['peak'] / 1024:.1f} KB (without K-split {rep['peak_without_ksplit'] / 1024:.1f} KB)"
               f" of {PROFILES[a.profile].smem_per_block / 1024:.0f} KB")
-        print(f"weights streamed with {'bulk copies (sm_90)' if plan.bulk_copy else 'cp.async'}")
+        print(f"weights streamed with {'bulk copies (sm_90)' if plan.bulk_copy else 'cp.async'}, "
+              f"{plan.prefetch_kb} KB prefilled before a wait"
+              + (f", {plan.l2_ahead_kb} KB of the op after asked into L2 (sm_90)" if plan.l2_ahead_kb else ""))
         kinds = plan.matvec_op_table()
         for name, s in plan.ops.items():
             print(f"  {name:8s} {kinds[name].weight_kind:10s} TR={s.tr:<3d} TK={s.tk:<5d} stages={s.stages} "
