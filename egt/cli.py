@@ -41,6 +41,11 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-mode", choices=("oneshot", "sequential", "sequential-module"),
                    help="statistics from the dense model (oneshot) or from the model as already compressed, per layer "
                         "or per module group (default: sequential-module)")
+    p.add_argument("--recover-steps", type=int, default=0,
+                   help="after pruning, distill the kept values towards the dense model for N steps (0 = off); "
+                        "wants many texts: see --recover-data")
+    p.add_argument("--recover-samples", type=int, default=1024, help="texts used by --recover-steps")
+    p.add_argument("--recover-data", help="text file for --recover-steps (default: the calibration data)")
 
 
 
@@ -133,7 +138,9 @@ def cmd_compress(a) -> int:
                          density=a.density, calibration=a.calibration, calibration_samples=a.calibration_samples,
                          dtype=a.dtype, quant_refine=a.quant_refine, quant_metric=a.quant_metric,
                          sparse_method=a.sparse_method, sparse_metric=a.sparse_metric,
-                         sparse_granularity=a.sparse_granularity, calibration_mode=a.calibration_mode)
+                         sparse_granularity=a.sparse_granularity, calibration_mode=a.calibration_mode,
+                         recover_steps=a.recover_steps, recover_samples=a.recover_samples,
+                         recover_data=a.recover_data)
     cfg.validate()
     path, plan, secs = compress(a.model, a.out, cfg)
     from .format import read_manifest

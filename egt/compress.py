@@ -8,6 +8,8 @@ Contract:
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +44,11 @@ class CompressConfig:
     # oneshot (statistics of the dense model) | sequential (layer by layer on the already-compressed model's
     # activations) | sequential-module (per group of modules sharing an input); None = the stage's measured default.
     calibration_mode: str | None = None
+    # Recovery distillation after pruning (egt.sparsify.recover): steps of training the kept values towards the
+    # dense model, on `recover_samples` texts of `recover_data` (None: the calibration source). 0 = off.
+    recover_steps: int = 0
+    recover_samples: int = 1024
+    recover_data: str | None = None
 
     def validate(self) -> None:
         if self.bits is not None and self.bits not in (3, 4, 8):
@@ -60,6 +67,11 @@ class CompressConfig:
         if self.calibration_mode not in (None, "oneshot", "sequential", "sequential-module"):
             raise ValueError(f"calibration_mode must be oneshot, sequential or sequential-module, "
                              f"got {self.calibration_mode!r}")
+        if self.recover_steps < 0 or self.recover_samples < 1:
+            raise ValueError(f"--recover-steps must be >= 0 and --recover-samples >= 1, got {self.recover_steps}, "
+                             f"{self.recover_samples}")
+        if self.recover_steps and self.sparsity == "none":
+            raise ValueError("--recover-steps repairs pruning: it needs --sparsity")
         if self.dtype not in ("fp16", "bf16", "fp32"):
             raise ValueError(f"--dtype must be fp16, bf16 or fp32, got {self.dtype!r}")
 
@@ -86,7 +98,20 @@ def compress_model(loaded, cfg: CompressConfig, progress: bool = True) -> Compre
     if cfg.sparsity != "none":
         from .sparsify import sparsify_model
 
-        plan = sparsify_model(loaded, plan, cfg, texts, progress=progress)
+        if not cfg.recover_steps:
+            plan = sparsify_model(loaded, plan, cfg, texts, progress=progress)
+        else:
+            # Prune in float (the quantizer then rounds the recovered kept values), against a copy of the dense
+            # model as the teacher.
+            from .sparsify.recover import RecoverOptions, recover
+
+            rtexts = calibration_texts(cfg.recover_data or cfg.calibration, n=cfg.recover_samples, seed=cfg.seed + 1)
+            teacher = copy.deepcopy(loaded.model)
+            plan = sparsify_model(loaded, plan, dataclasses.replace(cfg, bits=None), texts, progress=progress)
+            rep = recover(loaded.model, teacher, loaded.tokenizer, rtexts,
+                          RecoverOptions(steps=cfg.recover_steps, seed=cfg.seed), progress=progress)
+            del teacher
+            plan.meta["recover"] = {k: v for k, v in rep.items() if k != "losses"}
     if cfg.bits is not None:
         from .quant import quantize_model
 

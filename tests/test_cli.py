@@ -31,6 +31,8 @@ def test_info_prints_manifest_and_plan(compressed_dir):
     (("compress", "/nonexistent/model", "--out", "/tmp/x"), "no such directory"),
     (("compress", "default", "--out", "/tmp/x", "--budget", "4.25"), "--budget needs --bits"),
     (("compress", "default", "--out", "/tmp/x", "--sparsity", "2:4", "--density", "0.4"), "--density applies to --sparsity mix only"),
+    (("compress", "default", "--out", "/tmp/x", "--bits", "4", "--recover-steps", "50"), "needs --sparsity"),
+    (("compress", "default", "--out", "/tmp/x", "--sparsity", "2:4", "--recover-steps", "-1"), "--recover-steps must"),
 ])
 def test_user_errors_exit_2_with_one_line(args, needle):
     r = egt(*args)

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egt.plan import LinearPlan
-from egt.sparsify import SparsifyOptions, apply_patterns, plan_mix, sparsify_linear
+from egt.sparsify import SparsifyOptions, apply_patterns, plan_mix, prunable_modules, sparsify_linear
 from egt.sparsify import assign as A
 from egt.sparsify import pattern as P
 from egt.sparsify.modules import SparseLinear, SparseQuantLinear
@@ -436,3 +436,57 @@ def test_quant_sequential_gptq_differs_from_oneshot_only_after_layer_zero(tiny, 
     q = lambda m, n: out[m].get_submodule(n).qweight  # noqa: E731
     assert torch.equal(q("oneshot", "layers.0.self_attn.q_proj"), q(mode, "layers.0.self_attn.q_proj"))
     assert not torch.equal(q("oneshot", "layers.3.mlp.down_proj"), q(mode, "layers.3.mlp.down_proj"))
+
+
+def test_recovery_lowers_kl_and_keeps_the_masks(tiny):
+    """Distillation trains only the kept values: the 2-bit indices, the pruned zeros and every other weight stay."""
+    import copy
+
+    from egt.sparsify.importance import _forward
+    from egt.sparsify.recover import RecoverOptions, distill_kl, recover
+
+    seqs = [torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    model = copy.deepcopy(tiny)
+    stats = _tiny_stats(model, seqs)
+    apply_patterns(model, {n: "1:4" for n in prunable_modules(model)}, stats, bits=None, group_size=32,
+                   symmetric=False, method="sparsegpt")
+    texts = ["".join(chr(97 + (7 * i + j) % 26) for j in range(150)) for i in range(8)]
+    probe = torch.tensor([[ord(c) % 97 for c in texts[0][:64]]])
+
+    def kl_to_teacher(m):
+        with torch.inference_mode():
+            return float(distill_kl(_forward(tiny, probe[0]), _forward(m, probe[0])))
+
+    before_kl = kl_to_teacher(model)
+    down = model.layers[1].mlp.down_proj
+    idx, norm = down.indices.clone(), model.layers[1].post_attention_layernorm.weight.clone()
+    rep = recover(model, tiny, _CharTokenizer(), texts, RecoverOptions(steps=30, lr=3e-3, warmup=2, batch=2,
+                                                                      seq_len=32), progress=False)
+    assert rep["modules"] == len(prunable_modules(tiny)) and len(rep["losses"]) == 30
+    assert kl_to_teacher(model) < 0.7 * before_kl
+    assert torch.equal(down.indices, idx) and torch.equal(model.layers[1].post_attention_layernorm.weight, norm)
+    assert not down.values.requires_grad and all(p.requires_grad for p in model.parameters())
+    assert (P.expand(torch.ones(idx.shape[0], down.kept), P.unpack_indices(idx), 1, 128).bool()
+            | (down.dense_weight() == 0)).all()  # nothing outside the mask became nonzero
+    with pytest.raises(ValueError, match="no float sparse|has none"):
+        recover(copy.deepcopy(tiny), tiny, _CharTokenizer(), texts, RecoverOptions(steps=1), progress=False)
+
+
+def test_compress_with_recovery_prunes_in_float_then_quantizes(tiny):
+    """--recover-steps: prune in float, distill, then egt.quant rounds the recovered kept values."""
+    import copy
+    from types import SimpleNamespace
+
+    from egt.compress import CompressConfig, compress_model
+
+    loaded = SimpleNamespace(model=copy.deepcopy(tiny), tokenizer=_CharTokenizer())
+    cfg = CompressConfig(bits=4, sparsity="2:4", group_size=32, calibration_samples=4, recover_steps=3,
+                         recover_samples=8, quant_refine="rtn", calibration_mode="oneshot")
+    plan = compress_model(loaded, cfg, progress=False)
+    rec = plan.meta["recover"]
+    assert rec["options"]["steps"] == 3 and rec["modules"] == len(prunable_modules(tiny)) and "losses" not in rec
+    for n in prunable_modules(tiny):
+        assert isinstance(loaded.model.get_submodule(n), SparseQuantLinear)
+        assert plan.layers[n].bits == 4 and plan.layers[n].sparsity == "2:4"
+    with pytest.raises(ValueError, match="needs --sparsity"):
+        CompressConfig(bits=4, recover_steps=3).validate()
