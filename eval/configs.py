@@ -1,7 +1,9 @@
 """The configurations of the paper's Table 1 and how each one's model is prepared.
 
 Contract:
-- `CONFIGS` maps a configuration name (`fp16`, `int4`, `2:4`, `1:4`, `mix`, `2:4+int4`, `1:4+int4`, `mix+int4`) to
+- `CONFIGS` maps a configuration name (`fp16`, `int4`, `2:4`, `1:4`, `mix`, `2:4+int4`, `1:4+int4`, `mix+int4`,
+  `mix+int4+rec` = Mix+INT4 with recovery distillation after pruning on ad texts, `mix+int4+rec-tasks` = on the
+  tasks' training pairs) to
   the `egt.compress.CompressConfig` arguments that make it. For the targeting task every name may carry the suffix
   `+ptpv` (prefix-tree parallel verification on; without it the trie-constrained beam search runs to the end).
 - `availability(name)` says whether the stages a configuration needs exist in this checkout (`egt.quant.
@@ -22,6 +24,8 @@ import json
 import os
 from pathlib import Path
 
+RECOVERY_TEXTS = "targeting-train"  # placeholders for recovery_texts_file() / recovery_pairs_file() in CONFIGS
+RECOVERY_PAIRS = "task-train-pairs"
 CONFIGS: dict[str, dict] = {
     "fp16": {},
     "int4": {"bits": 4},  # adaptive: the quantizer picks a group size per layer by sensitivity
@@ -31,6 +35,13 @@ CONFIGS: dict[str, dict] = {
     "2:4+int4": {"sparsity": "2:4", "bits": 4},
     "1:4+int4": {"sparsity": "1:4", "bits": 4},
     "mix+int4": {"sparsity": "mix", "density": 0.375, "bits": 4},
+    # the same, with recovery distillation after pruning (egt compress --recover-steps) on IRA ad texts of the
+    # targeting task's train split (see recovery_texts_file)
+    "mix+int4+rec": {"sparsity": "mix", "density": 0.375, "bits": 4, "recover_steps": 150,
+                     "recover_data": RECOVERY_TEXTS},
+    # ... on the LoRA tasks' training pairs in the chat format the evaluation prompts with (see recovery_pairs_file)
+    "mix+int4+rec-tasks": {"sparsity": "mix", "density": 0.375, "bits": 4, "recover_steps": 150,
+                           "recover_data": RECOVERY_PAIRS},
 }
 PTPV = "+ptpv"
 
@@ -81,12 +92,58 @@ def compress_settings(name: str, source: str, calibration_samples: int | None = 
     if calibration_samples is None:
         calibration_samples = int(os.environ.get("EGT_EVAL_CALIBRATION_SAMPLES", "32"))
     base, _ = split_name(name)
+    kw = dict(CONFIGS[base])
+    if kw.get("recover_data") == RECOVERY_TEXTS:
+        kw["recover_data"] = str(recovery_texts_file())
+    elif kw.get("recover_data") == RECOVERY_PAIRS:
+        kw["recover_data"] = str(recovery_pairs_file())
     return {"source": source, "calibration": None, "calibration_samples": calibration_samples, "dtype": "fp16",
-            **CONFIGS[base]}
+            **kw}
 
 
 def default_cache_root() -> Path:
     return Path(os.environ.get("EGT_EVAL_CACHE", Path.home() / ".cache" / "egt" / "eval-models"))
+
+
+def recovery_texts_file(root: Path | None = None) -> Path:
+    """The texts recovery distils on here, one per line: the IRA ads of the targeting task's train split, so that
+    no test or validation ad of any task is seen (the IRA texts egt.data.calibration_texts would draw include
+    targeting test ads). Written once, named by its content hash."""
+    from .tasks import TASKS
+
+    texts = sorted({" ".join(e.source.split()) for e in TASKS["targeting"].split("train")} - {""})
+    return _write_once("recover-texts", ".txt", "\n".join(texts) + "\n", root)
+
+
+def recovery_pairs_file(root: Path | None = None) -> Path:
+    """The training pairs of the tasks that share the LoRA model (targeting, slogans, csl-kg: their train splits
+    only) as chat turns, prompt + answer + end of turn, one JSON string per line. egt.data.calibration_texts
+    folds whitespace, so the template's newlines reach the model as spaces."""
+    from egt.models import default_model_dir
+    from transformers import AutoTokenizer
+
+    from .tasks import TASKS
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir())
+    lines = []
+    for name in ("targeting", "slogans", "csl-kg"):
+        for ex in TASKS[name].split("train"):
+            for user, answer in TASKS[name].train_pairs(ex):
+                prompt = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                                 tokenize=False)
+                lines.append(json.dumps(prompt + answer + "<|im_end|>", ensure_ascii=False))
+    return _write_once("recover-pairs", ".jsonl", "\n".join(sorted(set(lines))) + "\n", root)
+
+
+def _write_once(stem: str, suffix: str, body: str, root: Path | None) -> Path:
+    """`body` in the cache directory under a name holding its content hash (atomic; kept if already there)."""
+    path = Path(root or default_cache_root()) / f"{stem}-{hashlib.sha1(body.encode()).hexdigest()[:10]}{suffix}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(body, encoding="utf-8")
+        tmp.replace(path)
+    return path
 
 
 def code_hash() -> str:

@@ -28,7 +28,19 @@ def _shared_or_skip():
 def test_config_names():
     assert configs.split_name("mix+int4+ptpv") == ("mix+int4", True)
     assert configs.split_name("2:4") == ("2:4", False)
-    assert len(configs.all_names("targeting")) == 16 and len(configs.all_names("slogans")) == 8
+    assert configs.split_name("mix+int4+rec+ptpv") == ("mix+int4+rec", True)
+    assert len(configs.all_names("targeting")) == 20 and len(configs.all_names("slogans")) == 10
+    rec = configs.compress_settings("mix+int4+rec", "default")
+    assert rec["recover_steps"] > 0
+    from eval.tasks import TASKS
+
+    lines = set(Path(rec["recover_data"]).read_text().splitlines())
+    t = TASKS["targeting"]
+    held = {" ".join(e.source.split()) for e in t.examples(None, None) + t.split("val")}
+    assert len(lines) > 500 and held and not held & lines  # no test or validation ad is distilled on
+    from egt.compress import CompressConfig
+
+    CompressConfig(**{k: v for k, v in rec.items() if k != "source"}).validate()
     assert configs.slug("2:4+int4") == "2of4_int4"
     with pytest.raises(ValueError, match="unknown configuration"):
         configs.split_name("int2")
