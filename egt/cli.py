@@ -45,7 +45,8 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
                    help="after pruning, distill the kept values towards the dense model for N steps (0 = off); "
                         "wants many texts: see --recover-data")
     p.add_argument("--recover-samples", type=int, default=1024, help="texts used by --recover-steps")
-    p.add_argument("--recover-data", help="text file for --recover-steps (default: the calibration data)")
+    p.add_argument("--recover-data", help="data file for --recover-steps, read as --calibration is (default: the "
+                                          "calibration data)")
 
 
 
