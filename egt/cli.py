@@ -47,6 +47,8 @@ def _compress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recover-samples", type=int, default=1024, help="texts used by --recover-steps")
     p.add_argument("--recover-data", help="data file for --recover-steps, read as --calibration is (default: the "
                                           "calibration data)")
+    p.add_argument("--recover-device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the --recover-steps training runs (default cpu; the rest of compression runs on the CPU)")
 
 
 
@@ -141,7 +143,7 @@ def cmd_compress(a) -> int:
                          sparse_method=a.sparse_method, sparse_metric=a.sparse_metric,
                          sparse_granularity=a.sparse_granularity, calibration_mode=a.calibration_mode,
                          recover_steps=a.recover_steps, recover_samples=a.recover_samples,
-                         recover_data=a.recover_data)
+                         recover_data=a.recover_data, recover_device=a.recover_device)
     cfg.validate()
     path, plan, secs = compress(a.model, a.out, cfg)
     from .format import read_manifest

@@ -49,6 +49,7 @@ class CompressConfig:
     recover_steps: int = 0
     recover_samples: int = 1024
     recover_data: str | None = None
+    recover_device: str = "cpu"  # cpu | cuda: where the recovery steps run (everything else runs on the CPU)
 
     def validate(self) -> None:
         if self.bits is not None and self.bits not in (3, 4, 8):
@@ -72,6 +73,10 @@ class CompressConfig:
                              f"{self.recover_samples}")
         if self.recover_steps and self.sparsity == "none":
             raise ValueError("--recover-steps repairs pruning: it needs --sparsity")
+        if self.recover_device not in ("cpu", "cuda"):
+            raise ValueError(f"--recover-device must be cpu or cuda, got {self.recover_device!r}")
+        if self.recover_steps and self.recover_device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--recover-device cuda: no CUDA device here")
         if self.dtype not in ("fp16", "bf16", "fp32"):
             raise ValueError(f"--dtype must be fp16, bf16 or fp32, got {self.dtype!r}")
 
@@ -108,8 +113,12 @@ def compress_model(loaded, cfg: CompressConfig, progress: bool = True) -> Compre
             rtexts = calibration_texts(cfg.recover_data or cfg.calibration, n=cfg.recover_samples, seed=cfg.seed + 1)
             teacher = copy.deepcopy(loaded.model)
             plan = sparsify_model(loaded, plan, dataclasses.replace(cfg, bits=None), texts, progress=progress)
-            rep = recover(loaded.model, teacher, loaded.tokenizer, rtexts,
+            # Training is the slow part (~5 s a step on 2 CPU cores for the default model): it alone may run on a
+            # GPU; the models come back to the CPU for quantization and saving.
+            dev = torch.device(cfg.recover_device)
+            rep = recover(loaded.model.to(dev), teacher.to(dev), loaded.tokenizer, rtexts,
                           RecoverOptions(steps=cfg.recover_steps, seed=cfg.seed), progress=progress)
+            loaded.model.to("cpu")
             del teacher
             plan.meta["recover"] = {k: v for k, v in rep.items() if k != "losses"}
     if cfg.bits is not None:

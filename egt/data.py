@@ -509,8 +509,9 @@ def calibration_texts(path: str | Path | None = None, n: int = 32, seed: int = 0
     """Up to `n` distinct ad texts for calibration, chosen deterministically by `seed`.
 
     None uses the packaged demo ads. A path reads a .csv/.tsv (column Ad_Text, text, ad, desc, ... or the longest
-    column), .jsonl (objects with such a key, or strings) or .txt (one text per line). Garbled and empty texts are
-    skipped; from a shared-data file, held-out texts (see `is_heldout`) are skipped too.
+    column), .jsonl (objects with such a key, or strings) or .txt (one text per line). Runs of whitespace fold to
+    one space, except inside .jsonl texts, which keep their line breaks (a chat transcript's turns are lines).
+    Garbled and empty texts are skipped; from a shared-data file, held-out texts (see `is_heldout`) are skipped too.
     """
     if n <= 0:
         raise ValueError(f"calibration sample count must be positive, got {n}")
@@ -518,7 +519,8 @@ def calibration_texts(path: str | Path | None = None, n: int = 32, seed: int = 0
         texts = [a["text"] for a in load_demo_ads()]
     else:
         p = _existing(path)
-        texts = [re.sub(r"\s+", " ", t).strip() for t in _texts_from_file(p)]
+        ws = r"[^\S\n]+" if p.suffix.lower() == ".jsonl" else r"\s+"
+        texts = [re.sub(ws, " ", t).strip() for t in _texts_from_file(p)]
         texts = [t for t in texts if not is_garbled(t)]
         if _in_shared(p):
             texts = [t for t in texts if not is_heldout(t)]

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def egt(*args, timeout=600):
@@ -33,6 +34,8 @@ def test_info_prints_manifest_and_plan(compressed_dir):
     (("compress", "default", "--out", "/tmp/x", "--sparsity", "2:4", "--density", "0.4"), "--density applies to --sparsity mix only"),
     (("compress", "default", "--out", "/tmp/x", "--bits", "4", "--recover-steps", "50"), "needs --sparsity"),
     (("compress", "default", "--out", "/tmp/x", "--sparsity", "2:4", "--recover-steps", "-1"), "--recover-steps must"),
+    *([(("compress", "default", "--out", "/tmp/x", "--sparsity", "2:4", "--recover-steps", "5", "--recover-device",
+         "cuda"), "no CUDA device")] if not torch.cuda.is_available() else []),
 ])
 def test_user_errors_exit_2_with_one_line(args, needle):
     r = egt(*args)

@@ -177,6 +177,9 @@ def test_calibration_texts(tmp_path):
     assert len(data.calibration_texts(None, n=10_000)) == len(data.load_demo_ads())
     (tmp_path / "a.jsonl").write_text(json.dumps({"text": "ad one"}) + "\n" + json.dumps("ad two") + "\n")
     assert sorted(data.calibration_texts(tmp_path / "a.jsonl", n=5)) == ["ad one", "ad two"]
+    # chat transcripts in .jsonl keep their line breaks (runs of spaces still fold); other formats fold them
+    (tmp_path / "chat.jsonl").write_text(json.dumps("<|im_start|>user\nbuy  shoes?<|im_end|>\n<|im_start|>") + "\n")
+    assert data.calibration_texts(tmp_path / "chat.jsonl") == ["<|im_start|>user\nbuy shoes?<|im_end|>\n<|im_start|>"]
     (tmp_path / "a.txt").write_text("first ad\n\n?????\nsecond ad\n")
     assert sorted(data.calibration_texts(tmp_path / "a.txt", n=5)) == ["first ad", "second ad"]
     (tmp_path / "a.csv").write_text("id,Ad_Text\n1,hello there\n2,buy now\n")

@@ -490,3 +490,23 @@ def test_compress_with_recovery_prunes_in_float_then_quantizes(tiny):
         assert plan.layers[n].bits == 4 and plan.layers[n].sparsity == "2:4"
     with pytest.raises(ValueError, match="needs --sparsity"):
         CompressConfig(bits=4, recover_steps=3).validate()
+    with pytest.raises(ValueError, match="cpu or cuda"):
+        CompressConfig(sparsity="2:4", recover_steps=3, recover_device="tpu").validate()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compress_with_recovery_on_cuda_returns_a_cpu_model(tiny):
+    """--recover-device cuda: only the training runs on the GPU; the compressed model comes back to the CPU."""
+    import copy
+    from types import SimpleNamespace
+
+    from egt.compress import CompressConfig, compress_model
+
+    loaded = SimpleNamespace(model=copy.deepcopy(tiny), tokenizer=_CharTokenizer())
+    cfg = CompressConfig(bits=4, sparsity="2:4", group_size=32, calibration_samples=4, recover_steps=20,
+                         recover_samples=8, quant_refine="rtn", calibration_mode="oneshot", recover_device="cuda")
+    plan = compress_model(loaded, cfg, progress=False)
+    rec = plan.meta["recover"]
+    assert rec["kl_last"] < rec["kl_first"] and plan.meta["config"]["recover_device"] == "cuda"
+    assert all(t.device.type == "cpu" for t in loaded.model.state_dict().values())
