@@ -3,7 +3,7 @@
 Contract:
 - `CONFIGS` maps a configuration name (`fp16`, `int4`, `2:4`, `1:4`, `mix`, `2:4+int4`, `1:4+int4`, `mix+int4`,
   `mix+int4+rec` = Mix+INT4 with recovery distillation after pruning on ad texts, `mix+int4+rec-tasks` = on the
-  tasks' training pairs) to
+  tasks' training pairs, `mix+int4+rec-tasks-long` = on all of them for 27x the steps, on a GPU) to
   the `egt.compress.CompressConfig` arguments that make it. For the targeting task every name may carry the suffix
   `+ptpv` (prefix-tree parallel verification on; without it the trie-constrained beam search runs to the end).
 - `availability(name)` says whether the stages a configuration needs exist in this checkout (`egt.quant.
@@ -42,6 +42,10 @@ CONFIGS: dict[str, dict] = {
     # ... on the LoRA tasks' training pairs in the chat format the evaluation prompts with (see recovery_pairs_file)
     "mix+int4+rec-tasks": {"sparsity": "mix", "density": 0.375, "bits": 4, "recover_steps": 150,
                            "recover_data": RECOVERY_PAIRS},
+    # ... for 1500 steps (0.77M tokens, ~0.6 of a pass) over all of those pairs, on a GPU (10x the CPU configs'
+    # training; the model is made once on a CUDA machine and read from the cache elsewhere)
+    "mix+int4+rec-tasks-long": {"sparsity": "mix", "density": 0.375, "bits": 4, "recover_steps": 1500,
+                                "recover_samples": 100000, "recover_data": RECOVERY_PAIRS, "recover_device": "cuda"},
 }
 PTPV = "+ptpv"
 
@@ -117,8 +121,8 @@ def recovery_texts_file(root: Path | None = None) -> Path:
 
 def recovery_pairs_file(root: Path | None = None) -> Path:
     """The training pairs of the tasks that share the LoRA model (targeting, slogans, csl-kg: their train splits
-    only) as chat turns, prompt + answer + end of turn, one JSON string per line. egt.data.calibration_texts
-    folds whitespace, so the template's newlines reach the model as spaces."""
+    only) as chat turns, prompt + answer + end of turn, one JSON string per line (egt.data.calibration_texts keeps
+    the template's line breaks in .jsonl texts)."""
     from egt.models import default_model_dir
     from transformers import AutoTokenizer
 
@@ -153,7 +157,7 @@ def code_hash() -> str:
     root = Path(egt.__file__).resolve().parent
     h = hashlib.sha1()
     files = sorted([*root.glob("quant/*.py"), *root.glob("sparsify/*.py"), root / "compress.py", root / "calibrate.py",
-                    root / "plan.py", root / "format.py"])
+                    root / "plan.py", root / "format.py", root / "data.py"])  # data.py: how calibration texts are read
     for f in files:
         if f.is_file():
             h.update(f.name.encode() + f.read_bytes())
@@ -218,6 +222,11 @@ def ensure_compressed(name: str, source: str, cache_root: Path | None = None, pr
     s = compress_settings(name, source)
     s.pop("source")
     cfg = CompressConfig(**s)
+    import torch
+
+    if cfg.recover_device == "cuda" and not torch.cuda.is_available():
+        raise NotAvailable(f"{name} trains its recovery on a GPU and no model is cached at {d}: make it once on a "
+                           "CUDA machine (egt eval with this configuration there), then copy the directory here")
     try:
         path, _plan, _secs = compress(source, d, cfg, progress=progress)
     except (NotImplementedError, ImportError, AttributeError) as e:

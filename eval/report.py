@@ -137,7 +137,8 @@ def goals(cells: dict[str, dict[str, dict]]) -> list[str]:
         tc = cells.get(task, {})
         main = TASKS[task].main_metric
         for config, label in (("mix+int4", "Mix+INT4"), ("mix+int4+rec", "Mix+INT4 recovered on ad texts"),
-                              ("mix+int4+rec-tasks", "Mix+INT4 recovered on task pairs")):
+                              ("mix+int4+rec-tasks", "Mix+INT4 recovered on task pairs"),
+                              ("mix+int4+rec-tasks-long", "Mix+INT4 recovered on task pairs, 1500 steps on a GPU")):
             c, base = tc.get(config), tc.get("fp16")
             rel = _rel(c, base, main, task) if c and base else None
             if rel is None:
@@ -260,7 +261,8 @@ def method_notes(cells: dict[str, dict[str, dict]]) -> list[str]:
               "- `mix+int4+rec` / `mix+int4+rec-tasks`: Mix+INT4 with recovery distillation after pruning "
               "(`egt compress --recover-steps 150`: the kept values trained towards the task's FP16 model), on IRA ad "
               "texts of the targeting train split / on the LoRA tasks' training pairs in the chat format "
-              "(`eval.configs.recovery_texts_file`, `recovery_pairs_file`); no test or validation example is used.",
+              "(`eval.configs.recovery_texts_file`, `recovery_pairs_file`); no test or validation example is used. "
+              "`mix+int4+rec-tasks-long`: the same pairs, all of them, for 1500 steps with `--recover-device cuda`.",
               "- Speed-up = FP16 latency / configuration latency, measured on the same card in the same kind of run."]
     loads = [x for c in ok for x in (c.get("load_avg_1min") or [])]
     cpu = any(str(c.get("card", "")).startswith("CPU") for c in ok)

@@ -29,7 +29,7 @@ def test_config_names():
     assert configs.split_name("mix+int4+ptpv") == ("mix+int4", True)
     assert configs.split_name("2:4") == ("2:4", False)
     assert configs.split_name("mix+int4+rec+ptpv") == ("mix+int4+rec", True)
-    assert len(configs.all_names("targeting")) == 20 and len(configs.all_names("slogans")) == 10
+    assert len(configs.all_names("targeting")) == 22 and len(configs.all_names("slogans")) == 11
     rec = configs.compress_settings("mix+int4+rec", "default")
     assert rec["recover_steps"] > 0
     from eval.tasks import TASKS
@@ -45,6 +45,18 @@ def test_config_names():
     with pytest.raises(ValueError, match="unknown configuration"):
         configs.split_name("int2")
     assert configs.availability("fp16") == (True, "")
+
+
+def test_gpu_recovery_config_without_cuda_is_not_available(monkeypatch, tmp_path):
+    """The long recovery trains on a GPU: without one and without a cached model, the cell says so."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    long = configs.compress_settings("mix+int4+rec-tasks-long", "default")
+    assert long["recover_device"] == "cuda" and long["recover_steps"] > configs.CONFIGS["mix+int4+rec-tasks"]["recover_steps"]
+    with pytest.raises(configs.NotAvailable, match="GPU"):
+        configs.ensure_compressed("mix+int4+rec-tasks-long", "default", cache_root=tmp_path, progress=False)
+    assert not list(tmp_path.glob("mix_int4_rec-tasks-long-*"))  # nothing half-made
 
 
 def test_missing_stage_is_not_available(monkeypatch):
