@@ -3,7 +3,7 @@
 Contract:
 - `CONFIGS` maps a configuration name (`fp16`, `int4`, `2:4`, `1:4`, `mix`, `2:4+int4`, `1:4+int4`, `mix+int4`,
   `mix+int4+rec` = Mix+INT4 with recovery distillation after pruning on ad texts, `mix+int4+rec-tasks` = on the
-  tasks' training pairs, `mix+int4+rec-tasks-long` = on all of them for 27x the steps, on a GPU) to
+  tasks' training pairs, `mix+int4+rec-tasks-long` = on all of them for 10x the steps, on a GPU) to
   the `egt.compress.CompressConfig` arguments that make it. For the targeting task every name may carry the suffix
   `+ptpv` (prefix-tree parallel verification on; without it the trie-constrained beam search runs to the end).
 - `availability(name)` says whether the stages a configuration needs exist in this checkout (`egt.quant.
