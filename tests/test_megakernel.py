@@ -305,10 +305,11 @@ def _sql(n, k, pattern, group, sym, seed):
 @given(pattern=st.sampled_from(["2:4", "1:4"]), nmat=st.sampled_from([1, 2]), tr=st.sampled_from([8, 16, 32]),
        tk=st.sampled_from([32, 64, 128, 192]), ks=st.sampled_from([1, 2]),
        groups=st.lists(st.sampled_from([32, 64, 128, -1]), min_size=1, max_size=3),
-       rows=st.integers(1, 3), sym=st.booleans(), seed=st.integers(0, 10**6))
-def test_sparse_int4_chunks_round_trip(pattern, nmat, tr, tk, ks, groups, rows, sym, seed):
-    """Sparse INT4 chunks (kind int4-nm) encode exactly the dense weights the SparseQuantLinear modules multiply
-    by, for both patterns, fused matrices, ragged row tiles, K-splits and mixed kept-group sizes."""
+       rows=st.integers(1, 3), sym=st.booleans(), seed=st.integers(0, 10**6), layout=st.sampled_from(["rows", "tc"]))
+def test_sparse_int4_chunks_round_trip(pattern, nmat, tr, tk, ks, groups, rows, sym, seed, layout):
+    """Sparse INT4 chunks (kinds int4-nm, layout "rows", and int4-nm-tc, layout "tc") encode exactly the dense
+    weights the SparseQuantLinear modules multiply by, for both patterns, fused matrices, ragged row tiles, K-splits
+    and mixed kept-group sizes."""
     import torch
 
     from egt.megakernel.operands import nm_chunks, nm_dequant
@@ -319,18 +320,64 @@ def test_sparse_int4_chunks_round_trip(pattern, nmat, tr, tk, ks, groups, rows, 
         mods = [mods[0], _sql(mods[0].out_features, k, pattern, groups[1], not sym, seed + 7)]
     mats = [mods] if nmat == 1 else [[m] for m in mods]
     try:
-        chunks, lg, n = nm_chunks(mats, tr, tk, ks)
-    except ValueError as e:  # refused only for a scale block below one 8-value word
-        assert "whole 8-value words" in str(e)
+        chunks, lg, n = nm_chunks(mats, tr, tk, ks, layout)
+    except ValueError as e:  # refused for a scale block below one 8-value word, or one a tensor-core quad splits
+        assert "whole 8-value words" in str(e) or (layout == "tc" and "sparse tensor-core" in str(e))
         return
-    assert n == int(pattern[0]) and (1 << lg) >= 8 and (tk * n // 4) % (1 << lg) == 0
+    assert n == int(pattern[0]) and (1 << lg) >= (16 * n if layout == "tc" else 8)
+    assert (tk * n // 4) % (1 << lg) == 0
     rows_n = sum(m.out_features for m in mats[0])
-    got = nm_dequant(chunks, lg, n, rows_n, k, nmat, tr, tk, ks)
+    got = nm_dequant(chunks, lg, n, rows_n, k, nmat, tr, tk, ks, layout)
     want = torch.stack([torch.cat([m.dense_weight().float() for m in part]) for part in mats])
     assert torch.equal(got, want)
     # the same stride as dense INT4 chunks: the ring and the smem model serve every kind of the op
     from egt.megakernel.schedule import q4_chunk_vecs
     assert chunks.shape[1] * 4 == 16 * sum(q4_chunk_vecs(nmat, tr, tk))
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "1:4"])
+def test_sparse_int4_tensor_core_layout_matches_the_fragment_spec(pattern):
+    """Independent of nm_dequant: the "tc" chunks hold, where csrc S4TC reads them, the codes and metadata of
+    mma.sp.m16n8k32 as measured on an H100 (bench/mma_sp_layout.cu): lane (g, t), step s, register r holds row
+    g + 8 (r & 1), group t + 4 (r >> 1) of the step; metadata nibble i of lane (g, t) covers row g + 8 (i >> 2), group
+    4 (t & 1) + (i & 3) of step t >> 1."""
+    import random
+
+    import torch
+
+    from egt.megakernel.operands import nm_chunks
+    from egt.sparsify.pattern import unpack_indices
+    n = int(pattern[0])
+    m = _sql(48, 256, pattern, 32, False, 3)
+    codes = m.codes().view(48, 64, n)
+    pos = unpack_indices(m.indices).view(48, 64, n)
+    tr, tk = 16, 128
+    chunks, _, _ = nm_chunks([[m]], tr, tk, 1, "tc")
+    b = chunks.view(torch.uint8)
+    lanes = (tr // 16) * (tk // 64) * 32
+    words = b[:, :4 * n * lanes].contiguous().view(torch.int32)
+    meta = b[:, 4 * n * lanes:6 * n * lanes].contiguous().view(torch.int32 if n == 2 else torch.int16)
+    cp = 256 // tk
+    rnd = random.Random(0)
+    for _ in range(300):
+        tile, c, q, lane, step = rnd.randrange(3), rnd.randrange(cp), rnd.randrange(tk // 64), rnd.randrange(32), rnd.randrange(2)
+        g, t = lane >> 2, lane & 3
+        slot = q * 32 + lane
+        for r in range(4):
+            row, grp = tile * 16 + g + 8 * (r & 1), (c * tk + q * 64 + step * 32) // 4 + t + 4 * (r >> 1)
+            if n == 2:
+                word = int(words[tile * cp + c, slot * 2 + step]) & 0xFFFFFFFF
+                assert [(word >> (4 * r)) & 0xF, (word >> (4 * (r + 4))) & 0xF] == codes[row, grp].tolist()
+            else:
+                word = int(words[tile * cp + c, slot]) & 0xFFFFFFFF
+                assert (word >> (4 * (4 * step + r))) & 0xF == int(codes[row, grp, 0])
+        mw = int(meta[tile * cp + c, slot]) & (0xFFFFFFFF if n == 2 else 0xFFFF)
+        for i in range(8):
+            row, grp = tile * 16 + g + 8 * (i >> 2), (c * tk + q * 64 + (t >> 1) * 32) // 4 + 4 * (t & 1) + (i & 3)
+            if n == 2:
+                assert [(mw >> (4 * i)) & 3, (mw >> (4 * i + 2)) & 3] == pos[row, grp].tolist()
+            else:
+                assert (mw >> (2 * i)) & 3 == int(pos[row, grp, 0])
 
 
 def test_sparse_int4_kind_refuses_mixed_patterns_in_one_op():
@@ -377,6 +424,11 @@ def test_sparse_int4_kind_in_a_mixed_model_plan_and_codegen():
     p = search(shape, 1, "h100", weights=kinds, max_plans=1)[0]
     src = generate_source(p)
     assert "using WGU = S4W<mk_t>;" in src and "constexpr bool S4_QKV = true" in src and "using WLM = Q4W<mk_t>;" in src
+    # the same model on sparse tensor cores: int4-nm-tc ops (S4TC), the LM head on int4-tc
+    tc = search(shape, 1, "h100", weights=kinds, max_plans=1, int4_path="tensor-core")[0]
+    assert tc.key() == p.key() and set(tc.weights.values()) == {"int4-nm-tc", "int4-tc"}
+    src = generate_source(tc)
+    assert "using WGU = S4TC<mk_t>;" in src and "constexpr bool S4_GU = true" in src and "using WLM = Q4TC<mk_t>;" in src
     op = p.matvec_op_table()["down"]
     s = p.ops["down"]
     dense_int4 = matvec_page_bytes(type(op)(op.name, op.n, op.k, op.nmat, "int4"), s, 1, p.threads, p.blocks)
@@ -419,6 +471,9 @@ def test_int4_path_choice():
     base = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="cuda-core")[0]
     assert p.key() == base.key() and p.plan_hash() != base.plan_hash()  # one key: the variant is the search's choice
     # tensor cores need bf16 and batch <= 2: elsewhere the CUDA-core kernel runs whatever was asked
+    assert int4_variants({"down": "int4-nm", "o": "int4"}, 1, "bf16", "tensor-core") == {"down": "int4-nm-tc",
+                                                                                         "o": "int4-tc"}
+    assert int4_variants({"down": "int4-nm"}, 1, "bf16", "auto") == {"down": "auto:int4-nm"}
     assert int4_variants(W4, 4, "bf16", "tensor-core") == W4
     assert int4_variants(W4, 1, "fp16", "tensor-core") == W4
     with pytest.raises(ValueError):

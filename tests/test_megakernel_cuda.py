@@ -11,10 +11,11 @@ REL_TOL = 3e-2  # see bench/megakernel_check.py: the bf16 torch reference itself
 
 
 BENCH_LABELS = ("w4a16-mix", "w3a16")  # compressed by bench/megakernel_check.py `compress`
-SAME_ATTENTION = ("w4a16-tc", *BENCH_LABELS)  # variants whose attention code is w4a16's: its tests run once
+TENSOR_CORE = {"w4a16-tc": "w4a16", "w4a16-mix-tc": "w4a16-mix"}  # the same weights on the tensor-core kinds
+SAME_ATTENTION = (*TENSOR_CORE, *BENCH_LABELS)  # variants whose attention code is w4a16's: its tests run once
 
 
-@pytest.fixture(scope="module", params=["bf16", "w4a16", "w4a16-tc", *BENCH_LABELS])
+@pytest.fixture(scope="module", params=["bf16", "w4a16", "w4a16-tc", *BENCH_LABELS, "w4a16-mix-tc"])
 def model(request):
     """bf16 weights, and egt INT4 of every projection and the LM head (issue 9: the MegaKernel reads the packed
     codes itself; the reference is the torch engine running the same QuantLinear modules); w4a16-mix: layers of
@@ -22,12 +23,13 @@ def model(request):
     from egt.models import random_model
     m = random_model("smollm2-135m", device="cuda", seed=3)
     m.egt_test_variant = request.param
-    if request.param in BENCH_LABELS:
+    label = TENSOR_CORE.get(request.param, request.param)
+    if label in BENCH_LABELS:
         import sys
         from pathlib import Path
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
         from megakernel_check import compress
-        compress(m, request.param)
+        compress(m, label)
     elif request.param.startswith("w4a16"):
         from egt.plan import LinearPlan
         from egt.quant import quantize_layers
@@ -42,14 +44,16 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def decoder(model):
-    """w4a16-tc: INT4 weights (32-column groups in the MLP), every op on the tensor-core kernel variant."""
+    """w4a16-tc: INT4 weights (32-column groups in the MLP), every op on the tensor-core kernel variant;
+    w4a16-mix-tc: the mixed model's N:4 ops on sparse tensor cores (int4-nm-tc), its LM head on int4-tc."""
     from egt.megakernel.runtime import MegaKernelDecoder, weight_kinds
     from egt.megakernel.search import search
     plan = None
-    if model.egt_test_variant == "w4a16-tc":
+    if model.egt_test_variant in TENSOR_CORE:
         plan = search(model.shape, 1, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
                       int4_path="tensor-core")[0]
-        assert set(plan.weights.values()) == {"int4-tc"}
+        want = {"int4-tc"} if model.egt_test_variant == "w4a16-tc" else {"int4-tc", "int4-nm-tc"}
+        assert set(plan.weights.values()) == want
     return MegaKernelDecoder(model, batch=1, plan=plan)
 
 

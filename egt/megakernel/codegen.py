@@ -19,13 +19,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .schedule import INT3, INT4_KINDS, INT4_NM, INT4_TC, MegaPlan, is_dense
+from .schedule import INT3, INT4_KINDS, INT4_NM, INT4_NM_TC, INT4_TC, MegaPlan, is_dense
 
 CSRC = Path(__file__).parent / "csrc"
 HEADERS = ("mk_common.cuh", "mk_matvec.cuh", "mk_attention.cuh", "mk_kernel.cuh")
 DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
 WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "int4": "Q4W<mk_t>",
-                   "int4-tc": "Q4TC<mk_t>", "int4-nm": "S4W<mk_t>", "int3": "Q3W<mk_t>"}
+                   "int4-tc": "Q4TC<mk_t>", "int4-nm": "S4W<mk_t>", "int4-nm-tc": "S4TC<mk_t>",
+                   "int3": "Q3W<mk_t>"}
 OP_FLAGS = {"qkv": "Q4_QKV", "o": "Q4_O", "gateup": "Q4_GU", "down": "Q4_DN", "lm_head": "Q4_LM"}
 
 
@@ -90,9 +91,9 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
     for name, op in ops.items():
         if op.weight_kind not in WEIGHT_POLICIES or (is_dense(op.weight_kind) and op.weight_kind != f"dense-{plan.dtype}"):
             raise NotImplementedError(f"{name}: weight kind {op.weight_kind!r} is not in the MegaKernel")
-        if op.weight_kind == INT4_TC and plan.dtype != "bf16":
+        if op.weight_kind in (INT4_TC, INT4_NM_TC) and plan.dtype != "bf16":
             raise NotImplementedError(f"{name}: tensor-core INT4 runs bf16 activations only")
-        if op.weight_kind == INT4_NM and name == "lm_head":
+        if op.weight_kind in (INT4_NM, INT4_NM_TC) and name == "lm_head":
             raise NotImplementedError("lm_head: N:4 sparse weights are read in the decoder layers only")
     if plan.model.qk_norm:
         raise NotImplementedError("qk_norm (Qwen3) is not in the MegaKernel yet")
@@ -123,7 +124,7 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         f"constexpr int PREFETCH_BYTES = {plan.prefetch_kb * 1024}, L2_AHEAD_BYTES = {plan.l2_ahead_kb * 1024};",
         *[f"constexpr bool {flag} = {'true' if ops[name].weight_kind in INT4_KINDS else 'false'};"
           for name, flag in OP_FLAGS.items()],
-        *[f"constexpr bool {flag.replace('Q4', 'S4')} = {'true' if ops[name].weight_kind == INT4_NM else 'false'};"
+        *[f"constexpr bool {flag.replace('Q4', 'S4')} = {'true' if ops[name].weight_kind in (INT4_NM, INT4_NM_TC) else 'false'};"
           for name, flag in OP_FLAGS.items() if name != "lm_head"],
         *[f"constexpr bool {flag.replace('Q4', 'Q3')} = {'true' if ops[name].weight_kind == INT3 else 'false'};"
           for name, flag in OP_FLAGS.items()],

@@ -1,5 +1,5 @@
 """INT4, N:4 sparse INT4 and INT3 weights in the MegaKernel's chunk layout (weight kinds "int4", "int4-tc",
-"int4-nm", "int3").
+"int4-nm", "int4-nm-tc", "int3").
 
 The MegaKernel streams one stage (TR rows x TK columns of one row tile) per ring slot. For bf16 weights a stage is
 TR row segments read in place; for INT4 it is one contiguous chunk built here once, when the decoder is made:
@@ -21,9 +21,10 @@ Contract:
   tensor-core fragments (same bytes, same pairs region).
 - `q4_dequant(chunks, lg, n, k, nmat, tr, tk, ksplit, layout)`: the dense float32 weights [nmat, n, k] the chunks
   encode (the tests' inverse; the kernel computes the same products).
-- `nm_chunks(mats, tr, tk, ksplit)` / `nm_dequant(...)`: the same for one layer of an "int4-nm" op: 4-bit
-  `SparseQuantLinear` modules with one N:4 pattern (or dense `QuantLinear`, N = 4, in the "rows" layout above);
-  returns (chunks, lg, n). Layout in `nm_chunks`' docstring; the stride is the INT4 one.
+- `nm_chunks(mats, tr, tk, ksplit, layout)` / `nm_dequant(...)`: the same for one layer of an "int4-nm" op: 4-bit
+  `SparseQuantLinear` modules with one N:4 pattern (or dense `QuantLinear`, N = 4, in the INT4 layout above);
+  returns (chunks, lg, n). layout "rows" (csrc S4W, CUDA cores) or "tc" (csrc S4TC, sparse tensor cores, kind
+  "int4-nm-tc"); both in `nm_chunks`' docstring; the stride is the INT4 one.
 - `q3_chunks(mats, tr, tk, ksplit)` / `q3_dequant(...)`: the same for one layer of an "int3" op: 3-bit
   `QuantLinear` modules (32 codes in 12 bytes, `bits3_words`), or the INT4 "rows" chunk where the op holds a
   4-bit module in this layer (3-bit parts widened: exact); returns (chunks, lg, bits).
@@ -36,6 +37,7 @@ import math
 import torch
 
 from ..quant.packing import pack
+from ..sparsify.pattern import unpack_indices
 from .schedule import ceil_div, q4_chunk_vecs
 
 MIN_LG = 5  # one 16-byte code vector (32 columns) never straddles a scale block
@@ -163,17 +165,22 @@ def nm_of(mats) -> int:
     return ns.pop()
 
 
-def nm_chunks(mats, tr: int, tk: int, ksplit: int) -> tuple[torch.Tensor, int, int]:
+def nm_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows") -> tuple[torch.Tensor, int, int]:
     """(int32 [chunks, words], lg, n) of one op in one layer. `mats` as in `q4_chunks`, every module either a 4-bit
-    `SparseQuantLinear` (all with the same N) or a 4-bit `QuantLinear` (N = 4: the `q4_chunks` "rows" layout).
-    Chunk (tile, part, stage) for N <= 2, stride as for INT4 (csrc S4W):
+    `SparseQuantLinear` (all with the same N) or a 4-bit `QuantLinear` (N = 4: the `q4_chunks` chunk of the same
+    layout). Chunk (tile, part, stage) for N <= 2, stride as for INT4, layout "rows" (csrc S4W):
       codes [NMAT][TR][WR] int32, WR = TK*N/32 words of 8 kept codes
       index [NMAT][TR][WR] int16, the 2-bit positions of a word's kept values (egt.sparsify's bytes, 2 a word)
       pairs [NMAT][TR][(TK*N/4) >> lg] (scale, offset) fp16 pairs at the next 4-byte boundary; lg counts kept values
-    """
+    Layout "tc" (csrc S4TC: mma.sp.m16n8k32, A = the kept codes, 2 of every 4 columns; see `_sp_fragments`):
+      codes [NMAT][TR/16][TK/64 quads][32 lanes] x N int32 (A fragments), then
+      meta  [NMAT][TR/16][TK/64 quads][32 lanes] x 2N bytes (the lane's sparsity metadata), then
+      pairs as above. A quad's kept values must share one scale block (2^lg >= 16 N)."""
     n = nm_of(mats)
+    if layout not in ("rows", "tc"):
+        raise ValueError(f"unknown N:4 chunk layout {layout!r}")
     if n == 4:
-        buf, lg = q4_chunks(mats, tr, tk, ksplit, "rows")
+        buf, lg = q4_chunks(mats, tr, tk, ksplit, layout)
         return buf, lg, 4
     nmat = len(mats)
     kk = tk * n // 4  # kept values a stage holds per row
@@ -211,7 +218,14 @@ def nm_chunks(mats, tr: int, tk: int, ksplit: int) -> tuple[torch.Tensor, int, i
         t = t.view(nmat, nt, tr, ksplit, cp, per_stage).permute(1, 3, 4, 0, 2, 5).reshape(chunks, -1)
         return t.contiguous().view(torch.uint8)
 
-    cb, ib, pb = tiled(codes, wr, torch.int32), tiled(index, wr, torch.int16), tiled(pairs, sps, torch.int32)
+    pb = tiled(pairs, sps, torch.int32)
+    if layout == "tc":
+        if tr % 16 or tk % 64 or (1 << lg) < 16 * n:
+            raise ValueError(f"sparse tensor-core INT4 needs 16-row groups, 64-column quads and scale blocks of "
+                             f"{16 * n}+ kept values, not TR={tr} TK={tk} and {1 << lg}")
+        cb, ib = _sp_fragments(mats, n, nt, tr, ksplit, cp, tk)
+    else:
+        cb, ib = tiled(codes, wr, torch.int32), tiled(index, wr, torch.int16)
     p0 = (cb.shape[1] + ib.shape[1] + 3) // 4 * 4
     stride = 16 * sum(q4_chunk_vecs(nmat, tr, tk))
     assert p0 + pb.shape[1] <= stride, "an N:4 chunk outgrew the INT4 stride"
@@ -222,31 +236,128 @@ def nm_chunks(mats, tr: int, tk: int, ksplit: int) -> tuple[torch.Tensor, int, i
     return out.view(torch.int32), lg, n
 
 
+# mma.sp.m16n8k32 (bf16) operand layout, measured on an H100 (bench/mma_sp_layout.cu): lane (g, t) holds A
+# registers r = 0..3 with the two kept values of row g + 8 (r & 1), 4-column group t + 4 (r >> 1) of the 32-column
+# k-step (low half: the value at the first index of the metadata nibble). With sparsity selector s, lanes with
+# t >> 1 == s give the metadata: nibble i of lane (g, t) is (first index | second index << 2) of row g + 8 (i >> 2),
+# group 4 (t & 1) + (i & 3). A quad (64 columns) is two k-steps, step s read with selector s, so every lane loads
+# one metadata word a quad. Unordered index pairs are valid (measured): a 1:4 group is (kept, kept ^ 1) with the
+# value in the low half and a zero in the high half, so only the kept position is stored (2 bits a nibble).
+def _sp_maps(nt: int, tr: int, ksplit: int, cp: int, tk: int, device):
+    """Index maps of one op's "tc" chunks, each [nt, ks, cp, rg, quads, lanes, ...]: the (row, 4-column group) of
+    every A register (.., step, reg) and of every metadata nibble (.., nibble)."""
+    rg, quads = tr // 16, tk // 64
+    ar = lambda n: torch.arange(n, device=device)
+    tile, ks, c, r16, q, lane = (ar(nt).view(-1, 1, 1, 1, 1, 1), ar(ksplit).view(1, -1, 1, 1, 1, 1),
+                                 ar(cp).view(1, 1, -1, 1, 1, 1), ar(rg).view(1, 1, 1, -1, 1, 1),
+                                 ar(quads).view(1, 1, 1, 1, -1, 1), ar(32).view(1, 1, 1, 1, 1, -1))
+    g, t = lane >> 2, lane & 3
+    row0 = tile * tr + r16 * 16 + g
+    grp0 = ((ks * cp + c) * tk + q * 64) // 4  # first 4-column group of the quad
+    s, r = ar(2).view(2, 1), ar(4).view(1, 4)
+    a_row = row0[..., None, None] + 8 * (r & 1)
+    a_grp = grp0[..., None, None] + 8 * s + t[..., None, None] + 4 * (r >> 1)
+    i = ar(8)
+    m_row = row0[..., None] + 8 * (i >> 2)
+    m_grp = grp0[..., None] + 8 * (t[..., None] >> 1) + 4 * (t[..., None] & 1) + (i & 3)
+    return a_row, a_grp, m_row, m_grp
+
+
+def _kept(mats, n: int, rows: int):
+    """Codes and in-group positions [nmat, rows, groups, n] (int64) of one op's sparse modules, rows zero-padded."""
+    codes, pos = [], []
+    for parts in mats:
+        c = torch.cat([m.codes() for m in parts]).to(torch.int64)
+        p = torch.cat([unpack_indices(m.indices) for m in parts]).to(torch.int64)
+        # padding rows: code 0 at positions 0 .. n-1 (a metadata nibble's two indices must differ)
+        pad = torch.arange(c.shape[1], device=c.device) % n
+        codes.append(torch.cat([c, c.new_zeros(rows - c.shape[0], c.shape[1])]))
+        pos.append(torch.cat([p, pad.expand(rows - p.shape[0], -1)]))
+    shape = (len(mats), rows, -1, n)
+    return torch.stack(codes).view(shape), torch.stack(pos).view(shape)
+
+
+def _sp_fragments(mats, n: int, nt: int, tr: int, ksplit: int, cp: int, tk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(code bytes, metadata bytes) [chunks, ...] of the "tc" layout of an N:4 op (N = 1 or 2)."""
+    codes, pos = _kept(mats, n, nt * tr)
+    a_row, a_grp, m_row, m_grp = _sp_maps(nt, tr, ksplit, cp, tk, codes.device)
+    nmat = codes.shape[0]
+    mi = torch.arange(nmat, device=codes.device).view(-1, *([1] * a_row.dim()))
+    a = codes[mi, a_row, a_grp]                                # [nmat, nt, ks, cp, rg, q, lane, step, reg, n]
+    mi = mi.squeeze(-1)
+    p = pos[mi, m_row, m_grp]                                  # [nmat, ..., lane, nibble, n]
+    if n == 2:
+        # step word: nibble r = the low (first-index) code of register r, nibble r + 4 its high code
+        word = (a[..., 0] << (4 * torch.arange(4, device=a.device))).sum(-1) \
+            + (a[..., 1] << (4 * torch.arange(4, 8, device=a.device))).sum(-1)   # [.., lane, step]
+        meta = ((p[..., 0] | (p[..., 1] << 2)) << (4 * torch.arange(8, device=a.device))).sum(-1)  # [.., lane]
+        meta_dtype = torch.int32
+    else:
+        # one word a quad: nibble 4 step + r = the code of register r of that step
+        word = (a[..., 0].flatten(-2) << (4 * torch.arange(8, device=a.device))).sum(-1, keepdim=True)
+        meta = (p[..., 0] << (2 * torch.arange(8, device=a.device))).sum(-1)       # 2 bits a nibble
+        meta_dtype = torch.int16
+    chunks = nt * ksplit * cp
+    order = lambda x: x.movedim(0, 3).reshape(chunks, -1)     # [nt, ks, cp, nmat, rg, q, lane, ...] per chunk
+    bits = 16 if n == 1 else 32
+    word = torch.where(word >= 2 ** 31, word - 2 ** 32, word).to(torch.int32)
+    meta = torch.where(meta >= 2 ** (bits - 1), meta - 2 ** bits, meta).to(meta_dtype)
+    return order(word).contiguous().view(torch.uint8), order(meta).contiguous().view(torch.uint8)
+
+
 def _untile(t: torch.Tensor, per_stage: int, nt: int, ksplit: int, cp: int, nmat: int, tr: int) -> torch.Tensor:
     """Chunk-major [chunks, nmat*tr*per_stage] -> row-major [nmat, rows, ksplit*cp*per_stage] (the tests' inverses)."""
     t = t.reshape(nt, ksplit, cp, nmat, tr, per_stage).permute(3, 0, 4, 1, 2, 5)
     return t.reshape(nmat, nt * tr, ksplit * cp * per_stage)
 
 
+def _sp_unfragment(b: torch.Tensor, n: int, nt: int, tr: int, ksplit: int, cp: int, tk: int, nmat: int, k: int):
+    """The inverse of `_sp_fragments` as the tensor cores read it: codes and in-group positions [nmat, rows,
+    kept] (int64) from each A register and the metadata nibble that covers the same (row, group)."""
+    rows, lanes = nt * tr, nmat * (tr // 16) * (tk // 64) * 32
+    words = b[:, :4 * n * lanes].contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    meta = b[:, 4 * n * lanes:6 * n * lanes].contiguous().view(torch.int32 if n == 2 else torch.int16)
+    meta = meta.to(torch.int64) & (0xFFFFFFFF if n == 2 else 0xFFFF)
+    shape = (nt, ksplit, cp, nmat, tr // 16, tk // 64, 32)
+    words, meta = words.view(*shape, -1).movedim(3, 0), meta.view(shape).movedim(3, 0)
+    a_row, a_grp, m_row, m_grp = _sp_maps(nt, tr, ksplit, cp, tk, b.device)
+    nib = torch.arange(8, device=b.device)
+    if n == 2:  # [.., lane, step, reg, (low, high)]
+        a = torch.stack([(words[..., None] >> (4 * nib[:4])) & 0xF, (words[..., None] >> (4 * nib[4:])) & 0xF], -1)
+        m = (meta[..., None] >> (4 * nib)) & 0xF
+        p = torch.stack([m & 3, m >> 2], -1)                                     # [.., lane, nibble, 2]
+    else:
+        a = ((words >> (4 * nib)) & 0xF).view(*words.shape[:-1], 2, 4, 1)
+        p = ((meta[..., None] >> (2 * nib)) & 3)[..., None]                     # the kept value's position
+    codes = torch.zeros(nmat, rows, k // 4, n, dtype=torch.int64, device=b.device)
+    pos = torch.zeros_like(codes)
+    mi = torch.arange(nmat, device=b.device).view(-1, *([1] * a_row.dim()))
+    codes[mi, a_row, a_grp] = a
+    pos[mi.squeeze(-1), m_row, m_grp] = p
+    return codes.flatten(-2), pos.flatten(-2)
+
+
 def nm_dequant(chunks: torch.Tensor, lg: int, n: int, rows_n: int, k: int, nmat: int, tr: int, tk: int,
-               ksplit: int) -> torch.Tensor:
+               ksplit: int, layout: str = "rows") -> torch.Tensor:
     """The dense float32 weights [nmat, rows_n, k] that `nm_chunks` output encodes (the tests' inverse)."""
     if n == 4:
-        return q4_dequant(chunks, lg, rows_n, k, nmat, tr, tk, ksplit, "rows")
+        return q4_dequant(chunks, lg, rows_n, k, nmat, tr, tk, ksplit, layout)
     nt, cp, wr, kk = ceil_div(rows_n, tr), k // ksplit // tk, tk * n // 32, tk * n // 4
     sps = kk >> lg
     b = chunks.contiguous().view(torch.uint8)
     x = nmat * tr * wr
     p0 = (6 * x + 3) // 4 * 4
-
-
-    words = _untile(b[:, :4 * x].contiguous().view(torch.int32), wr, nt, ksplit, cp, nmat, tr)
-    idx = _untile(b[:, 4 * x:6 * x].contiguous().view(torch.int16), wr, nt, ksplit, cp, nmat, tr)
     so = _untile(b[:, p0:p0 + 4 * nmat * tr * sps].contiguous().view(torch.int32), sps, nt, ksplit, cp, nmat, tr)
-    shifts = torch.arange(0, 32, 4, device=b.device, dtype=torch.int32)
-    codes = ((words.unsqueeze(-1) >> shifts) & 0xF).flatten(-2).float()          # [nmat, rows, kept]
-    pos = ((idx.to(torch.int32).unsqueeze(-1) >> (2 * torch.arange(8, device=b.device, dtype=torch.int32))) & 3)
-    pos = pos.flatten(-2).long()                                                   # [nmat, rows, kept]
+    if layout == "tc":
+        codes, pos = _sp_unfragment(b, n, nt, tr, ksplit, cp, tk, nmat, k)
+        codes = codes.float()
+    else:
+        words = _untile(b[:, :4 * x].contiguous().view(torch.int32), wr, nt, ksplit, cp, nmat, tr)
+        idx = _untile(b[:, 4 * x:6 * x].contiguous().view(torch.int16), wr, nt, ksplit, cp, nmat, tr)
+        shifts = torch.arange(0, 32, 4, device=b.device, dtype=torch.int32)
+        codes = ((words.unsqueeze(-1) >> shifts) & 0xF).flatten(-2).float()          # [nmat, rows, kept]
+        pos = ((idx.to(torch.int32).unsqueeze(-1) >> (2 * torch.arange(8, device=b.device, dtype=torch.int32))) & 3)
+        pos = pos.flatten(-2).long()                                                   # [nmat, rows, kept]
     sh = so.contiguous().view(torch.float16).view(*so.shape, 2).float()
     vals = sh[..., 0].repeat_interleave(1 << lg, -1) * codes + sh[..., 1].repeat_interleave(1 << lg, -1)
     kept = vals.shape[-1]

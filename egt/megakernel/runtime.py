@@ -28,7 +28,7 @@ import torch
 from .codegen import BuildError, build, counter_layout, scratch_layout
 from .operands import nm_chunks, q3_chunks, q4_chunks
 from .profiles import get_profile
-from .schedule import INT3, INT4, INT4_KINDS, INT4_NM, INT4_TC, Q4_CHUNK_KINDS, MegaPlan, model_kind
+from .schedule import INT3, INT4, INT4_KINDS, INT4_NM, INT4_NM_TC, INT4_TC, Q4_CHUNK_KINDS, MegaPlan, model_kind
 from .search import PlanStore, plan_for
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -160,8 +160,8 @@ class MegaKernelDecoder:
         s = self.plan.ops[op]
         kind = self.plan.weights[op]
         try:
-            if kind == INT4_NM:
-                buf, lg, fmt = nm_chunks(mats, s.tr, s.tk, s.ksplit)
+            if kind in (INT4_NM, INT4_NM_TC):
+                buf, lg, fmt = nm_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if kind == INT4_NM_TC else "rows")
             elif kind == INT3:
                 buf, lg, fmt = q3_chunks(mats, s.tr, s.tk, s.ksplit)
             else:

@@ -11,7 +11,8 @@ Contract:
 - Weight operand kinds (one per op, the same in every layer): `dense-bf16`/`dense-fp16` (rows read in place) and
   `int4` (the MegaKernel layout of `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
   the stage's packed codes and its (scale, offset) pairs), `int4-tc` (the same chunks with the codes in tensor-core
-  fragment order), `int4-nm` (N:4 sparse INT4 chunks with 2-bit positions, N per layer), `int3` (INT3 chunks, or
+  fragment order), `int4-nm` (N:4 sparse INT4 chunks with 2-bit positions, N per layer), `int4-nm-tc` (the same
+  weights in sparse tensor-core fragments), `int3` (INT3 chunks, or
   INT4 in the layers whose op holds a 4-bit module: bits per layer). A kind changes the stage footprint here and
   the policy the codegen picks, nothing else.
 - The validity rules here mirror the static_asserts in csrc/, so an invalid schedule is rejected in Python before
@@ -87,8 +88,10 @@ INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
 INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16 rows a warp, batch <= 2
 INT4_KINDS = (INT4, INT4_TC)
 INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
+INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch <= 2
+TC_KINDS = {INT4: INT4_TC, INT4_NM: INT4_NM_TC}  # the tensor-core variant of a CUDA-core kind
 INT3 = "int3"        # INT3 (or INT4 where a layer's op holds a 4-bit module), bits per layer at run time
-Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM, INT3)  # kinds read from operands.py chunks (the same stride)
+Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM, INT4_NM_TC, INT3)  # kinds read from operands.py chunks (the same stride)
 Q4_CODES_PER_VEC = 32  # one 16-byte vector of packed codes: 32 INT4 weights, 4 int32 words
 
 
@@ -97,8 +100,8 @@ def is_dense(kind: str) -> bool:
 
 
 def model_kind(kind: str) -> str:
-    """The weight format a plan kind reads (a kernel variant of INT4 reads the same QuantLinear weights)."""
-    return INT4 if kind in INT4_KINDS else kind
+    """The weight format a plan kind reads (a tensor-core variant reads the same modules as its CUDA-core kind)."""
+    return {INT4_TC: INT4, INT4_NM_TC: INT4_NM}.get(kind, kind)
 
 
 def q4_chunk_vecs(nmat: int, tr: int, tk: int) -> tuple[int, int]:
@@ -125,7 +128,7 @@ def weight_bytes_per_elem(kind: str, group: int = 128) -> float:
     N:4 sparse INT4 is costed at 2:4: half the codes, a 2-bit index per kept value; INT3 at 3 bits a code)."""
     if is_dense(kind):
         return 2.0
-    if kind == INT4_NM:
+    if kind in (INT4_NM, INT4_NM_TC):
         return 0.5 * (0.75 + 4.0 / group)
     return (0.375 if kind == INT3 else 0.5) + 4.0 / group
 
@@ -153,7 +156,7 @@ def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int, batch: int = 1) 
         return "at least two stages"
     if op.weight_kind in Q4_CHUNK_KINDS and (s.tk % Q4_CODES_PER_VEC or op.k % Q4_CODES_PER_VEC):
         return "INT4 stages hold whole 32-code vectors: TK and K must be multiples of 32"
-    if op.weight_kind == INT4_TC and (s.tr // slots != 16 or s.tk % 64 or batch > 2):
+    if op.weight_kind in (INT4_TC, INT4_NM_TC) and (s.tr // slots != 16 or s.tk % 64 or batch > 2):
         return "tensor-core INT4 needs 16 rows a warp, 64-column quads and batch <= 2"
     return None
 
@@ -169,8 +172,8 @@ def matvec_page_bytes(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int,
     maxt = ceil_div(nt, blocks)
     xs = batch * (op.k // s.ksplit) // 8 * 16
     kp = op.k // s.ksplit
-    extra = 0  # the policy's floats after the staged part: Q4TC sum x per 32 columns, S4W a padded float copy
-    if op.weight_kind == INT4_TC:
+    extra = 0  # the policy's floats after the staged part: Q4TC (and S4TC) sum x per 32 columns, S4W a padded copy
+    if op.weight_kind in (INT4_TC, INT4_NM_TC):
         extra = batch * kp // 32
     elif op.weight_kind == INT4_NM:
         extra = batch * (kp + kp // 16)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (INT3, INT4, INT4_NM, INT4_TC, MAX_RING, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
+from .schedule import (INT3, INT4, INT4_NM, INT4_NM_TC, INT4_TC, MAX_RING, TC_KINDS, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
                        attn_page_bytes, ceil_div, compression_label, is_dense, matvec_check, matvec_ops,
                        matvec_page_bytes, matvec_ring_bytes, stage_bytes, static_smem_bytes, weight_bytes_per_elem)
 
@@ -45,7 +45,7 @@ def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_l
     for wpr in (1, 2, 4, 8, 16):
         if wpr > nw or nw % wpr:
             continue
-        for rpw in ((16,) if op.weight_kind == INT4_TC else (1, 2, 4)):
+        for rpw in ((16,) if op.weight_kind in (INT4_TC, INT4_NM_TC) else (1, 2, 4)):
             tr = (nw // wpr) * rpw
             if tr > 64 or rpw * op.nmat * batch > 64:  # accumulators live in registers
                 continue
@@ -89,6 +89,12 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
         quads = s.tk // 64
         util = quads / (ceil_div(quads, s.wpr) * s.wpr)
         ops_per_elem = 1.1 / util
+    elif op.weight_kind == INT4_NM_TC:
+        # costed at 2:4: half the codes of int4-tc's shift + LOP3, and a second mma.sp (the sum of the kept x) per
+        # k-step; the metadata comes in whole registers
+        quads = s.tk // 64
+        util = quads / (ceil_div(quads, s.wpr) * s.wpr)
+        ops_per_elem = 0.8 / util
     elif op.weight_kind == INT4_NM:
         # costed at 2:4: per kept value a code, an index extract and a shared-memory gather + two adds per batch row
         # (the gathered x differs per row, so nothing is shared between rows); half the weights are kept
@@ -214,16 +220,17 @@ def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
 
 
 def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
-    """Kernel variant of each INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run: bf16, batch <= 2),
-    or `auto` (the search chooses per op). Default: $EGT_MK_INT4 or cuda-core."""
+    """Kernel variant of each INT4 or N:4 sparse INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run:
+    bf16, batch <= 2), or `auto` (marked "auto:<kind>": the search ranks both per op). Default: $EGT_MK_INT4 or
+    cuda-core."""
     path = int4_path or os.environ.get("EGT_MK_INT4", "cuda-core")
     if path not in INT4_PATHS:
         raise ValueError(f"INT4 path must be one of {INT4_PATHS}, got {path!r}")
     tc_ok = dtype == "bf16" and batch <= 2
     out = dict(weights)
     for k, v in weights.items():
-        if v == INT4 and tc_ok and path != "cuda-core":
-            out[k] = "auto" if path == "auto" else INT4_TC
+        if v in TC_KINDS and tc_ok and path != "cuda-core":
+            out[k] = f"auto:{v}" if path == "auto" else TC_KINDS[v]
     return out
 
 
@@ -238,7 +245,7 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     prof = get_profile(profile)
     blocks = prof.sms
     wanted = int4_variants(dict(weights or {}), batch, dtype, int4_path)
-    weights = {k: (INT4 if v == "auto" else v) for k, v in wanted.items()}
+    weights = {k: v.removeprefix("auto:") for k, v in wanted.items()}
     if thread_options is None:
         # 512 threads cap registers at 128 and the INT4 loops spill a little (ptxas, sm_90), which the cost model
         # does not see: 256 unless asked. bench/megakernel_search.py times both; 512 won for the sparse INT4 plans
@@ -251,8 +258,8 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
         kind_of: dict[tuple[str, MatvecSchedule], str] = {}
         for name, op in ops.items():
             variants = [op]
-            if wanted.get(name) == "auto":
-                variants = [op, MatvecOp(op.name, op.n, op.k, op.nmat, INT4_TC)]
+            if wanted.get(name, "").startswith("auto:"):
+                variants = [op, MatvecOp(op.name, op.n, op.k, op.nmat, TC_KINDS[op.weight_kind])]
             scored = []
             for var in variants:
                 for s in enumerate_matvec(var, batch, threads, blocks, prof.smem_per_block):

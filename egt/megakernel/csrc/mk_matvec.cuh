@@ -13,8 +13,8 @@
 //   `issue_bulk` with sm_90 bulk copies when the plan asks for them) and multiplied (`accumulate`), plus any
 //   per-part activation data it needs (`extra_floats`, `after_stage`). `DenseW` reads bf16/fp16 rows in place;
 //   `Q4W` and `Q4TC` read the INT4 chunk layout of egt/megakernel/operands.py on CUDA cores / tensor cores, `S4W`
-//   its N:4 sparse INT4 chunks, `Q3W` its INT3 chunks. The schedule, the ring and the epilogues are the same for
-//   every kind.
+//   and `S4TC` its N:4 sparse INT4 chunks (CUDA cores / sparse tensor cores), `Q3W` its INT3 chunks. The schedule,
+//   the ring and the epilogues are the same for every kind.
 #pragma once
 #include "mk_common.cuh"
 
@@ -557,6 +557,136 @@ MK_VEC_LOOP
     if (src.n == 2) sparse<2, C>(buf, xp, ch, slot, wi, lane, src.lg, st);
     else if (src.n == 1) sparse<1, C>(buf, xp, ch, slot, wi, lane, src.lg, st);
     else Q4W<T>::template accumulate<C>(buf, xs, ch, slot, wi, lane, src, st);
+  }
+};
+
+// N:4 sparse INT4 on sparse tensor cores (kind int4-nm-tc: bf16 activations, batch <= 2, 16 rows a warp):
+// mma.sp.m16n8k32 multiplies 16 rows x 32 columns of which the metadata names two of every four, so a 2:4 row
+// costs the tensor cores half a dense one and no gather of x. N == 4 layers (dense INT4 in a mixed model) run Q4TC.
+// Chunk (tile, kp, ch) for N in {1, 2} (operands.py `_sp_fragments`; lane (g, t), quad q of 64 columns = two
+// k-steps, step s read with sparsity selector s):
+//   codes [NMAT][TR/16][QUADS][32] x N words: N == 2: word s, nibble r (r + 4) = the first (second) kept code of
+//                                    A register r of step s; N == 1: nibble 4s + r = the kept code of register r
+//   meta  [NMAT][TR/16][QUADS][32] x 2N bytes: the lane's metadata register (N == 2), or its 2-bit kept positions
+//                                    (N == 1), which `spread` turns into the index pairs (kept, kept ^ 1)
+//   pairs [NMAT][TR][(TK*N/4) >> lg] half2 (scale, offset); a quad's kept values lie in one scale block
+// Late scaling as in Q4TC, with the sum of x over the kept columns per row from a second mma.sp whose A is 1.0 at
+// the kept halves: w = s q + o gives y = s * sum (128 + q) x + (o - 128 s) * sum x.
+template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
+  template <class C> using Acc = typename Q4TC<T>::template Acc<C>;
+  template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
+  template <class C> __host__ __device__ static constexpr int extra_floats() { return Q4TC<T>::template extra_floats<C>(); }
+  template <class C> __host__ __device__ static constexpr int lanes() { return C::NMAT * (C::TR / 16) * (C::TK / 64) * 32; }
+  template <class C> __device__ static __forceinline__ int chunk_vecs(const S4Src& s) {
+    if (s.n == 4) return Q4W<T>::template chunk_vecs<C>(s);
+    return (6 * s.n * lanes<C>() + C::NMAT * C::TR * ((C::TK * s.n / 4) >> s.lg) * 4 + 15) / 16;
+  }
+  template <class C> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xsum, const S4Src& src) {
+    if (src.n == 4) Q4TC<T>::template after_stage<C>(xs, xsum, src);  // n is uniform: every thread takes the barrier
+  }
+  // 1:4 metadata: eight 2-bit kept positions -> eight nibbles (kept, kept ^ 1); the partner's value is a zero
+  __device__ static __forceinline__ uint32_t spread(uint32_t x) {
+    x = (x | (x << 8)) & 0x00FF00FFu;
+    x = (x | (x << 4)) & 0x0F0F0F0Fu;
+    x = (x | (x << 2)) & 0x33333333u;
+    return x | ((x ^ 0x11111111u) << 2);
+  }
+  // bf16 (128 + code) in the low half, zero in the high half
+  __device__ static __forceinline__ uint32_t raw_lo(uint32_t word, int p) {
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "n"(0x0000000F), "n"(0x00004300));
+    return r;
+  }
+  template <int SEL>
+  __device__ static __forceinline__ void mma_sp(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t e) {
+    asm volatile(
+        "mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9,%10,%11}, "
+        "{%0,%1,%2,%3}, %12, %13;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e), "n"(SEL));
+  }
+  // k-step SEL of a quad: T1 += (128 + q) x, T2 += x over the kept columns, per matrix
+  template <class C, int N, int SEL>
+  __device__ static __forceinline__ void step(const uint32_t (&cw)[C::NMAT][N], const uint32_t (&e)[C::NMAT],
+                                              const uint32_t (&xb)[4], float (&t1)[C::NMAT][4], float (&t2)[C::NMAT][4]) {
+    constexpr uint32_t ONE = N == 2 ? 0x3F803F80u : 0x00003F80u;  // bf16 1.0 where the codes sit
+    const uint32_t ones[4] = {ONE, ONE, ONE, ONE};
+#pragma unroll
+    for (int m = 0; m < C::NMAT; ++m) {
+      uint32_t a[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[r] = N == 2 ? Q4TC<T>::raw(cw[m][N == 2 ? SEL : 0], r) : raw_lo(cw[m][0], 4 * SEL + r);
+      mma_sp<SEL>(t1[m], a, xb, e[m]);
+      mma_sp<SEL>(t2[m], ones, xb, e[m]);
+    }
+  }
+  template <class C, int N>
+  __device__ static __forceinline__ void sparse_quads(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                      int lane, int lg, Acc<C>& st) {
+    constexpr int QUADS = C::TK / 64, RG = C::TR / 16;
+    const int g = lane >> 2, t = lane & 3;
+    const int sps = (C::TK * N / 4) >> lg;
+    const unsigned char* base = reinterpret_cast<const unsigned char*>(buf);
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(base);
+    const unsigned char* meta = base + 4 * N * lanes<C>();
+    const __half2* pairs = reinterpret_cast<const __half2*>(base + 6 * N * lanes<C>());
+    const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
+#pragma unroll 1
+    for (int q = wi; q < QUADS; q += C::WPR) {
+      // every shared-memory operand of the quad first: codes, metadata, B fragments of both steps, scale pairs
+      uint32_t cw[C::NMAT][N], e[C::NMAT];
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m) {
+        const int li = ((m * RG + slot) * QUADS + q) * 32 + lane;
+        if constexpr (N == 2) {
+          const uint2 v = reinterpret_cast<const uint2*>(words)[li];
+          cw[m][0] = v.x;
+          cw[m][N - 1] = v.y;
+          e[m] = reinterpret_cast<const uint32_t*>(meta)[li];
+        } else {
+          cw[m][0] = words[li];
+          e[m] = spread(reinterpret_cast<const uint16_t*>(meta)[li]);
+        }
+      }
+      uint32_t xb[2][4];
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int k = ch * C::TK + q * 64 + s * 32 + 8 * r;  // column of register r's rows 2t, 2t+1 (K part)
+          xb[s][r] = g < NB ? xw[(g * C::KP + k) / 2 + t] : 0u;
+        }
+      __half2 so[C::NMAT][2];
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) so[m][r] = pairs[(m * C::TR + slot * 16 + g + 8 * r) * sps + ((q * 16 * N) >> lg)];
+      float t1[C::NMAT][4], t2[C::NMAT][4];
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) t1[m][i] = t2[m][i] = 0.f;
+      step<C, N, 0>(cw, e, xb[0], t1, t2);
+      step<C, N, 1>(cw, e, xb[1], t1, t2);
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float2 sc = __half22float2(so[m][r]);
+          const float off = fmaf(-Q4TC<T>::BASE, sc.x, sc.y);
+#pragma unroll
+          for (int i = 0; i < 2; ++i)
+            st.c[m][2 * r + i] = fmaf(sc.x, t1[m][2 * r + i], fmaf(off, t2[m][2 * r + i], st.c[m][2 * r + i]));
+        }
+    }
+  }
+  template <class C>
+  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, const S4Src& src, Acc<C>& st) {
+    static_assert(C::RPW == 16 && C::TK % 64 == 0 && NB <= 2, "sparse tensor-core INT4: 16 rows a warp, 64-column quads");
+    if (src.n == 2) sparse_quads<C, 2>(buf, xs, ch, slot, wi, lane, src.lg, st);
+    else if (src.n == 1) sparse_quads<C, 1>(buf, xs, ch, slot, wi, lane, src.lg, st);
+    else Q4TC<T>::template accumulate<C>(buf, xs, ch, slot, wi, lane, src, st);
   }
 };
 
