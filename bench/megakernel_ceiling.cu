@@ -6,6 +6,7 @@
 // Output: one line per case, `CASE name|stage bytes|us per stage|dense weights per stage`.
 #include <cstdio>
 #include <cstdint>
+#include <cstring>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -50,10 +51,16 @@ template <class C> constexpr int q4_bytes(int lg) { return C::NMAT * C::TR * C::
 template <class C> constexpr int s4_bytes(int n, int lg) {
   return ((6 * C::NMAT * C::TR * (C::TK * n / 32) + 3) & ~3) + C::NMAT * C::TR * ((C::TK * n / 4) >> lg) * 4;
 }
+template <class C> constexpr int s4tc_bytes(int n, int lg) {
+  return 6 * n * C::NMAT * (C::TR / 16) * (C::TK / 64) * 32 + C::NMAT * C::TR * ((C::TK * n / 4) >> lg) * 4;
+}
 template <class C> constexpr int q3_bytes(int lg) { return C::NMAT * C::TR * C::TK * 3 / 8 + C::NMAT * C::TR * (C::TK >> lg) * 4; }
+
+static const char* only = nullptr;  // argv[1]: run only the cases whose name contains it, one launch each (ncu)
 
 template <class WF, class C, class SRC>
 void run(const char* name, SRC src, int bytes, const uint4* fill, float* out) {
+  if (only && !strstr(name, only)) return;
   constexpr int SV = WF::template stage_vec<C>();
   const int smem = (SV + NB * C::KP / 8) * 16 + 4 * WF::template extra_floats<C>();
   auto k = ceiling<WF, C, SRC>;
@@ -63,7 +70,7 @@ void run(const char* name, SRC src, int bytes, const uint4* fill, float* out) {
   cudaEventCreate(&a);
   cudaEventCreate(&b);
   float best = 1e30f;
-  for (int t = 0; t < 7; ++t) {
+  for (int t = 0; t < (only ? 1 : 7); ++t) {
     cudaEventRecord(a);
     k<<<NBLK, NTHR, smem>>>(src, reps, fill, 4096, out);
     cudaEventRecord(b);
@@ -80,19 +87,21 @@ void run(const char* name, SRC src, int bytes, const uint4* fill, float* out) {
   printf("CASE %s|%d|%.5f|%d\n", name, bytes, best * 1e3 / reps, C::NMAT * C::TR * C::TK);
 }
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1) only = argv[1];
   uint4* fill;
   float* out;
   cudaMalloc(&fill, 4096 * 16);
   cudaMalloc(&out, NBLK * NTHR * 4);
-  // codes of every value; scales, offsets and activations small finite numbers (bytes 0x30-0x3F)
+  // random codes (nibbles 3, 4, 12), small finite scales, offsets and activations (bytes 0x34, 0x3C), and valid
+  // mma.sp metadata anywhere it is read (nibbles 0x3, 0x4, 0xC: index pairs (3, 0), (0, 1), (0, 3))
   static uint4 h[4096];
   uint32_t s = 12345u;
   for (auto& v : h) {
     uint32_t w[4];
     for (auto& x : w) {
       s = s * 1664525u + 1013904223u;
-      x = (s & 0x0F0F0F0Fu) | 0x30303030u;
+      x = (s & 0x08080808u) | 0x34343434u;
     }
     v = make_uint4(w[0], w[1], w[2], w[3]);
   }
@@ -116,6 +125,11 @@ int main() {
     const S4Src sp{nullptr, 7, n};
     run<S4W<mk_t>, GUc>(n == 2 ? "gate/up 2:4 int4 g128" : "gate/up 1:4 int4 g128", sp, s4_bytes<GUc>(n, 7), fill, out);
     run<S4W<mk_t>, DNc>(n == 2 ? "down 2:4 int4 g128" : "down 1:4 int4 g128", sp, s4_bytes<DNc>(n, 7), fill, out);
+  }
+  for (int n : {2, 1}) {
+    const S4Src sp{nullptr, 7, n};
+    run<S4TC<mk_t>, GU>(n == 2 ? "gate/up 2:4 int4-nm-tc g128" : "gate/up 1:4 int4-nm-tc g128", sp, s4tc_bytes<GU>(n, 7), fill, out);
+    run<S4TC<mk_t>, DN>(n == 2 ? "down 2:4 int4-nm-tc g128" : "down 1:4 int4-nm-tc g128", sp, s4tc_bytes<DN>(n, 7), fill, out);
   }
   const Q3Src q3{nullptr, 7, 3};
   run<Q3W<mk_t>, GUc>("gate/up int3 g128", q3, q3_bytes<GUc>(7), fill, out);
