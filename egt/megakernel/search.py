@@ -90,11 +90,12 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
         util = quads / (ceil_div(quads, s.wpr) * s.wpr)
         ops_per_elem = 1.1 / util
     elif op.weight_kind == INT4_NM_TC:
-        # costed at 2:4: half the codes of int4-tc's shift + LOP3, and a second mma.sp (the sum of the kept x) per
-        # k-step; the metadata comes in whole registers
+        # as int4-tc per column, not per byte: a 64-column quad costs about as many instructions at 2:4 and 1:4 as
+        # dense (activation fragments, scale pairs, fold and a second mma.sp for the kept x; H100 ceiling and ncu,
+        # bench/results/megakernel/megakernel_ceiling.md)
         quads = s.tk // 64
         util = quads / (ceil_div(quads, s.wpr) * s.wpr)
-        ops_per_elem = 0.8 / util
+        ops_per_elem = 1.0 / util
     elif op.weight_kind == INT4_NM:
         # costed at 2:4: per kept value a code, an index extract and a shared-memory gather + two adds per batch row
         # (the gathered x differs per row, so nothing is shared between rows); half the weights are kept
