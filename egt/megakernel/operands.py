@@ -241,8 +241,8 @@ def nm_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows") -> tupl
 # k-step (low half: the value at the first index of the metadata nibble). With sparsity selector s, lanes with
 # t >> 1 == s give the metadata: nibble i of lane (g, t) is (first index | second index << 2) of row g + 8 (i >> 2),
 # group 4 (t & 1) + (i & 3). A quad (64 columns) is two k-steps, step s read with selector s, so every lane loads
-# one metadata word a quad. Unordered index pairs are valid (measured): a 1:4 group is (kept, kept ^ 1) with the
-# value in the low half and a zero in the high half, so only the kept position is stored (2 bits a nibble).
+# one metadata word a quad. Unordered index pairs are valid (measured on sm_90): a 1:4 group is (kept, kept ^ 1)
+# with the value in the low half and a zero in the high half, so only the kept position is stored (2 bits a nibble).
 def _sp_maps(nt: int, tr: int, ksplit: int, cp: int, tk: int, device):
     """Index maps of one op's "tc" chunks, each [nt, ks, cp, rg, quads, lanes, ...]: the (row, 4-column group) of
     every A register (.., step, reg) and of every metadata nibble (.., nibble)."""

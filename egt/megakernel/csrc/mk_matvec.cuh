@@ -561,8 +561,11 @@ MK_VEC_LOOP
 };
 
 // N:4 sparse INT4 on sparse tensor cores (kind int4-nm-tc: bf16 activations, batch <= 2, 16 rows a warp):
-// mma.sp.m16n8k32 multiplies 16 rows x 32 columns of which the metadata names two of every four, so a 2:4 row
-// costs the tensor cores half a dense one and no gather of x. N == 4 layers (dense INT4 in a mixed model) run Q4TC.
+// mma.sp.m16n8k32 multiplies 16 rows x 32 columns of which the metadata names two of every four: no gather of x.
+// A quad still costs about as many instructions as a dense one (activation fragments, scale pairs, fold), so the
+// loop's time follows its columns more than its bytes (bench/results/megakernel/megakernel_ceiling.md: 2:4 keeps up
+// with an SM's share of the copy bandwidth, 1:4 does not). N == 4 layers (dense INT4 in a mixed model) run Q4TC.
+// The 1:4 pairs (kept, kept ^ 1) are unordered for odd positions: measured correct on an H100 (sm_90) only.
 // Chunk (tile, kp, ch) for N in {1, 2} (operands.py `_sp_fragments`; lane (g, t), quad q of 64 columns = two
 // k-steps, step s read with sparsity selector s):
 //   codes [NMAT][TR/16][QUADS][32] x N words: N == 2: word s, nibble r (r + 4) = the first (second) kept code of
