@@ -474,6 +474,8 @@ def test_int4_path_choice():
     assert int4_variants({"down": "int4-nm", "o": "int4"}, 1, "bf16", "tensor-core") == {"down": "int4-nm-tc",
                                                                                          "o": "int4-tc"}
     assert int4_variants({"down": "int4-nm"}, 1, "bf16", "auto") == {"down": "auto:int4-nm"}
+    assert int4_variants({"down": "int4-nm", "o": "int4"}, 2, "bf16", "tensor-core") == {"down": "int4-nm",
+                                                                                          "o": "int4-tc"}
     assert int4_variants(W4, 4, "bf16", "tensor-core") == W4
     assert int4_variants(W4, 1, "fp16", "tensor-core") == W4
     with pytest.raises(ValueError):

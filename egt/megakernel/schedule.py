@@ -88,7 +88,7 @@ INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
 INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16 rows a warp, batch <= 2
 INT4_KINDS = (INT4, INT4_TC)
 INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
-INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch <= 2
+INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch 1
 TC_KINDS = {INT4: INT4_TC, INT4_NM: INT4_NM_TC}  # the tensor-core variant of a CUDA-core kind
 INT3 = "int3"        # INT3 (or INT4 where a layer's op holds a 4-bit module), bits per layer at run time
 Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM, INT4_NM_TC, INT3)  # kinds read from operands.py chunks (the same stride)
@@ -158,6 +158,8 @@ def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int, batch: int = 1) 
         return "INT4 stages hold whole 32-code vectors: TK and K must be multiples of 32"
     if op.weight_kind in (INT4_TC, INT4_NM_TC) and (s.tr // slots != 16 or s.tk % 64 or batch > 2):
         return "tensor-core INT4 needs 16 rows a warp, 64-column quads and batch <= 2"
+    if op.weight_kind == INT4_NM_TC and batch > 1:
+        return "sparse tensor-core INT4 has run at batch 1 only"
     return None
 
 

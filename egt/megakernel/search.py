@@ -222,15 +222,15 @@ def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
 
 def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
     """Kernel variant of each INT4 or N:4 sparse INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run:
-    bf16, batch <= 2), or `auto` (marked "auto:<kind>": the search ranks both per op). Default: $EGT_MK_INT4 or
-    cuda-core."""
+    bf16, batch <= 2 for INT4, batch 1 for N:4), or `auto` (marked "auto:<kind>": the search ranks both per op).
+    Default: $EGT_MK_INT4 or cuda-core."""
     path = int4_path or os.environ.get("EGT_MK_INT4", "cuda-core")
     if path not in INT4_PATHS:
         raise ValueError(f"INT4 path must be one of {INT4_PATHS}, got {path!r}")
-    tc_ok = dtype == "bf16" and batch <= 2
+    tc_ok = {INT4: dtype == "bf16" and batch <= 2, INT4_NM: dtype == "bf16" and batch == 1}  # as matvec_check
     out = dict(weights)
     for k, v in weights.items():
-        if v in TC_KINDS and tc_ok and path != "cuda-core":
+        if v in TC_KINDS and tc_ok[v] and path != "cuda-core":
             out[k] = f"auto:{v}" if path == "auto" else TC_KINDS[v]
     return out
 
