@@ -90,6 +90,7 @@ INT4_KINDS = (INT4, INT4_TC)
 INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
 INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch 1
 TC_KINDS = {INT4: INT4_TC, INT4_NM: INT4_NM_TC}  # the tensor-core variant of a CUDA-core kind
+TC_MAX_BATCH = {INT4_TC: 2, INT4_NM_TC: 1}  # int4-nm-tc has run at batch 1 only
 INT3 = "int3"        # INT3 (or INT4 where a layer's op holds a 4-bit module), bits per layer at run time
 Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM, INT4_NM_TC, INT3)  # kinds read from operands.py chunks (the same stride)
 Q4_CODES_PER_VEC = 32  # one 16-byte vector of packed codes: 32 INT4 weights, 4 int32 words
@@ -101,7 +102,7 @@ def is_dense(kind: str) -> bool:
 
 def model_kind(kind: str) -> str:
     """The weight format a plan kind reads (a tensor-core variant reads the same modules as its CUDA-core kind)."""
-    return {INT4_TC: INT4, INT4_NM_TC: INT4_NM}.get(kind, kind)
+    return {tc: cuda_core for cuda_core, tc in TC_KINDS.items()}.get(kind, kind)
 
 
 def q4_chunk_vecs(nmat: int, tr: int, tk: int) -> tuple[int, int]:
@@ -156,10 +157,9 @@ def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int, batch: int = 1) 
         return "at least two stages"
     if op.weight_kind in Q4_CHUNK_KINDS and (s.tk % Q4_CODES_PER_VEC or op.k % Q4_CODES_PER_VEC):
         return "INT4 stages hold whole 32-code vectors: TK and K must be multiples of 32"
-    if op.weight_kind in (INT4_TC, INT4_NM_TC) and (s.tr // slots != 16 or s.tk % 64 or batch > 2):
-        return "tensor-core INT4 needs 16 rows a warp, 64-column quads and batch <= 2"
-    if op.weight_kind == INT4_NM_TC and batch > 1:
-        return "sparse tensor-core INT4 has run at batch 1 only"
+    if op.weight_kind in TC_MAX_BATCH and (s.tr // slots != 16 or s.tk % 64 or batch > TC_MAX_BATCH[op.weight_kind]):
+        return (f"{op.weight_kind} needs 16 rows a warp, 64-column quads and batch <= "
+                f"{TC_MAX_BATCH[op.weight_kind]}")
     return None
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (INT3, INT4, INT4_NM, INT4_NM_TC, INT4_TC, MAX_RING, TC_KINDS, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
+from .schedule import (INT3, INT4, INT4_NM, INT4_NM_TC, INT4_TC, MAX_RING, TC_KINDS, TC_MAX_BATCH, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
                        attn_page_bytes, ceil_div, compression_label, is_dense, matvec_check, matvec_ops,
                        matvec_page_bytes, matvec_ring_bytes, stage_bytes, static_smem_bytes, weight_bytes_per_elem)
 
@@ -227,10 +227,9 @@ def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: st
     path = int4_path or os.environ.get("EGT_MK_INT4", "cuda-core")
     if path not in INT4_PATHS:
         raise ValueError(f"INT4 path must be one of {INT4_PATHS}, got {path!r}")
-    tc_ok = {INT4: dtype == "bf16" and batch <= 2, INT4_NM: dtype == "bf16" and batch == 1}  # as matvec_check
     out = dict(weights)
     for k, v in weights.items():
-        if v in TC_KINDS and tc_ok[v] and path != "cuda-core":
+        if v in TC_KINDS and dtype == "bf16" and batch <= TC_MAX_BATCH[TC_KINDS[v]] and path != "cuda-core":
             out[k] = f"auto:{v}" if path == "auto" else TC_KINDS[v]
     return out
 
