@@ -115,6 +115,33 @@ def test_greedy_agrees_except_near_ties(model, reference, decoder):
         tok = ref.argmax(-1)
 
 
+@torch.inference_mode()
+def test_generate_matches_step_by_step_decoding(model, reference, decoder):
+    """generate(): n greedy steps queued with one host sync (each launch feeds its token to the next on the device)
+    give the same tokens, cache rows and last logits, bit for bit, as n step() calls fed by the host."""
+    from egt.megakernel.runtime import MegaKernelError
+    from egt.transformer import KVCache
+    ctx, n = 64, 7
+    mk, _, tok = _prefilled(model, reference, ctx, 256, ctx)
+    one, many = KVCache(mk.k.clone(), mk.v.clone()), KVCache(mk.k.clone(), mk.v.clone())
+    want, t = [], tok
+    for i in range(n + 1):
+        t, logits = decoder.step(t, [ctx - 1 + i], [0], ctx - 1 + i, one)
+        t = t.clone()
+        want.append(t)
+        if i == n - 1:
+            last = logits.clone()
+    got = decoder.generate(tok, [ctx - 1], [0], ctx - 1, many, n)
+    assert got.shape == (n, 1) and torch.equal(got, torch.stack(want[:n]))
+    assert torch.equal(decoder.logits, last)
+    nxt, _ = decoder.step(got[-1], [ctx - 1 + n], [0], ctx - 1 + n, many)
+    assert torch.equal(nxt, want[n])
+    rows = slice(0, ctx + n)  # the rows both wrote (later ones keep _prefilled's NaN poison)
+    assert torch.equal(one.k[..., rows, :], many.k[..., rows, :]) and torch.equal(one.v[..., rows, :], many.v[..., rows, :])
+    with pytest.raises(MegaKernelError, match="outside the cache"):
+        decoder.generate(tok, [250], [0], 250, many, 7)
+
+
 def test_refuses_a_grid_that_is_not_co_resident(model):
     from egt.megakernel.runtime import MegaKernelDecoder, MegaKernelError, weight_kinds
     from egt.megakernel.search import search

@@ -10,6 +10,11 @@ Contract:
 - `step(tokens, rope_pos, attn_start, slot, cache)` is one launch on the current stream: it appends this step's
   K/V at cache row `slot` for every batch row, attends rows attn_start[b]..slot, writes float32 logits [B, V]
   and the greedy next token. Inputs are copied into the decoder's device buffers with stream-ordered copies.
+- `generate(tokens, rope_pos, attn_start, slot, cache, steps)` runs `steps` greedy steps with one host sync: the
+  launches are queued back to back and each feeds its argmax to the next on the device (RoPE position + 1, cache
+  row + 1). It returns the tokens [steps, B]; the logits buffer holds the last step's. A stop token does not end
+  the run: the caller cuts after it. (One launch per step costs under 1% here: a loop over the steps inside one
+  launch measured no faster on an H100, bench/results/megakernel/ab_h100.md run 43.)
 - `check()` waits for the stream with a host-side timeout and raises `MegaKernelTimeout` when the kernel did not
   finish, or when the kernel's own dependency timeout fired (a dependency never arrived): a hang becomes an
   error, and the counters are reset so the decoder stays usable.
@@ -297,6 +302,23 @@ class MegaKernelDecoder:
             if check:
                 self.check()
             return self.tokens_out.long(), self.logits
+
+    @torch.inference_mode()
+    def generate(self, tokens, rope_pos, attn_start, slot: int, cache, steps: int) -> torch.Tensor:
+        """`steps` greedy decode steps from these inputs (the first at cache row `slot`) with one host sync;
+        returns the tokens [steps, B] int64. The cache must have rows up to slot + steps - 1."""
+        with self._lock:
+            if steps < 1:
+                raise MegaKernelError(f"steps must be >= 1, got {steps}")
+            if slot < 0 or slot + steps > cache.k.shape[3]:
+                raise MegaKernelError(f"rows {slot}..{slot + steps - 1} outside the cache (max_len {cache.k.shape[3]})")
+            out = torch.empty(steps, self.batch, dtype=torch.int32, device=self.device)
+            self.set_inputs(tokens, rope_pos, attn_start, slot)
+            for i in range(steps):
+                self.launch(cache, logits=i == steps - 1, advance=True)
+                out[i].copy_(self.tokens_out, non_blocking=True)
+            self.check()
+            return out.long()
 
 
 # ---- torch custom op --------------------------------------------------------------------------------------------
