@@ -6,7 +6,8 @@
 SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `copy=bulk` (sm_90 bulk copies),
 `threads` (block size, e.g. 512 for INT4 kinds, whose default is 256), `code=unrolled` (MegaPlan.compact_code off),
 `slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none; with
-`copy=bulk|cp.async`, `pf=KB` and `l2=KB` it gets that copy path, weight prefetch depth and L2 look-ahead, and with
+`copy=bulk|cp.async`, `pf=KB`, `l2=KB` and `early=0|1` it gets that copy path, weight prefetch depth, L2
+look-ahead and early gate/up prefill (MegaPlan.early_gateup), and with
 `OP=tr/tk/stages/ksplit/wpr` (OP one of qkv, o, gateup, down, lm_head) that op's matvec schedule), and
 AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk`, `qk_lanes`, `fold` (an exact
 value, or `>=N` / `<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints;
@@ -97,12 +98,13 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
         probe = MegaPlan(model=shape, batch=batch, profile=prof.name, blocks=prof.sms,
                          compression=compression_label(weights), weights=weights)
         plan = PlanStore().get(probe.key())
-        if plan is not None and {"copy", "pf", "l2", *OP_NAMES} & kv.keys():  # the stored plan with changes
+        if plan is not None and {"copy", "pf", "l2", "early", *OP_NAMES} & kv.keys():  # the stored plan with changes
             ops = {name: MatvecSchedule(*map(int, kv[name].split("/")), plan.ops[name].rot) if name in kv else s
                    for name, s in plan.ops.items()}
             plan = MegaPlan(**{**plan.__dict__, "bulk_copy": kv.get("copy", "bulk" if plan.bulk_copy else "") == "bulk",
                                "prefetch_kb": int(kv.get("pf", plan.prefetch_kb)),
-                               "l2_ahead_kb": int(kv.get("l2", plan.l2_ahead_kb)), "ops": ops, "smem": {},
+                               "l2_ahead_kb": int(kv.get("l2", plan.l2_ahead_kb)),
+                               "early_gateup": bool(int(kv.get("early", plan.early_gateup))), "ops": ops, "smem": {},
                                "predicted_ms": None, "measured_ms": None})
             errs = plan.check(prof.smem_per_block)
             if errs:

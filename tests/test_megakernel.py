@@ -120,6 +120,11 @@ def test_generated_source_bakes_the_schedule():
     assert "L2_AHEAD_BYTES = 65536;" in generate_source(ahead) and ahead.plan_hash() != p.plan_hash()
     assert MegaPlan.from_dict(json.loads(json.dumps(ahead.to_dict()))).plan_hash() == ahead.plan_hash()
     assert "l2_ahead_kb" not in p.codegen_dict()
+    # early gate/up prefill: the same rules
+    assert p.early_gateup is False and "EARLY_GU = false;" in src and "early_gateup" not in p.codegen_dict()
+    early = MegaPlan(**{**p.__dict__, "early_gateup": True})
+    assert "EARLY_GU = true;" in generate_source(early) and early.plan_hash() != p.plan_hash()
+    assert MegaPlan.from_dict(json.loads(json.dumps(early.to_dict()))).plan_hash() == early.plan_hash()
 
 
 def test_attention_head_slices_and_counters():

@@ -270,18 +270,22 @@ def test_folded_combine_is_bit_identical_to_the_last_arriver_combine(model, refe
         assert torch.isfinite(la).all() and torch.equal(la, lb), ctx
 
 
-@pytest.mark.parametrize("kb", [64, 1024])
+@pytest.mark.parametrize("option", [{"l2_ahead_kb": 64}, {"l2_ahead_kb": 1024}, {"early_gateup": True}])
 @torch.inference_mode()
-def test_l2_look_ahead_changes_no_result(model, reference, kb):
-    """The L2 look-ahead (MegaPlan.l2_ahead_kb) only asks for weight lines early: the same schedule with it on must
-    give bit-identical logits. 64 KB stops inside an op's share; 1024 KB covers every op of this model whole and
-    splits runs into 64 KB pieces. Every weight kind of the model fixture (dense rows, INT4, N:4, INT3 chunks)."""
+def test_weight_stream_options_change_no_result(model, reference, option):
+    """Options that only move when weights are fetched must give bit-identical logits with the same schedule.
+    The L2 look-ahead (MegaPlan.l2_ahead_kb) asks for weight lines early: 64 KB stops inside an op's share, 1024 KB
+    covers every op of this model whole and splits runs into 64 KB pieces. The early gate/up prefill
+    (early_gateup) puts O's stages at the ring's top and gate/up's first stages below them during attention.
+    Every weight kind of the model fixture (dense rows, INT4, N:4, INT3 chunks), over all layers, contexts 1, 300."""
     from egt.megakernel.runtime import MegaKernelDecoder
     from egt.megakernel.schedule import MegaPlan
     from egt.transformer import KVCache
     base = _attn_plan(model, {})
-    ahead = MegaPlan(**{**base.__dict__, "l2_ahead_kb": kb})
+    ahead = MegaPlan(**{**base.__dict__, **option})
     da, db = MegaKernelDecoder(model, batch=1, plan=base), MegaKernelDecoder(model, batch=1, plan=ahead)
+    if option.get("early_gateup"):
+        assert db.info["gateup_early_stages"] >= 1 and da.info["gateup_early_stages"] == 0
     for ctx in (1, 300):
         mk, rcache, tok = _prefilled(model, reference, ctx, 512, ctx)
         la = da.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()

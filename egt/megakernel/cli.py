@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
               f" of {PROFILES[a.profile].smem_per_block / 1024:.0f} KB")
         print(f"weights streamed with {'bulk copies (sm_90)' if plan.bulk_copy else 'cp.async'}, "
               f"{plan.prefetch_kb} KB prefilled before a wait"
-              + (f", {plan.l2_ahead_kb} KB of the op after asked into L2 (sm_90)" if plan.l2_ahead_kb else ""))
+              + (f", {plan.l2_ahead_kb} KB of the op after asked into L2 (sm_90)" if plan.l2_ahead_kb else "")
+              + (", gate/up's first stages prefilled during attention" if plan.early_gateup else ""))
         kinds = plan.matvec_op_table()
         for name, s in plan.ops.items():
             print(f"  {name:8s} {kinds[name].weight_kind:10s} TR={s.tr:<3d} TK={s.tk:<5d} stages={s.stages} "

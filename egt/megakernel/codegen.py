@@ -122,6 +122,7 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         f"constexpr int RING_BYTES = {smem['ring']}, PAGE_BYTES = {smem['page']}, SMEM_DYN = {smem['dynamic']};",
         f"constexpr int RES_ROWS = {plan.residual_rows()};",
         f"constexpr int PREFETCH_BYTES = {plan.prefetch_kb * 1024}, L2_AHEAD_BYTES = {plan.l2_ahead_kb * 1024};",
+        f"constexpr bool EARLY_GU = {'true' if plan.early_gateup else 'false'};",
         *[f"constexpr bool {flag} = {'true' if ops[name].weight_kind in INT4_KINDS else 'false'};"
           for name, flag in OP_FLAGS.items()],
         *[f"constexpr bool {flag.replace('Q4', 'S4')} = {'true' if ops[name].weight_kind in (INT4_NM, INT4_NM_TC) else 'false'};"
@@ -164,7 +165,8 @@ static int g_checked = 0;  // 1: co-resident grid verified; -1: refused
 
 extern "C" int egt_mk_info(long long* out) {
   // out: [0] dynamic smem, [1] threads, [2] blocks, [3] max co-resident blocks/SM, [4] SMs, [5] regs/thread,
-  //      [6] local (spill) bytes/thread, [7] static smem, [8] max dynamic smem attribute result
+  //      [6] local (spill) bytes/thread, [7] static smem, [8] max dynamic smem attribute result,
+  //      [9] gate/up stages prefilled during attention (cp.async path; plan option early_gateup)
   cudaError_t e = cudaFuncSetAttribute(egt_megakernel, cudaFuncAttributeMaxDynamicSharedMemorySize, egt::SMEM_DYN);
   out[8] = (long long)e;
   if (e != cudaSuccess) { g_checked = -1; return (int)e; }
@@ -177,13 +179,14 @@ extern "C" int egt_mk_info(long long* out) {
   cudaFuncGetAttributes(&fa, egt_megakernel);
   out[0] = egt::SMEM_DYN; out[1] = egt::NTHR; out[2] = egt::NBLK; out[3] = per_sm; out[4] = sms;
   out[5] = fa.numRegs; out[6] = (long long)fa.localSizeBytes; out[7] = (long long)fa.sharedSizeBytes;
+  out[9] = egt::GU_EARLY;
   // Every block of a persistent kernel waits on others: all NBLK must be resident at once or the grid deadlocks.
   g_checked = ((long long)per_sm * sms >= egt::NBLK) ? 1 : -1;
   return 0;
 }
 
 extern "C" int egt_mk_launch(const void* params, void* stream) {
-  if (g_checked == 0) { long long info[9]; int r = egt_mk_info(info); if (r) return r; }
+  if (g_checked == 0) { long long info[10]; int r = egt_mk_info(info); if (r) return r; }
   if (g_checked != 1) return -1;  // not co-resident: refuse rather than risk a hang
   const egt::Params* p = reinterpret_cast<const egt::Params*>(params);
   egt_megakernel<<<egt::NBLK, egt::NTHR, egt::SMEM_DYN, reinterpret_cast<cudaStream_t>(stream)>>>(*p);

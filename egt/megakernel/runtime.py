@@ -129,13 +129,14 @@ class MegaKernelDecoder:
             self.lib.egt_mk_launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
             self.lib.egt_mk_info.argtypes = [ctypes.c_void_p]
             self.lib.egt_mk_error_string.restype = ctypes.c_char_p
-            info = (ctypes.c_longlong * 9)()
+            info = (ctypes.c_longlong * 10)()
             r = self.lib.egt_mk_info(info)
             if r:
                 raise MegaKernelError(f"kernel setup failed: {self.lib.egt_mk_error_string(r).decode()} "
                                       f"(needs {self.plan.smem_bytes()['dynamic']} B dynamic shared memory)")
             self.info = {k: int(info[i]) for i, k in enumerate(
-                ["smem_dynamic", "threads", "blocks", "blocks_per_sm", "sms", "regs", "local_bytes", "smem_static"])}
+                ["smem_dynamic", "threads", "blocks", "blocks_per_sm", "sms", "regs", "local_bytes", "smem_static",
+                 "attr_result", "gateup_early_stages"])}
             if self.info["blocks_per_sm"] * self.info["sms"] < self.info["blocks"]:
                 raise MegaKernelError(
                     f"grid of {self.info['blocks']} blocks is not co-resident on this GPU "

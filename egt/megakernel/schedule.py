@@ -228,6 +228,7 @@ class MegaPlan:
     weights: dict[str, str] = field(default_factory=dict)  # op -> weight kind where not dense-{dtype}
     prefetch_kb: int = 48  # weight bytes a block issues for the next op before waiting on its dependency
     l2_ahead_kb: int = 0  # sm_90: KB of the op after the next one a block asks into L2 early (0: none)
+    early_gateup: bool = False  # blocks without attention items prefill gate/up's first stages during attention
     bulk_copy: bool = False  # sm_90: stream the weights with cp.async.bulk + mbarriers (else cp.async; K/V: cp.async)
     compact_code: bool = True  # small code: rolled once-per-op loops (csrc MK_COLD_LOOP, MK_VEC_LOOP)
     threads: int = 512
@@ -257,6 +258,7 @@ class MegaPlan:
                 "weights": dict(sorted(self.weights.items())), "prefetch_kb": self.prefetch_kb,
                 # only when set, so that plans without it keep their hashes (build cache, stored plans)
                 **({"l2_ahead_kb": self.l2_ahead_kb} if self.l2_ahead_kb else {}),
+                **({"early_gateup": True} if self.early_gateup else {}),
                 "bulk_copy": self.bulk_copy, "compact_code": self.compact_code,
                 "threads": self.threads,
                 "blocks": self.blocks, "ops": {k: asdict(v) for k, v in sorted(self.ops.items())},
@@ -325,6 +327,7 @@ class MegaPlan:
         return {"key": self.key(), "plan_hash": self.plan_hash(), "model": asdict(self.model), "batch": self.batch,
                 "profile": self.profile, "dtype": self.dtype, "compression": self.compression,
                 "weights": self.weights, "prefetch_kb": self.prefetch_kb, "l2_ahead_kb": self.l2_ahead_kb,
+                "early_gateup": self.early_gateup,
                 "bulk_copy": self.bulk_copy,
                 "compact_code": self.compact_code,
                 "threads": self.threads, "blocks": self.blocks,
@@ -338,6 +341,7 @@ class MegaPlan:
         return cls(model=model, batch=d["batch"], profile=d["profile"], dtype=d.get("dtype", "bf16"),
                    compression=d.get("compression", "none"), weights=dict(d.get("weights", {})),
                    prefetch_kb=d.get("prefetch_kb", 48), l2_ahead_kb=d.get("l2_ahead_kb", 0),
+                   early_gateup=d.get("early_gateup", False),
                    bulk_copy=d.get("bulk_copy", False),
                    compact_code=d.get("compact_code", True),
                    threads=d["threads"], blocks=d["blocks"],

@@ -242,16 +242,17 @@ MK_COLD_LOOP
   }
 
   // Runs this block's items for layer l. Returns after the block's last item; the caller waits on att_done.
-  // pre(): the next op's weight prefill, issued once this block's items are done (at once by a block without
-  // items), so no prefill group is ever committed between an item's K/V issue and its wait, which drains every
-  // group. Issuing it before the QKV wait measured no faster (bench/results/megakernel/ab_h100.md, run 10).
+  // pre(idle): the next ops' weight prefill, issued once this block's items are done (at once, idle = true, by a
+  // block without items), so no prefill group is ever committed between an item's K/V issue and its wait, which
+  // drains every group. Issuing it before the QKV wait measured no faster (bench/results/megakernel/ab_h100.md,
+  // run 10).
   template <class PRE>
   __device__ static void run(int l, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out,
                              float* part_o, float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done,
                              unsigned E1, const float* inv_freq, int* ctl, const PRE& pre) {
     int first = (int)((blockIdx.x + NBLK - (C::ROT % NBLK)) % NBLK);
     if (first >= ITEMS) {
-      pre();
+      pre(true);
       return;
     }
     bool first_wait = true;
@@ -508,7 +509,7 @@ MK_COLD_LOOP
       __syncthreads();
       if (item == first) MK_STAMP(15);
     }
-    pre();
+    pre(false);
   }
 };
 

@@ -134,6 +134,16 @@ __device__ __forceinline__ void l2_ahead(const unsigned long long* tb, int l, in
   }
 }
 
+// EARLY_GU (plan option `early_gateup`): gate/up's first stages stream in during attention, when the ring is
+// otherwise idle (O's share is small) and the HBM serves only the K/V rows; else they are issued after O, and their
+// bytes still in flight at gate/up's wait delay its wake-up poll and activation loads (ab_h100.md runs 34-35).
+// O's stages then take the ring's top, gate/up's first GU_EARLY stages the slots below it. Only blocks without
+// attention items do this: cp.async groups complete in order, so an item block's O wait, right after its items,
+// would wait for them too. Not with bulk copies: two ops in flight would share the slots' mbarriers.
+constexpr int O_BASE_VEC = ((RING_BYTES - Matvec<MvO, WO>::FOOT_BYTES) / 16) & ~7;  // 128-byte aligned
+constexpr int GU_FIT = O_BASE_VEC / Matvec<MvGU, WGU>::STAGE_VEC;
+constexpr int GU_EARLY = (!EARLY_GU || MK_BULK) ? 0 : (GU_FIT < Matvec<MvGU, WGU>::PF ? GU_FIT : Matvec<MvGU, WGU>::PF);
+
 // ---- activation stagers --------------------------------------------------------------------------------------
 // L2 -> shared copy of N 16-byte vectors (`at(v)`: vector v's address), all of a thread's loads in flight before
 // its stores (up to 6): a long activation (qwen2.5-1.5b down's 8960 columns: 4.4 vectors a thread) then costs one
@@ -317,6 +327,8 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t s_bar[MAX_RING];
   Ring ring{reinterpret_cast<uint4*>(smem), s_bar, 0u};
+  Ring ring_top{reinterpret_cast<uint4*>(smem) + O_BASE_VEC, s_bar, 0u};
+  Ring& ring_o = GU_EARLY > 0 ? ring_top : ring;  // O's stages (see GU_EARLY)
   unsigned char* page = smem + RING_BYTES;
   __shared__ int s_tok[NB];
   __shared__ float s_rstd[NB];
@@ -382,9 +394,14 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     block_arrive(c_qkv + l);
     // RoPE + KV append + split attention (+ combine); the o projection's weights start streaming from inside
     MK_STAMP(3);
+    bool gu_early = false;
     {
-      auto pre_o = [&]() {
-        Matvec<MvO, WO>::prefill(ring, src_o(lt));
+      auto pre_o = [&](bool idle) {
+        Matvec<MvO, WO>::prefill(ring_o, src_o(lt));
+        if (GU_EARLY > 0 && idle) {
+          Matvec<MvGU, WGU>::prefill(ring, src_gu(lt), 0, GU_EARLY);
+          gu_early = true;
+        }
         l2_ahead(tb, l, 2);
       };
       Attention<AttnC>::run(l, page, p, qkv, att, part_o, part_ml, c_qkv + l,
@@ -399,15 +416,15 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     {
       EpiResid e{l == 0 ? embed : xA, l == 0 ? s_tok : nullptr, xM, s_res, 0, 0};
       if constexpr (AttnC::FOLD) {
-        Matvec<MvO, WO>::run(ring, page, src_o(lt), ost, e);
+        Matvec<MvO, WO>::run(ring_o, page, src_o(lt), ost, e);
       } else {
         PlainStage<NH * HD, MvO::KS> st{att};
-        Matvec<MvO, WO>::run(ring, page, src_o(lt), st, e);
+        Matvec<MvO, WO>::run(ring_o, page, src_o(lt), st, e);
       }
     }
     MK_STAMP(6);
     block_arrive(c_o + l);
-    Matvec<MvGU, WGU>::prefill(ring, src_gu(lt));
+    Matvec<MvGU, WGU>::prefill(ring, src_gu(lt), gu_early ? GU_EARLY : 0);
     l2_ahead(tb, l, 3);
     {
       // RMSNorm -> gate/up -> SiLU * up

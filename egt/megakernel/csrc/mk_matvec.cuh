@@ -731,6 +731,8 @@ template <class C, class WF> struct Matvec {
   static constexpr int MAXT = (NT + NBLK - 1) / NBLK;
   static constexpr int XVEC = NB * KP / 8;
   static constexpr int RING_BYTES = C::ST * STAGE_VEC * 16;
+  // The ring bytes this op's stages can occupy: the busiest block's stage count, at most ST slots.
+  static constexpr int FOOT_BYTES = (MAXT * C::KS * CP < C::ST ? MAXT * C::KS * CP : C::ST) * STAGE_VEC * 16;
   // Stages issued ahead of the dependency wait. cp.async (sm_80/89): enough to cover a grid sync, no more,
   // because issuing a deep prefill 16 bytes a thread delays the wake-up itself (seen in traces on the H100).
   // Bulk copies (sm_90) cost one instruction a run: the whole ring but the stage the loop refills first.
@@ -793,12 +795,14 @@ template <class C, class WF> struct Matvec {
     cp_wait<C::ST - 2>();
 #endif
   }
-  // first: threads below it issue nothing (warp 0 stays free to poll the dependency counter during a prefill)
-  template <class SRC> __device__ static __forceinline__ void prefill(Ring& ring, const SRC& src) {
+  // Stages s0..PF-1 (a prefill may be issued in two parts). Threads below 32 issue nothing: warp 0 stays free to
+  // poll the dependency counter during a prefill.
+  template <class SRC>
+  __device__ static __forceinline__ void prefill(Ring& ring, const SRC& src, int s0 = 0, int s1 = PF) {
     int t0, t1;
     tiles(t0, t1);
 #pragma unroll 1
-    for (int s = 0; s < PF; ++s) issue(ring, s, t0, t1 - t0, src, NTHR > 32 ? 32 : 0);
+    for (int s = s0; s < s1; ++s) issue(ring, s, t0, t1 - t0, src, NTHR > 32 ? 32 : 0);
   }
 
   // L2 look-ahead of the block's share of this op, up to `budget` bytes, issued by one lane.
