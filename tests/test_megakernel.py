@@ -196,10 +196,15 @@ def test_cli_plan_and_dag(capsys):
     assert "KB prefilled before a wait" in out and "into L2" not in out
     # the stored llama-3.2-1b bf16 H100 plan asks the op after the next into L2 (ab_h100.md runs 27-30)
     assert main(["plan", "--model", "llama-3.2-1b", "--profile", "h100"]) == 0
-    assert "64 KB of the op after asked into L2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "64 KB of the op after asked into L2" in out and "during attention" not in out
     assert main(["plan", "--model", "qwen2.5-0.5b", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["batch"] == 1 and set(d["ops"]) == {"qkv", "o", "gateup", "down", "lm_head"}
+    # the stored qwen2.5-0.5b bf16 H100 plan prefills gate/up during attention (ab_h100.md runs 44-46)
+    assert d["early_gateup"] is True
+    assert main(["plan", "--model", "qwen2.5-0.5b", "--profile", "h100"]) == 0
+    assert "gate/up's first stages prefilled during attention" in capsys.readouterr().out
     assert main(["dag", "--model", "smollm2-135m", "--batch", "2", "--splits", "2"]) == 0
     assert "respects every edge" in capsys.readouterr().out
 
