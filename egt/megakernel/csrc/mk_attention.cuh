@@ -17,8 +17,9 @@
 //   the columns it stages (`OStage`, same split order and arithmetic, so the same bf16 input), which takes one
 //   atomic, one wait and two dependent L2 round trips off the critical path. Measured faster on every shape
 //   (H100/H200, bench/results/megakernel/ab_h100.md runs 4-6); the search's default.
-// - q.k: QL lanes (a plan option, 1 = one thread per cache row) share a cache row, each a 1/QL slice of the
-//   head dimension, summed with a butterfly of shuffles. Measured equal or slower (run 4), so plans keep QL = 1.
+// - q.k: with QL = 1 (what plans use) QJ threads share a cache row, each G / QJ of the item's heads. QL > 1 (a plan
+//   option) has QL lanes share a cache row, each a 1/QL slice of the head dimension, summed with a butterfly of
+//   shuffles; measured equal or slower (run 4).
 // - Numerics follow the torch reference: q and k are rotated with bf16/fp16-rounded cos/sin and rounded after
 //   each product and the sum; softmax and the weighted sum of V run in float32.
 #pragma once
@@ -43,12 +44,22 @@ template <class C> struct Attention {
   static constexpr int TG = NTHR / HP;          // position groups in P.V
   static constexpr int KROW = HD + 8;           // padded row (16 bytes) keeps per-thread row reads conflict-free
   static constexpr int ITEMS = PAIRS * C::S;
+  // q.k threads a cache row, each G / QJ heads: the largest divisor of G that takes a full sub-block of rows in one
+  // pass of the block. More threads a row (up to two passes) was slower on smollm2 and no faster elsewhere: each
+  // thread converts the row's K again (H100, bench/results/megakernel/ab_h100.md run 48).
+  static constexpr int qk_groups() {
+    int j = 1;
+    for (int d = 1; d <= G; ++d)
+      if (G % d == 0 && d * C::SUB <= NTHR) j = d;
+    return j;
+  }
+  static constexpr int QJ = qk_groups(), GJ = G / QJ;
   static constexpr int DONE = C::FOLD ? ITEMS : PAIRS;  // att_done arrivals per launch: items, or combined pairs
   static constexpr int NQKV = (C::NH + 2 * C::NKV) * HD;
   // shared-memory layout of the attention page (aliases the matvec activation page)
   static constexpr int OFF_Q = 0;                                  // float [G][HD]
-  static constexpr int OFF_KN = OFF_Q + 4 * G * HD;                // float [HD]
-  static constexpr int OFF_VN = OFF_KN + 4 * HD;                   // float [HD]
+  static constexpr int OFF_KN = OFF_Q + 4 * G * HD;                // T [HD] (in a float [HD] slot)
+  static constexpr int OFF_VN = OFF_KN + 4 * HD;                   // T [HD] (in a float [HD] slot)
   static constexpr int OFF_SC = OFF_VN + 4 * HD;                   // float [G][SUB]
   static constexpr int OFF_ST = OFF_SC + 4 * G * C::SUB;           // float m[G], l[G], alpha[G], int flag
   static constexpr int OFF_RED = OFF_ST + ((4 * (3 * G + 1) + 15) / 16) * 16;  // float [TG][G][HD]
@@ -257,8 +268,9 @@ MK_COLD_LOOP
     }
     bool first_wait = true;
     float* qs = reinterpret_cast<float*>(pg + OFF_Q);
-    float* kn = reinterpret_cast<float*>(pg + OFF_KN);
-    float* vn = reinterpret_cast<float*>(pg + OFF_VN);
+    // the new row's rotated key and value, already rounded to T: the q.k and P.V loops read them like a cache row
+    mk_t* kn = reinterpret_cast<mk_t*>(pg + OFF_KN);
+    mk_t* vn = reinterpret_cast<mk_t*>(pg + OFF_VN);
     float* sc = reinterpret_cast<float*>(pg + OFF_SC);
     float* mrun = reinterpret_cast<float*>(pg + OFF_ST);
     float* lrun = mrun + G;
@@ -327,11 +339,11 @@ MK_COLD_LOOP
           qs[i] = rope(raw + gh * HD, d, pos, inv_freq, (float)p.rope_scale) * qscale;
         } else if (gh == G) {
           const float k = rope(raw + gh * HD, d, pos, inv_freq, (float)p.rope_scale);
-          kn[d] = k;
+          kn[d] = from_f<mk_t>(k);
           if (hsl == 0) kc[(long long)slot * HD + d] = from_f<mk_t>(k);
         } else {
           const mk_t vv = raw[gh * HD + d];
-          vn[d] = to_f(vv);
+          vn[d] = vv;
           if (hsl == 0) vc[(long long)slot * HD + d] = vv;
         }
       }
@@ -353,27 +365,25 @@ MK_COLD_LOOP
         if (first_wait) MK_STAMP(13);
         first_wait = false;
         if constexpr (C::QL == 1) {
-          for (int q = tid; q < cs; q += NTHR) {
-            const int t = sb + q;
-            float dot[G];
+          // QJ threads a cache row, each GJ of the item's G heads (one thread a row for all G heads kept 3 of 8
+          // warps busy on a 70-row split). Every dot keeps its order (chunk, then element): the same bits.
+          for (int pq = tid; pq < QJ * cs; pq += NTHR) {
+            const int j = QJ == 1 ? 0 : pq / cs, q = pq - j * cs;
+            const mk_t* krow = sb + q == slot ? kn : ks + q * KROW;
+            float dot[GJ];
 #pragma unroll
-            for (int gh = 0; gh < G; ++gh) dot[gh] = 0.f;
+            for (int gh = 0; gh < GJ; ++gh) dot[gh] = 0.f;
 #pragma unroll 4
             for (int c = 0; c < HD / 8; ++c) {
               float kf[8];
-              if (t == slot) {
+              unpack8<mk_t>(*reinterpret_cast<const uint4*>(krow + c * 8), kf);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) kf[e] = kn[c * 8 + e];
-              } else {
-                unpack8<mk_t>(*reinterpret_cast<const uint4*>(ks + q * KROW + c * 8), kf);
-              }
+              for (int gh = 0; gh < GJ; ++gh)
 #pragma unroll
-              for (int gh = 0; gh < G; ++gh)
-#pragma unroll
-                for (int e = 0; e < 8; ++e) dot[gh] = fmaf(qs[gh * HD + c * 8 + e], kf[e], dot[gh]);
+                for (int e = 0; e < 8; ++e) dot[gh] = fmaf(qs[(j * GJ + gh) * HD + c * 8 + e], kf[e], dot[gh]);
             }
 #pragma unroll
-            for (int gh = 0; gh < G; ++gh) sc[gh * C::SUB + q] = dot[gh];
+            for (int gh = 0; gh < GJ; ++gh) sc[(j * GJ + gh) * C::SUB + q] = dot[gh];
           }
         } else {
           // QL lanes a row: lane ql takes chunks ql, ql + QL, ... so the QL lanes of a row read adjacent 16-byte
@@ -392,12 +402,7 @@ MK_COLD_LOOP
               for (int c = 0; c < CPL; ++c) {
                 const int ch = c * QL + ql;
                 float kf[8];
-                if (t == slot) {
-#pragma unroll
-                  for (int e = 0; e < 8; ++e) kf[e] = kn[ch * 8 + e];
-                } else {
-                  unpack8<mk_t>(*reinterpret_cast<const uint4*>(ks + q * KROW + ch * 8), kf);
-                }
+                unpack8<mk_t>(*reinterpret_cast<const uint4*>((t == slot ? kn : ks + q * KROW) + ch * 8), kf);
 #pragma unroll
                 for (int gh = 0; gh < G; ++gh) {
                   const float4 qa = *reinterpret_cast<const float4*>(qs + gh * HD + ch * 8);
@@ -457,15 +462,8 @@ MK_COLD_LOOP
         }
         for (int q = tg; q < cs; q += TG) {
           const int t = sb + q;
-          float v0, v1;
-          if (t == slot) {
-            v0 = vn[2 * dp];
-            v1 = vn[2 * dp + 1];
-          } else {
-            const mk_t* vp = vs + q * KROW + 2 * dp;
-            v0 = to_f(vp[0]);
-            v1 = to_f(vp[1]);
-          }
+          const mk_t* vp = (t == slot ? vn : vs + q * KROW) + 2 * dp;
+          const float v0 = to_f(vp[0]), v1 = to_f(vp[1]);
 #pragma unroll
           for (int gh = 0; gh < G; ++gh) {
             const float w = sc[gh * C::SUB + q];
