@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +130,14 @@ def build_model(shape: ModelShape, hf_config: Any = None):
 
 
 def random_model(name: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cuda",
-                 seed: int = 0):
-    """A model of a benchmark shape with random weights (speed does not depend on weight values)."""
+                 seed: int = 0, layers: int | None = None):
+    """A model of a benchmark shape with random weights (speed does not depend on weight values); `layers` keeps
+    only that many layers (a cheap model of the shape's layer geometry, named e.g. "llama-3.2-1b-2l")."""
     if name not in SHAPES:
         raise ModelLoadError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
     shape = SHAPES[name]
+    if layers is not None:
+        shape = replace(shape, name=f"{name}-{layers}l", layers=layers)
     model = build_model(shape)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

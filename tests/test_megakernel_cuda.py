@@ -292,3 +292,28 @@ def test_weight_stream_options_change_no_result(model, reference, option):
         lb = db.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))[1].clone()
         assert torch.isfinite(la).all() and torch.equal(la, lb), ctx
         assert _rel(lb, _ref_step(reference, rcache, tok, ctx - 1)) < REL_TOL
+
+
+@pytest.mark.parametrize("name,dtype", [("llama-3.2-1b", torch.bfloat16), ("qwen2.5-1.5b", torch.bfloat16),
+                                        ("qwen2.5-0.5b", torch.float16), ("smollm2-135m", torch.float16)])
+@torch.inference_mode()
+def test_other_head_groups_and_fp16_match_reference(name, dtype):
+    """The fixtures above are smollm2 in bf16 (3 query heads a KV head: the CUDA-core q.k). Two-layer models of the
+    other shapes run the tensor-core q.k (4, 6 and 7 heads a KV head; head dims 64 and 128), and fp16 weights both
+    q.k paths: logits and the new cache rows against the torch engine at contexts 1, 64, 1000 and 4000, repeatable."""
+    from egt.megakernel.runtime import MegaKernelDecoder
+    from egt.models import random_model
+    from egt.transformer import KVCache
+    model = random_model(name, dtype=dtype, device="cuda", seed=5, layers=2)
+    decoder = MegaKernelDecoder(model, batch=1)
+    for ctx in (1, 64, 1000, 4000):
+        mk, cache, tok = _prefilled(model, model, ctx, 4096, ctx)
+        ref = _ref_step(model, cache, tok, ctx - 1)
+        nxt, logits = decoder.step(tok, [ctx - 1], [0], ctx - 1, KVCache(mk.k.clone(), mk.v.clone()))
+        logits = logits.clone()
+        assert torch.isfinite(logits).all() and int(nxt[0]) == int(logits[0].argmax()), ctx
+        assert _rel(logits, ref) < REL_TOL, ctx
+        again = decoder.step(tok, [ctx - 1], [0], ctx - 1, mk)[1]
+        assert torch.equal(again, logits), ctx  # a changing result is a race
+        for got, want in ((mk.k, cache.k), (mk.v, cache.v)):
+            assert _rel(got[:, :, :, ctx - 1].float(), want[:, :, :, ctx - 1].float()) < REL_TOL, ctx

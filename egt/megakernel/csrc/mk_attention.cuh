@@ -24,6 +24,7 @@
 //   each product and the sum; softmax and the weighted sum of V run in float32.
 #pragma once
 #include "mk_common.cuh"
+#include <type_traits>
 
 namespace egt {
 
@@ -54,6 +55,69 @@ template <class C> struct Attention {
     return j;
   }
   static constexpr int QJ = qk_groups(), GJ = G / QJ;
+  // q.k on tensor cores (QL = 1): one m16n8k16 MMA per 8 cache rows and 16 dimensions, A = the item's query heads
+  // (rows 0..G-1 of 16, T-rounded by the rotation, so exact in T; the 1/sqrt(HD) scale goes on the scores),
+  // B = the cache rows straight from the page with ldmatrix. Not the bits of the CUDA-core loop (MMA summation).
+  // From 4 heads a KV head: with 3 (smollm2) 13 of the 16 A rows are zero and the step was 1.8-2.3% slower, with
+  // 4-7 0-1.6% faster (H100, bench/results/megakernel/ab_h100.md run 51).
+  static constexpr bool QK_TC = C::QL == 1 && G >= 4 && G <= 8 && HD % 32 == 0;
+  __device__ static __forceinline__ uint32_t pack_t2(float a, float b) {
+    const mk_t lo = from_f<mk_t>(a), hi = from_f<mk_t>(b);
+    return (uint32_t)(*reinterpret_cast<const unsigned short*>(&lo)) |
+           ((uint32_t)(*reinterpret_cast<const unsigned short*>(&hi)) << 16);
+  }
+  __device__ static __forceinline__ void mma_t(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same<mk_t, __half>::value)
+      asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                   "{%0,%1,%2,%3};\n"
+                   : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                   : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+    else
+      asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                   "{%0,%1,%2,%3};\n"
+                   : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                   : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+  }
+  // scores of the sub-block's cs rows (t = sb + q; the new row `slot` from kn) for the item's G heads, into sc
+  __device__ static __forceinline__ void qk_tc(const float* qs, const mk_t* ks, const mk_t* kn, float* sc, int sb,
+                                               int cs, int slot, float qscale) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    constexpr int KSTEPS = HD / 16;
+    uint32_t qa[KSTEPS][2];  // A registers a0 (row g, k 2t..2t+1) and a2 (row g, k 2t+8..); rows g + 8 are zero
+#pragma unroll
+    for (int k = 0; k < KSTEPS; ++k) {
+      qa[k][0] = qa[k][1] = 0u;
+      if (g < G) {
+        const float2 lo = *reinterpret_cast<const float2*>(qs + g * HD + k * 16 + 2 * t);
+        const float2 hi = *reinterpret_cast<const float2*>(qs + g * HD + k * 16 + 8 + 2 * t);
+        qa[k][0] = pack_t2(lo.x, lo.y);
+        qa[k][1] = pack_t2(hi.x, hi.y);
+      }
+    }
+    const int ntiles = (cs + 7) / 8;
+    for (int nt = warp; nt < ntiles; nt += NTHR / 32) {
+      const int n0 = nt * 8;
+      // ldmatrix x4: lane L gives row n0 + (L & 7) (past cs: the last row; its scores are dropped) at dimension
+      // chunk (L >> 3) of a 32-dimension window: registers 0, 1 = k-step 2i, registers 2, 3 = k-step 2i + 1
+      const int rr = min(n0 + (lane & 7), cs - 1);
+      const mk_t* rowp = (sb + rr == slot ? kn : ks + rr * KROW) + (lane >> 3) * 8;
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int kk = 0; kk < HD; kk += 32) {
+        uint32_t b[4];
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+                     : "r"(smem_u32(rowp + kk)));
+        mma_t(c, qa[kk / 16][0], qa[kk / 16][1], b[0], b[1]);
+        mma_t(c, qa[kk / 16 + 1][0], qa[kk / 16 + 1][1], b[2], b[3]);
+      }
+      const int q0 = n0 + 2 * t;  // C fragment: c0, c1 = (head g, rows q0, q0 + 1)
+      if (g < G) {
+        if (q0 < cs) sc[g * C::SUB + q0] = c[0] * qscale;
+        if (q0 + 1 < cs) sc[g * C::SUB + q0 + 1] = c[1] * qscale;
+      }
+    }
+  }
   static constexpr int DONE = C::FOLD ? ITEMS : PAIRS;  // att_done arrivals per launch: items, or combined pairs
   static constexpr int NQKV = (C::NH + 2 * C::NKV) * HD;
   // shared-memory layout of the attention page (aliases the matvec activation page)
@@ -336,7 +400,8 @@ MK_COLD_LOOP
       for (int i = tid; i < rows * HD; i += NTHR) {
         const int gh = i / HD, d = i - gh * HD;
         if (gh < G) {
-          qs[i] = rope(raw + gh * HD, d, pos, inv_freq, (float)p.rope_scale) * qscale;
+          const float q = rope(raw + gh * HD, d, pos, inv_freq, (float)p.rope_scale);
+          qs[i] = QK_TC ? q : q * qscale;  // tensor-core q.k scales the scores instead
         } else if (gh == G) {
           const float k = rope(raw + gh * HD, d, pos, inv_freq, (float)p.rope_scale);
           kn[d] = from_f<mk_t>(k);
@@ -364,7 +429,9 @@ MK_COLD_LOOP
         __syncthreads();
         if (first_wait) MK_STAMP(13);
         first_wait = false;
-        if constexpr (C::QL == 1) {
+        if constexpr (QK_TC) {
+          qk_tc(qs, ks, kn, sc, sb, cs, slot, qscale);
+        } else if constexpr (C::QL == 1) {
           // QJ threads a cache row, each GJ of the item's G heads (one thread a row for all G heads kept 3 of 8
           // warps busy on a 70-row split). Every dot keeps its order (chunk, then element): the same bits.
           for (int pq = tid; pq < QJ * cs; pq += NTHR) {
