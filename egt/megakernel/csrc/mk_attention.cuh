@@ -17,9 +17,9 @@
 //   the columns it stages (`OStage`, same split order and arithmetic, so the same bf16 input), which takes one
 //   atomic, one wait and two dependent L2 round trips off the critical path. Measured faster on every shape
 //   (H100/H200, bench/results/megakernel/ab_h100.md runs 4-6); the search's default.
-// - q.k: with QL = 1 (what plans use) QJ threads share a cache row, each G / QJ of the item's heads. QL > 1 (a plan
-//   option) has QL lanes share a cache row, each a 1/QL slice of the head dimension, summed with a butterfly of
-//   shuffles; measured equal or slower (run 4).
+// - q.k: with QL = 1 (what plans use) on tensor cores where 4-8 query heads share a kv head (QK_TC), else QJ threads
+//   share a cache row, each G / QJ of the item's heads. QL > 1 (a plan option) has QL lanes share a cache row, each
+//   a 1/QL slice of the head dimension, summed with a butterfly of shuffles; measured equal or slower (run 4).
 // - Numerics follow the torch reference: q and k are rotated with bf16/fp16-rounded cos/sin and rounded after
 //   each product and the sum; softmax and the weighted sum of V run in float32.
 #pragma once
