@@ -83,3 +83,14 @@ def test_pickle_checkpoints_are_refused(tmp_path):
         f.rename(f.with_suffix(".bin"))
     with pytest.raises(ModelLoadError, match="never loads pickled"):
         load_model(str(tmp_path))
+
+
+def test_random_model_keeps_the_asked_layers():
+    """random_model(layers=N): the shape's layer geometry with N layers under its own name (plans are keyed by it)."""
+    from egt.models import SHAPES, random_model
+    m = random_model("smollm2-135m", dtype=torch.float32, device="cpu", layers=2)
+    full = SHAPES["smollm2-135m"]
+    assert m.shape.name == "smollm2-135m-2l" and m.shape.layers == 2 and len(m.layers) == 2
+    assert (m.shape.hidden, m.shape.heads, m.shape.kv_heads) == (full.hidden, full.heads, full.kv_heads)
+    with pytest.raises(ModelLoadError):
+        random_model("no-such-shape", device="cpu", layers=2)
