@@ -449,28 +449,52 @@ def test_sparse_int4_kind_in_a_mixed_model_plan_and_codegen():
         weight_kinds(m, torch.bfloat16)
 
 
-def test_int4_tensor_core_layout_matches_the_fragment_spec():
-    """Independent of q4_dequant: every nibble of the "tc" chunks sits where csrc Q4TC's mma A fragment reads it."""
+@pytest.mark.parametrize("rpw,tr,tk", [(16, 16, 128), (8, 8, 256), (8, 16, 128), (4, 4, 256), (4, 8, 512)])
+def test_int4_tensor_core_layout_matches_the_fragment_spec(rpw, tr, tk):
+    """Independent of q4_dequant: every nibble of the "tc" chunks sits where csrc Q4TC's mma A fragment reads it.
+    With rpw rows a warp, fragment row m = p * rpw + r holds row r's columns 16p .. 16p+15 of a 16 * 16/rpw-column
+    k-step."""
     import random
 
     from egt.megakernel.operands import q4_chunks, q4_dequant
-    m = _ql(48, 256, 64, False, 7)
+    m = _ql(45, 1024, 64, False, 7)
     codes = m.codes()
-    tr, tk = 16, 128
-    chunks, lg = q4_chunks([[m]], tr, tk, 1, "tc")
-    quads, cp = tk // 64, 256 // tk
-    rnd = random.Random(0)
-    for _ in range(500):
-        tile, c, q, lane, i = rnd.randrange(3), rnd.randrange(cp), rnd.randrange(quads), rnd.randrange(32), rnd.randrange(4)
+    chunks, lg = q4_chunks([[m]], tr, tk, 1, "tc", rpw)
+    parts = 16 // rpw
+    quads, cp, nt = tk // (64 * parts), 1024 // tk, -(-45 // tr)
+    rnd = random.Random(rpw)
+    for _ in range(400):
+        tile, c, rg, q = rnd.randrange(nt), rnd.randrange(cp), rnd.randrange(tr // rpw), rnd.randrange(quads)
+        lane, i = rnd.randrange(32), rnd.randrange(4)
         g, t = lane >> 2, lane & 3
-        word = int(chunks[tile * cp + c, (q * 32 + lane) * 4 + i]) & 0xFFFFFFFF
+        word = int(chunks[tile * cp + c, ((rg * quads + q) * 32 + lane) * 4 + i]) & 0xFFFFFFFF
         for e in range(2):
             for half in range(2):
                 for h in range(2):
-                    row, col = tile * 16 + h * 8 + g, c * tk + (q * 4 + i) * 16 + half * 8 + 2 * t + e
-                    assert (word >> (4 * (e * 4 + half * 2 + h))) & 0xF == int(codes[row, col])
+                    p, r = divmod(h * 8 + g, rpw)
+                    row = tile * tr + rg * rpw + r
+                    col = c * tk + q * 64 * parts + i * 16 * parts + 16 * p + half * 8 + 2 * t + e
+                    want = int(codes[row, col]) if row < 45 else 0
+                    assert (word >> (4 * (e * 4 + half * 2 + h))) & 0xF == want
     import torch
-    assert torch.equal(q4_dequant(chunks, lg, 48, 256, 1, tr, tk, 1, "tc")[0], m.dequantize())
+    assert torch.equal(q4_dequant(chunks, lg, 45, 1024, 1, tr, tk, 1, "tc", rpw)[0], m.dequantize())
+
+
+def test_int4_tensor_core_row_tiles():
+    """int4-tc takes 16, 8 or 4 rows a warp with stages of whole quads (64 x 16/rows columns); int4-nm-tc 16 only."""
+    from egt.megakernel.operands import q4_chunks
+    from egt.megakernel.schedule import MatvecOp, MatvecSchedule, matvec_check
+    op = MatvecOp("down", 1536, 8960, 1, "int4-tc")
+    assert matvec_check(op, MatvecSchedule(4, 1792, 4, 1, 8), 256) is None               # 4 rows, 7 quads of 256
+    assert matvec_check(op, MatvecSchedule(8, 1280, 4, 1, 8), 256) is None               # 8 rows, 10 quads of 128
+    assert "quads" in matvec_check(op, MatvecSchedule(4, 640, 4, 1, 8), 256)             # 640 is not whole 256s
+    assert "rows a warp" in matvec_check(op, MatvecSchedule(2, 1792, 4, 1, 8), 256)     # 2 rows a warp
+    nm = MatvecOp("down", 1536, 8960, 1, "int4-nm-tc")
+    assert "16 rows a warp" in matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256)
+    with pytest.raises(ValueError, match="groups of 16, 8 or 4 rows"):
+        q4_chunks([[_ql(8, 512, 32, True, 0)]], 8, 128, 1, "tc", 4)  # 4 rows a warp need 256-column quads
+    plans = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="tensor-core")
+    assert plans and all(s.rows_per_warp(256) in (16, 8, 4) for s in plans[0].ops.values())
 
 
 def test_int4_path_choice():

@@ -317,3 +317,71 @@ def test_other_head_groups_and_fp16_match_reference(name, dtype):
         assert torch.equal(again, logits), ctx  # a changing result is a race
         for got, want in ((mk.k, cache.k), (mk.v, cache.v)):
             assert _rel(got[:, :, :, ctx - 1].float(), want[:, :, :, ctx - 1].float()) < REL_TOL, ctx
+
+
+# (group size, rows a warp) per op: every fold of the narrow tensor-core tiles (csrc Q4TC::part_quads): 8 rows a warp
+# with 1, 2 and 4 scale blocks a 128-column quad, 4 rows with 1, 2 and 4 a 256-column quad (32-column groups: the
+# lanes of parts 0 and 2 add the sums of x), and the 16-row loop beside them.
+NARROW_TILES = {
+    "a": {"qkv": (256, 8), "o": (32, 4), "gateup": (64, 8), "down": (128, 4), "lm_head": (256, 4)},
+    "b": {"qkv": (32, 8), "o": (64, 4), "gateup": (128, 16), "down": (32, 4), "lm_head": (128, 8)},
+}
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("config", sorted(NARROW_TILES))
+@torch.inference_mode()
+def test_narrow_tensor_core_tiles_match_reference(config, batch):
+    """INT4 on tensor cores with 8 and 4 rows a warp (one A fragment holds 2 or 4 column parts of each row): a
+    two-layer qwen2.5-1.5b whose ops use those tiles, against the torch engine on the same QuantLinear modules in
+    float32, at contexts 1 and 300, batch 1 and 2, repeatable."""
+    import copy
+
+    from egt.megakernel.profiles import get_profile
+    from egt.megakernel.runtime import MegaKernelDecoder, weight_kinds
+    from egt.megakernel.schedule import MatvecSchedule, MegaPlan
+    from egt.megakernel.search import search
+    from egt.models import random_model
+    from egt.plan import LinearPlan
+    from egt.quant import quantize_layers
+    from egt.transformer import KVCache
+    want = NARROW_TILES[config]
+    model = random_model("qwen2.5-1.5b", device="cuda", seed=11, layers=2)
+    op_of = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gateup",
+             "up_proj": "gateup", "down_proj": "down", "lm_head": "lm_head"}
+    plans = {n: LinearPlan(bits=4, group_size=want[op_of[n.rsplit(".", 1)[-1]]][0], symmetric="mlp" in n)
+             for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+    quantize_layers(model, None, plans, "rtn")
+    reference = copy.deepcopy(model).float()
+    base = search(model.shape, batch, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
+                  int4_path="tensor-core")[0]
+    nw = base.threads // 32
+    ops = {}
+    for name, (_, rpw) in want.items():  # one tile of rpw rows a block, its quads over all warps
+        k = base.matvec_op_table()[name].k
+        tk = next(t for t in (1792, 1536, 1280, 768, 512, 256, 128) if k % t == 0 and t % (1024 // rpw) == 0)
+        ops[name] = MatvecSchedule(rpw, tk, 3, 1, nw, base.ops[name].rot)
+    plan = MegaPlan(**{**base.__dict__, "ops": ops, "smem": {}, "predicted_ms": None, "measured_ms": None})
+    assert plan.check(get_profile("device").smem_per_block) == []
+    assert {n: s.rows_per_warp(plan.threads) for n, s in plan.ops.items()} == {n: r for n, (_, r) in want.items()}
+    decoder = MegaKernelDecoder(model, batch=batch, plan=plan)
+    g = torch.Generator(device="cuda").manual_seed(batch)
+    V = model.shape.vocab
+    for ctx in (1, 300):
+        cache, rcache = model.setup_cache(batch, 512), reference.setup_cache(batch, 512)
+        if ctx > 1:
+            s = torch.arange(ctx - 1, device="cuda")
+            toks = torch.randint(0, V, (batch, ctx - 1), device="cuda", generator=g)
+            model(toks, s.expand(batch, -1), s, cache)
+            reference(toks, s.expand(batch, -1), s, rcache)
+        tok = torch.randint(0, V, (batch,), device="cuda", generator=g)
+        pos = torch.full((batch, 1), ctx - 1, device="cuda")
+        ref = reference(tok.view(batch, 1), pos, torch.tensor([ctx - 1], device="cuda"), rcache)[:, -1]
+        mk = KVCache(cache.k.clone(), cache.v.clone())
+        nxt, logits = decoder.step(tok, [ctx - 1] * batch, [0] * batch, ctx - 1, mk)
+        logits = logits.clone()
+        assert torch.isfinite(logits).all() and torch.equal(nxt, logits.argmax(-1)), ctx
+        for b in range(batch):
+            assert _rel(logits[b], ref[b]) < REL_TOL, (ctx, b)
+        again = decoder.step(tok, [ctx - 1] * batch, [0] * batch, ctx - 1, KVCache(cache.k.clone(), cache.v.clone()))[1]
+        assert torch.equal(again, logits), ctx  # a changing result is a race

@@ -15,11 +15,11 @@ with different adaptive group sizes share one chunk layout, and a layer's g is a
 Symmetric weights store offset = -8 * scale (exact in fp16), so the kernel has one dequantization rule.
 
 Contract:
-- `q4_chunks(mats, tr, tk, ksplit, layout)`: `mats` is one list per matrix of the op (NMAT = len(mats)) of the
+- `q4_chunks(mats, tr, tk, ksplit, layout, rpw)`: `mats` is one list per matrix of the op (NMAT = len(mats)) of the
   `QuantLinear` modules whose rows stack into it (q, k, v for the QKV op). Returns (int32 [chunks, words], lg).
   layout "rows" keeps each row's packed words (CUDA-core kernel); "tc" reorders the codes of a chunk into
   tensor-core fragments (same bytes, same pairs region).
-- `q4_dequant(chunks, lg, n, k, nmat, tr, tk, ksplit, layout)`: the dense float32 weights [nmat, n, k] the chunks
+- `q4_dequant(chunks, lg, n, k, nmat, tr, tk, ksplit, layout, rpw)`: the dense float32 weights [nmat, n, k] the chunks
   encode (the tests' inverse; the kernel computes the same products).
 - `nm_chunks(mats, tr, tk, ksplit, layout)` / `nm_dequant(...)`: the same for one layer of an "int4-nm" op: 4-bit
   `SparseQuantLinear` modules with one N:4 pattern (or dense `QuantLinear`, N = 4, in the INT4 layout above);
@@ -82,20 +82,25 @@ def _matrix(parts, lg: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(words), torch.cat(pairs)
 
 
-def _tc_words(codes: torch.Tensor, nmat: int, nt: int, tr: int, ksplit: int, cp: int, tk: int) -> torch.Tensor:
+def _tc_words(codes: torch.Tensor, nmat: int, nt: int, tr: int, ksplit: int, cp: int, tk: int, rpw: int) -> torch.Tensor:
     """Codes [nmat, nt*tr, K] -> words [chunks, nmat*tr*tk/8] in mma.m16n8k16 A-fragment order (csrc Q4TC): per
-    (matrix, 16-row group, 64-column quad) 32 lanes x 4 words; lane (g, t), word i (k-step) holds rows g, g+8 x
-    columns 2t, 2t+1, 2t+8, 2t+9 of the k-step, nibble e*4 + c*2 + h = (row h*8+g, column c*8 + 2t + e)."""
-    rg, quads = tr // 16, tk // 64
-    v = codes.view(nmat, nt, rg, 2, 8, ksplit, cp, quads, 4, 2, 4, 2)  # m nt rg h g ks cp q i c t e
-    v = v.permute(1, 5, 6, 0, 2, 7, 4, 10, 8, 11, 9, 3)                 # nt ks cp m rg q g t i e c h
+    (matrix, group of rpw rows, quad of 4 k-steps) 32 lanes x 4 words. A k-step covers 16 P columns (P = 16 / rpw)
+    of rpw rows, and its fragment row m = p*rpw + r holds row r's columns 16p .. 16p+15. Lane (g, t), word i (k-step)
+    holds fragment rows g, g+8 x columns 2t, 2t+1, 2t+8, 2t+9, nibble e*4 + c*2 + h = (row h*8+g, column c*8+2t+e)."""
+    parts, rg = 16 // rpw, tr // rpw
+    quads = tk // (64 * parts)
+    a = codes.view(nmat, nt, rg, rpw, ksplit, cp, quads, 4, parts, 16)  # m nt rg r ks cp q i p col
+    a = a.permute(0, 1, 2, 4, 5, 6, 7, 8, 3, 9)                           # m nt rg ks cp q i p r col
+    v = a.reshape(nmat, nt, rg, ksplit, cp, quads, 4, 2, 8, 2, 4, 2)      # m nt rg ks cp q i h g c t e
+    v = v.permute(1, 3, 4, 0, 2, 5, 8, 10, 6, 11, 9, 7)                   # nt ks cp m rg q g t i e c h
     v = v.reshape(-1, 8).to(torch.int64)
     words = (v << torch.arange(0, 32, 4, device=v.device)).sum(-1)
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32).view(nt * ksplit * cp, -1)
 
 
-def q4_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows") -> tuple[torch.Tensor, int]:
-    """layout: "rows" (csrc Q4W: each row's packed words as stored) or "tc" (csrc Q4TC: tensor-core fragments)."""
+def q4_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows", rpw: int = 16) -> tuple[torch.Tensor, int]:
+    """layout: "rows" (csrc Q4W: each row's packed words as stored) or "tc" (csrc Q4TC: tensor-core fragments of
+    `rpw` rows a warp, 16, 8 or 4)."""
     nmat = len(mats)
     lg = scale_lg(mats, tk)
     mw = [_matrix(parts, lg) for parts in mats]
@@ -113,11 +118,12 @@ def q4_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows") -> tupl
     chunks = nt * ksplit * cp
     # [nmat, nt, tr, ks, cp, x] -> [nt, ks, cp, nmat, tr, x]: one chunk per (tile, part, stage), matrices then rows
     if layout == "tc":
-        if tr % 16 or tk % 64:
-            raise ValueError(f"tensor-core INT4 needs 16-row groups and 64-column quads, not TR={tr} TK={tk}")
+        if rpw not in (16, 8, 4) or tr % rpw or tk % (64 * 16 // rpw):
+            raise ValueError(f"tensor-core INT4 needs groups of 16, 8 or 4 rows and quads of 64 x 16/rows columns, "
+                             f"not {rpw} rows a warp with TR={tr} TK={tk}")
         shifts = torch.arange(0, 32, 4, device=words.device, dtype=torch.int32)
         codes = ((words.unsqueeze(-1) >> shifts) & 0xF).view(nmat, rows, k)
-        words = _tc_words(codes, nmat, nt, tr, ksplit, cp, tk)
+        words = _tc_words(codes, nmat, nt, tr, ksplit, cp, tk, rpw)
     elif layout == "rows":
         words = words.view(nmat, nt, tr, ksplit, cp, tk // 8).permute(1, 3, 4, 0, 2, 5).reshape(chunks, -1)
     else:
@@ -131,15 +137,18 @@ def q4_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows") -> tupl
 
 
 def q4_dequant(chunks: torch.Tensor, lg: int, n: int, k: int, nmat: int, tr: int, tk: int, ksplit: int,
-               layout: str = "rows") -> torch.Tensor:
+               layout: str = "rows", rpw: int = 16) -> torch.Tensor:
     nt, cp, sps = ceil_div(n, tr), k // ksplit // tk, tk >> lg
     cw = nmat * tr * tk // 8
     shifts = torch.arange(0, 32, 4, device=chunks.device, dtype=torch.int32)
     nib = (chunks[:, :cw].unsqueeze(-1) >> shifts) & 0xF
     if layout == "tc":
-        rg, quads = tr // 16, tk // 64
+        parts, rg = 16 // rpw, tr // rpw
+        quads = tk // (64 * parts)
         v = nib.reshape(nt, ksplit, cp, nmat, rg, quads, 8, 4, 4, 2, 2, 2)  # nt ks cp m rg q g t i e c h
-        codes = v.permute(3, 0, 4, 11, 6, 1, 2, 5, 8, 10, 7, 9).reshape(nmat, nt * tr, k).float()
+        v = v.permute(3, 0, 4, 1, 2, 5, 8, 11, 6, 10, 7, 9)                 # m nt rg ks cp q i h g c t e
+        v = v.reshape(nmat, nt, rg, ksplit, cp, quads, 4, parts, rpw, 16)   # m nt rg ks cp q i p r col
+        codes = v.permute(0, 1, 2, 8, 3, 4, 5, 6, 7, 9).reshape(nmat, nt * tr, k).float()
     else:
         words = nib.reshape(nt, ksplit, cp, nmat, tr, tk)
         codes = words.permute(3, 0, 4, 1, 2, 5).reshape(nmat, nt * tr, k).float()

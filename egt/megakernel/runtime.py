@@ -171,7 +171,8 @@ class MegaKernelDecoder:
             elif kind == INT3:
                 buf, lg, fmt = q3_chunks(mats, s.tr, s.tk, s.ksplit)
             else:
-                (buf, lg), fmt = q4_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if kind == INT4_TC else "rows"), 4
+                layout = "tc" if kind == INT4_TC else "rows"
+                (buf, lg), fmt = q4_chunks(mats, s.tr, s.tk, s.ksplit, layout, s.rows_per_warp(self.plan.threads)), 4
         except ValueError as e:
             raise MegaKernelError(f"{op}: {e}") from e
         self._chunks.append(buf)

@@ -39,6 +39,10 @@ class MatvecSchedule:
     wpr: int = 1
     rot: int = 0
 
+    def rows_per_warp(self, threads: int) -> int:
+        """Rows of a tile each warp owns (csrc MvCfg::RPW): the tile's rows over its WPR-warp row slots."""
+        return self.tr // (threads // 32 // self.wpr)
+
 
 @dataclass(frozen=True)
 class AttnSchedule:
@@ -85,12 +89,20 @@ def ceil_div(a: int, b: int) -> int:
 
 
 INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
-INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16 rows a warp, batch <= 2
+INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16, 8 or 4 rows a warp, batch <= 2
 INT4_KINDS = (INT4, INT4_TC)
 INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
 INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch 1
 TC_KINDS = {INT4: INT4_TC, INT4_NM: INT4_NM_TC}  # the tensor-core variant of a CUDA-core kind
 TC_MAX_BATCH = {INT4_TC: 2, INT4_NM_TC: 1}  # int4-nm-tc has run at batch 1 only
+# Rows a warp may own on tensor cores: one m16n8k16 A fragment is 16 rows x 16 columns, or RPW rows x 16/RPW column
+# parts (csrc Q4TC): narrower row tiles let an op of few rows cover every SM, at the same MMAs per weight.
+TC_ROWS_PER_WARP = {INT4_TC: (16, 8, 4), INT4_NM_TC: (16,)}
+
+
+def tc_quad_columns(rpw: int) -> int:
+    """Columns of one tensor-core quad (4 k-steps, one 16-byte code vector a lane) for RPW rows a warp."""
+    return 64 * (16 // rpw)
 INT3 = "int3"        # INT3 (or INT4 where a layer's op holds a 4-bit module), bits per layer at run time
 Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM, INT4_NM_TC, INT3)  # kinds read from operands.py chunks (the same stride)
 Q4_CODES_PER_VEC = 32  # one 16-byte vector of packed codes: 32 INT4 weights, 4 int32 words
@@ -157,9 +169,11 @@ def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int, batch: int = 1) 
         return "at least two stages"
     if op.weight_kind in Q4_CHUNK_KINDS and (s.tk % Q4_CODES_PER_VEC or op.k % Q4_CODES_PER_VEC):
         return "INT4 stages hold whole 32-code vectors: TK and K must be multiples of 32"
-    if op.weight_kind in TC_MAX_BATCH and (s.tr // slots != 16 or s.tk % 64 or batch > TC_MAX_BATCH[op.weight_kind]):
-        return (f"{op.weight_kind} needs 16 rows a warp, 64-column quads and batch <= "
-                f"{TC_MAX_BATCH[op.weight_kind]}")
+    if op.weight_kind in TC_MAX_BATCH:
+        rpw, ok = s.rows_per_warp(threads), TC_ROWS_PER_WARP[op.weight_kind]
+        if rpw not in ok or s.tk % tc_quad_columns(rpw) or batch > TC_MAX_BATCH[op.weight_kind]:
+            return (f"{op.weight_kind} needs {' or '.join(map(str, ok))} rows a warp, stages of whole quads (64 x "
+                    f"16/rows columns) and batch <= {TC_MAX_BATCH[op.weight_kind]}")
     return None
 
 
@@ -169,7 +183,7 @@ def matvec_ring_bytes(op: MatvecOp, s: MatvecSchedule) -> int:
 
 def matvec_page_bytes(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, blocks: int) -> int:
     nw = threads // 32
-    rpw = s.tr // (nw // s.wpr)
+    rpw = s.rows_per_warp(threads)
     nt = ceil_div(op.n, s.tr)
     maxt = ceil_div(nt, blocks)
     xs = batch * (op.k // s.ksplit) // 8 * 16

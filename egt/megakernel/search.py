@@ -22,9 +22,10 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (INT3, INT4, INT4_NM, INT4_NM_TC, INT4_TC, MAX_RING, TC_KINDS, TC_MAX_BATCH, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check,
-                       attn_page_bytes, ceil_div, compression_label, is_dense, matvec_check, matvec_ops,
-                       matvec_page_bytes, matvec_ring_bytes, stage_bytes, static_smem_bytes, weight_bytes_per_elem)
+from .schedule import (INT3, INT4, INT4_NM, INT4_NM_TC, INT4_TC, MAX_RING, TC_KINDS, TC_MAX_BATCH, TC_ROWS_PER_WARP,
+                       AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
+                       compression_label, is_dense, matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes,
+                       stage_bytes, static_smem_bytes, tc_quad_columns, weight_bytes_per_elem)
 
 NOMINAL_CONTEXT = 256  # context the attention term is costed at (short ad prompts + a few dozen generated tokens)
 FMA_PER_SM_PER_US = 128 * 1.6e3  # fp32 lanes x clock (MHz): FMA issue rate of one SM per microsecond
@@ -45,10 +46,12 @@ def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_l
     for wpr in (1, 2, 4, 8, 16):
         if wpr > nw or nw % wpr:
             continue
-        for rpw in ((16,) if op.weight_kind in (INT4_TC, INT4_NM_TC) else (1, 2, 4)):
+        for rpw in TC_ROWS_PER_WARP.get(op.weight_kind, (1, 2, 4)):
             tr = (nw // wpr) * rpw
             if tr > 64 or rpw * op.nmat * batch > 64:  # accumulators live in registers
                 continue
+            if op.weight_kind in TC_ROWS_PER_WARP and rpw < 16 and wpr != nw:
+                continue  # narrow tensor-core rows exist to spread an op's rows over more blocks: one slot a tile
             for ks in (1, 2, 4, 8):
                 if op.k % ks:
                     continue
@@ -86,7 +89,7 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
     elif op.weight_kind == INT4_TC:
         # per weight pair: shift + LOP3 into raw bf16 codes; the MMA does the products on the tensor cores; the
         # scale is folded per run of a scale block (per 64 columns at worst). Warps past the stage's quads idle.
-        quads = s.tk // 64
+        quads = s.tk // tc_quad_columns(s.rows_per_warp(threads))
         util = quads / (ceil_div(quads, s.wpr) * s.wpr)
         ops_per_elem = 1.1 / util
     elif op.weight_kind == INT4_NM_TC:
@@ -104,7 +107,7 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
         # INT4: byte-permute + subtract per code, one FMA per batch row, and the activation unpack + group sum
         # (2 per batch row) shared by the rows and matrices a warp holds; lanes past the stage's vectors idle.
         # INT3 takes ~0.15 more logic ops a code to isolate its bytes.
-        rpw = s.tr // (threads // 32 // s.wpr)
+        rpw = s.rows_per_warp(threads)
         vpr, tpr = s.tk // 32, 32 * s.wpr
         util = vpr / (ceil_div(vpr, tpr) * tpr)
         code_ops = 2.55 if op.weight_kind == INT3 else 2.4

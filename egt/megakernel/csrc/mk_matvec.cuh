@@ -306,8 +306,9 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
   }
 };
 
-// INT4 on tensor cores (bf16 activations, batch <= 2): each warp owns 16 rows (RPW == 16) and its share of the
-// stage's 64-column quads; mma.m16n8k16 multiplies the raw codes by the activations with float32 accumulation.
+// INT4 on tensor cores (bf16 activations, batch <= 2): each warp owns 16 rows (RPW == 16; 8 and 4: `parts` below)
+// and its share of the stage's 64-column quads; mma.m16n8k16 multiplies the raw codes by the activations with
+// float32 accumulation.
 // Chunk codes (operands.py, layout "tc"): [NMAT][TR/16][TK/64 quads][32 lanes] x uint4; word i of a lane holds the
 // 8 codes of its A-fragment registers for k-step 4q+i, nibble p = low and p+4 = high half of register p, so one
 // shift and one LOP3 (mask | OR of 0x4300, bf16 128) yield bf16x2 (128+lo, 128+hi), exact.
@@ -323,26 +324,55 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
 // Pairs region as in Q4W.
 template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
   static constexpr float BASE = 128.f;
+  // Column parts of one A fragment: 16 rows a warp (P = 1), or RPW = 8 / 4 rows whose fragment rows p*RPW + r hold
+  // row r's columns 16p .. 16p+15 of a k-step of 16 P columns (operands.py `_tc_words`); the B fragment's column
+  // n = P b + p holds those columns of x[b], so C[p*RPW + r][P b + p] is part p of row r. Same MMAs per weight;
+  // narrower row tiles let an op of few rows cover more SMs (qwen2.5-0.5b's down: 56 tiles of 16 rows on 132 SMs;
+  // in 8-row tiles the step is 6% faster on an H100, bench/results/megakernel/ab_h100.md run 54).
+  template <class C> __host__ __device__ static constexpr int parts() { return 16 / C::RPW; }
   template <class C> struct Acc {
-    // Each (row, batch) sum lives whole in one lane of the C fragment, so the epilogue needs no warp reduction.
+    static constexpr int P = parts<C>();
+    // P = 1: each (row, batch) sum lives whole in one lane of the C fragment, so the epilogue needs no warp
+    // reduction. P = 2: lane (g, t) holds row g, batch t (parts 0 and 1 in c0 and c3). P = 4: lane (g, t) holds part
+    // (t & 1) * 2 + (g >> 2) of row g & 3, batch t >> 1; `rows` adds the four lanes of a row into lane 4 r + 2 b.
     static constexpr bool OWNED = true;
-    __device__ static __forceinline__ int owner(int j, int b) { return (j & 7) * 4 + (b >> 1); }
-    float c[C::NMAT][4];  // folded (scaled) sums
+    __device__ static __forceinline__ int owner(int j, int b) {
+      return P == 1 ? (j & 7) * 4 + (b >> 1) : (P == 2 ? j * 4 + b : j * 4 + 2 * b);
+    }
+    float c[C::NMAT][P == 1 ? 4 : 1];  // folded (scaled) sums
     __device__ __forceinline__ void clear() {
 #pragma unroll
       for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) c[m][i] = 0.f;
+        for (int i = 0; i < (P == 1 ? 4 : 1); ++i) c[m][i] = 0.f;
     }
-    // C fragment: c0, c1 = (row g, batch 2t, 2t+1), c2, c3 = (row g+8, ...): the lane-partial form finish_tile sums
+    // the lane-partial form finish_tile sums. P = 1: c0, c1 = (row g, batch 2t, 2t+1), c2, c3 = (row g+8, ...)
     __device__ __forceinline__ void rows(float (&acc)[C::RPW][C::NMAT][NB], int lane) const {
       const int g = lane >> 2, t = lane & 3;
+      if constexpr (P == 1) {
 #pragma unroll
-      for (int j = 0; j < 16; ++j)
+        for (int j = 0; j < 16; ++j)
 #pragma unroll
-        for (int m = 0; m < C::NMAT; ++m)
+          for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
-          for (int b = 0; b < NB; ++b) acc[j][m][b] = (g == (j & 7) && t == (b >> 1)) ? c[m][(j >> 3) * 2 + (b & 1)] : 0.f;
+            for (int b = 0; b < NB; ++b) acc[j][m][b] = (g == (j & 7) && t == (b >> 1)) ? c[m][(j >> 3) * 2 + (b & 1)] : 0.f;
+      } else {
+        float v[C::NMAT];
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) {
+          v[m] = c[m][0];
+          if constexpr (P == 4) {
+            v[m] += __shfl_xor_sync(0xffffffffu, v[m], 16);  // parts of g and g ^ 4
+            v[m] += __shfl_xor_sync(0xffffffffu, v[m], 1);   // parts of t and t ^ 1
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < C::RPW; ++j)
+#pragma unroll
+          for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+            for (int b = 0; b < NB; ++b) acc[j][m][b] = lane == owner(j, b) ? v[m] : 0.f;
+      }
     }
   };
   template <class C> __host__ __device__ static constexpr int code_vec() { return Q4W<T>::template code_vec<C>(); }
@@ -460,12 +490,106 @@ MK_COLD_LOOP
       }
     }
   }
+  // The quads of one stage with P = 2 or 4 column parts (8 or 4 rows a warp). A quad is 4 k-steps of 16 P columns;
+  // the lane's C element covers its part's columns, so its (scale, offset) is that of its part's scale block. NSB
+  // scale blocks a quad for the lane (64 P >> lg, at most 4): one MMA chain each (two alternating chains for one
+  // block), folded per block. The (o - 128 s) * sum x term is added once a row and 32 columns: P = 2, the lane's
+  // element spans the whole k-step; P = 4, the lanes of parts 0 and 2 add the sums of parts 0-1 and 2-3.
+  template <class C, int NSB>
+  __device__ static __forceinline__ void part_quads(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, int lg, Acc<C>& st) {
+    constexpr int P = parts<C>(), KW = 16 * P, QW = 4 * KW, QUADS = C::TK / QW;
+    constexpr int SPB = 4 / NSB;               // k-steps a scale block
+    constexpr int NCH = NSB == 1 ? 2 : NSB;    // MMA chains a matrix
+    const int g = lane >> 2, t = lane & 3;
+    const int sps = C::TK >> lg;
+    const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
+    const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
+    const float* xsum = reinterpret_cast<const float*>(xs + NB * C::KP / 8);
+    const int xb_b = g / P, xb_p = g % P;  // B column g: part xb_p of batch xb_b
+    const int er = P == 2 ? g : (g & 3), eb = P == 2 ? t : (t >> 1), ep = P == 2 ? 0 : (t & 1) * 2 + (g >> 2);
+    const bool xon = eb < NB && (ep & 1) == 0;
+    const int prow = slot * C::RPW + er;
+#pragma unroll 1
+    for (int q = wi; q < QUADS; q += C::WPR) {
+      uint4 wv[C::NMAT];
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m) wv[m] = buf[((m * (C::TR / C::RPW) + slot) * QUADS + q) * 32 + lane];
+      const int k0 = ch * C::TK + q * QW;  // first column of the quad within the K part
+      uint32_t xb[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int k = k0 + i * KW + 16 * xb_p;
+        xb[2 * i] = xb_b < NB ? xw[(xb_b * C::KP + k) / 2 + t] : 0u;
+        xb[2 * i + 1] = xb_b < NB ? xw[(xb_b * C::KP + k) / 2 + t + 4] : 0u;
+      }
+      __half2 so[NSB][C::NMAT];
+      float xr[NSB];
+#pragma unroll
+      for (int h = 0; h < NSB; ++h) {
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) so[h][m] = pairs[(m * C::TR + prow) * sps + ((q * QW + h * SPB * KW + 16 * ep) >> lg)];
+        xr[h] = 0.f;
+#pragma unroll
+        for (int i = h * SPB; i < (h + 1) * SPB; ++i)
+          xr[h] += xon ? xsum[eb * (C::KP / 32) + ((k0 + i * KW + 16 * ep) >> 5)] : 0.f;
+      }
+      float tc[NCH][C::NMAT][4];
+#pragma unroll
+      for (int c = 0; c < NCH; ++c)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) tc[c][m][e] = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int i = NSB == 2 ? (j >> 1) | ((j & 1) << 1) : j;  // issue order alternates the chains
+        const int c = NSB == 1 ? (i & 1) : i / SPB;
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) {
+          const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
+          float* d = tc[c][m];
+          asm volatile(
+              "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+              "{%0,%1,%2,%3};\n"
+              : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+              : "r"(raw(word, 0)), "r"(raw(word, 1)), "r"(raw(word, 2)), "r"(raw(word, 3)), "r"(xb[2 * i]),
+                "r"(xb[2 * i + 1]));
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < NSB; ++h)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) {
+          float tsum;
+          if constexpr (NSB == 1) tsum = part_of<P>(tc[0][m], ep) + part_of<P>(tc[1][m], ep);
+          else tsum = part_of<P>(tc[h][m], ep);
+          const float2 so2 = __half22float2(so[h][m]);
+          st.c[m][0] = fmaf(so2.x, tsum, fmaf(fmaf(-BASE, so2.x, so2.y), xr[h], st.c[m][0]));
+        }
+    }
+  }
+  // The lane's element of a C fragment (P = 2: parts 0 and 1 of row g, batch t; P = 4: part ep), without indexing
+  // registers at run time.
+  template <int P> __device__ static __forceinline__ float part_of(const float (&d)[4], int ep) {
+    if constexpr (P == 2) return d[0] + d[3];
+    else return ep == 0 ? d[0] : (ep == 1 ? d[1] : (ep == 2 ? d[2] : d[3]));
+  }
   template <class C, class SRC>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, const SRC& src, Acc<C>& st) {
-    static_assert(C::RPW == 16 && C::TK % 64 == 0 && NB <= 2, "tensor-core INT4: 16 rows a warp, 64-column quads");
-    if (src.lg == 5) quads<C, true>(buf, xs, ch, slot, wi, lane, src.lg, st);
-    else quads<C, false>(buf, xs, ch, slot, wi, lane, src.lg, st);
+    constexpr int P = parts<C>();
+    static_assert((C::RPW == 16 || C::RPW == 8 || C::RPW == 4) && C::TK % (64 * P) == 0 && NB <= 2,
+                  "tensor-core INT4: 16, 8 or 4 rows a warp, quads of 64 x 16/RPW columns");
+    if constexpr (P == 1) {
+      if (src.lg == 5) quads<C, true>(buf, xs, ch, slot, wi, lane, src.lg, st);
+      else quads<C, false>(buf, xs, ch, slot, wi, lane, src.lg, st);
+    } else {
+      const int nsb = (64 * P) >> src.lg;
+      if (nsb >= 4) part_quads<C, 4>(buf, xs, ch, slot, wi, lane, src.lg, st);
+      else if (nsb == 2) part_quads<C, 2>(buf, xs, ch, slot, wi, lane, src.lg, st);
+      else part_quads<C, 1>(buf, xs, ch, slot, wi, lane, src.lg, st);
+    }
   }
 };
 
