@@ -313,13 +313,14 @@ def _sql(n, k, pattern, group, sym, seed):
 
 @settings(max_examples=25, deadline=None)
 @given(pattern=st.sampled_from(["2:4", "1:4"]), nmat=st.sampled_from([1, 2]), tr=st.sampled_from([8, 16, 32]),
-       tk=st.sampled_from([32, 64, 128, 192]), ks=st.sampled_from([1, 2]),
+       tk=st.sampled_from([32, 64, 128, 192, 256]), ks=st.sampled_from([1, 2]),
        groups=st.lists(st.sampled_from([32, 64, 128, -1]), min_size=1, max_size=3),
-       rows=st.integers(1, 3), sym=st.booleans(), seed=st.integers(0, 10**6), layout=st.sampled_from(["rows", "tc"]))
-def test_sparse_int4_chunks_round_trip(pattern, nmat, tr, tk, ks, groups, rows, sym, seed, layout):
-    """Sparse INT4 chunks (kinds int4-nm, layout "rows", and int4-nm-tc, layout "tc") encode exactly the dense
-    weights the SparseQuantLinear modules multiply by, for both patterns, fused matrices, ragged row tiles, K-splits
-    and mixed kept-group sizes."""
+       rows=st.integers(1, 3), sym=st.booleans(), seed=st.integers(0, 10**6), layout=st.sampled_from(["rows", "tc"]),
+       rpw=st.sampled_from([16, 8]))
+def test_sparse_int4_chunks_round_trip(pattern, nmat, tr, tk, ks, groups, rows, sym, seed, layout, rpw):
+    """Sparse INT4 chunks (kinds int4-nm, layout "rows", and int4-nm-tc, layout "tc" with 16 or 8 rows a warp)
+    encode exactly the dense weights the SparseQuantLinear modules multiply by, for both patterns, fused matrices,
+    ragged row tiles, K-splits and mixed kept-group sizes."""
     import torch
 
     from egt.megakernel.operands import nm_chunks, nm_dequant
@@ -330,14 +331,14 @@ def test_sparse_int4_chunks_round_trip(pattern, nmat, tr, tk, ks, groups, rows, 
         mods = [mods[0], _sql(mods[0].out_features, k, pattern, groups[1], not sym, seed + 7)]
     mats = [mods] if nmat == 1 else [[m] for m in mods]
     try:
-        chunks, lg, n = nm_chunks(mats, tr, tk, ks, layout)
+        chunks, lg, n = nm_chunks(mats, tr, tk, ks, layout, rpw)
     except ValueError as e:  # refused for a scale block below one 8-value word, or one a tensor-core quad splits
         assert "whole 8-value words" in str(e) or (layout == "tc" and "sparse tensor-core" in str(e))
         return
     assert n == int(pattern[0]) and (1 << lg) >= (16 * n if layout == "tc" else 8)
     assert (tk * n // 4) % (1 << lg) == 0
     rows_n = sum(m.out_features for m in mats[0])
-    got = nm_dequant(chunks, lg, n, rows_n, k, nmat, tr, tk, ks, layout)
+    got = nm_dequant(chunks, lg, n, rows_n, k, nmat, tr, tk, ks, layout, rpw)
     want = torch.stack([torch.cat([m.dense_weight().float() for m in part]) for part in mats])
     assert torch.equal(got, want)
     # the same stride as dense INT4 chunks: the ring and the smem model serve every kind of the op
@@ -345,36 +346,44 @@ def test_sparse_int4_chunks_round_trip(pattern, nmat, tr, tk, ks, groups, rows, 
     assert chunks.shape[1] * 4 == 16 * sum(q4_chunk_vecs(nmat, tr, tk))
 
 
+@pytest.mark.parametrize("rpw", [16, 8])
 @pytest.mark.parametrize("pattern", ["2:4", "1:4"])
-def test_sparse_int4_tensor_core_layout_matches_the_fragment_spec(pattern):
+def test_sparse_int4_tensor_core_layout_matches_the_fragment_spec(pattern, rpw):
     """Independent of nm_dequant: the "tc" chunks hold, where csrc S4TC reads them, the codes and metadata of
-    mma.sp.m16n8k32 as measured on an H100 (bench/mma_sp_layout.cu): lane (g, t), step s, register r holds row
-    g + 8 (r & 1), group t + 4 (r >> 1) of the step; metadata nibble i of lane (g, t) covers row g + 8 (i >> 2), group
-    4 (t & 1) + (i & 3) of step t >> 1."""
+    mma.sp.m16n8k32 as measured on an H100 (bench/mma_sp_layout.cu): lane (g, t), step s, register r holds fragment
+    row g + 8 (r & 1), group t + 4 (r >> 1) of the step; metadata nibble i of lane (g, t) covers fragment row
+    g + 8 (i >> 2), group 4 (t & 1) + (i & 3) of step t >> 1. Fragment row f is row f % rpw, groups 8 (f // rpw) on of
+    a step of 32 * 16/rpw columns."""
     import random
 
     import torch
 
-    from egt.megakernel.operands import nm_chunks
+    from egt.megakernel.operands import nm_chunks, nm_dequant
     from egt.sparsify.pattern import unpack_indices
     n = int(pattern[0])
-    m = _sql(48, 256, pattern, 32, False, 3)
-    codes = m.codes().view(48, 64, n)
-    pos = unpack_indices(m.indices).view(48, 64, n)
-    tr, tk = 16, 128
-    chunks, _, _ = nm_chunks([[m]], tr, tk, 1, "tc")
+    m = _sql(48, 1024, pattern, 128, False, 3)
+    codes = m.codes().view(48, 256, n)
+    pos = unpack_indices(m.indices).view(48, 256, n)
+    parts, tr = 16 // rpw, 16
+    tk, rg = 64 * parts * 2, tr // rpw
+    quads = tk // (64 * parts)
+    chunks, lg, _ = nm_chunks([[m]], tr, tk, 1, "tc", rpw)
+    assert torch.equal(nm_dequant(chunks, lg, n, 48, 1024, 1, tr, tk, 1, "tc", rpw)[0], m.dense_weight().float())
     b = chunks.view(torch.uint8)
-    lanes = (tr // 16) * (tk // 64) * 32
+    lanes = rg * quads * 32
     words = b[:, :4 * n * lanes].contiguous().view(torch.int32)
     meta = b[:, 4 * n * lanes:6 * n * lanes].contiguous().view(torch.int32 if n == 2 else torch.int16)
-    cp = 256 // tk
-    rnd = random.Random(0)
+    cp = 1024 // tk
+    rnd = random.Random(rpw)
     for _ in range(300):
-        tile, c, q, lane, step = rnd.randrange(3), rnd.randrange(cp), rnd.randrange(tk // 64), rnd.randrange(32), rnd.randrange(2)
+        tile, c, q, lane, step = rnd.randrange(3), rnd.randrange(cp), rnd.randrange(quads), rnd.randrange(32), rnd.randrange(2)
+        gi = rnd.randrange(rg)
         g, t = lane >> 2, lane & 3
-        slot = q * 32 + lane
+        slot = (gi * quads + q) * 32 + lane
+        q0 = c * tk + q * 64 * parts + step * 32 * parts  # first column of the step
         for r in range(4):
-            row, grp = tile * 16 + g + 8 * (r & 1), (c * tk + q * 64 + step * 32) // 4 + t + 4 * (r >> 1)
+            f = g + 8 * (r & 1)
+            row, grp = tile * tr + gi * rpw + f % rpw, (q0 + 32 * (f // rpw)) // 4 + t + 4 * (r >> 1)
             if n == 2:
                 word = int(words[tile * cp + c, slot * 2 + step]) & 0xFFFFFFFF
                 assert [(word >> (4 * r)) & 0xF, (word >> (4 * (r + 4))) & 0xF] == codes[row, grp].tolist()
@@ -383,7 +392,9 @@ def test_sparse_int4_tensor_core_layout_matches_the_fragment_spec(pattern):
                 assert (word >> (4 * (4 * step + r))) & 0xF == int(codes[row, grp, 0])
         mw = int(meta[tile * cp + c, slot]) & (0xFFFFFFFF if n == 2 else 0xFFFF)
         for i in range(8):
-            row, grp = tile * 16 + g + 8 * (i >> 2), (c * tk + q * 64 + (t >> 1) * 32) // 4 + 4 * (t & 1) + (i & 3)
+            f = g + 8 * (i >> 2)
+            m0 = c * tk + q * 64 * parts + (t >> 1) * 32 * parts + 32 * (f // rpw)
+            row, grp = tile * tr + gi * rpw + f % rpw, m0 // 4 + 4 * (t & 1) + (i & 3)
             if n == 2:
                 assert [(mw >> (4 * i)) & 3, (mw >> (4 * i + 2)) & 3] == pos[row, grp].tolist()
             else:
@@ -481,7 +492,7 @@ def test_int4_tensor_core_layout_matches_the_fragment_spec(rpw, tr, tk):
 
 
 def test_int4_tensor_core_row_tiles():
-    """int4-tc takes 16, 8 or 4 rows a warp with stages of whole quads (64 x 16/rows columns); int4-nm-tc 16 only."""
+    """int4-tc takes 16, 8 or 4 rows a warp, int4-nm-tc 16 or 8, with stages of whole quads (64 x 16/rows columns)."""
     from egt.megakernel.operands import q4_chunks
     from egt.megakernel.schedule import MatvecOp, MatvecSchedule, matvec_check
     op = MatvecOp("down", 1536, 8960, 1, "int4-tc")
@@ -490,11 +501,18 @@ def test_int4_tensor_core_row_tiles():
     assert "quads" in matvec_check(op, MatvecSchedule(4, 640, 4, 1, 8), 256)             # 640 is not whole 256s
     assert "rows a warp" in matvec_check(op, MatvecSchedule(2, 1792, 4, 1, 8), 256)     # 2 rows a warp
     nm = MatvecOp("down", 1536, 8960, 1, "int4-nm-tc")
-    assert "16 rows a warp" in matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256)
+    assert matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256) is None
+    assert "16 or 8 rows a warp" in matvec_check(nm, MatvecSchedule(4, 1792, 4, 1, 8), 256)
+    assert "rows a warp" in matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256, batch=2)  # batch 1 only
     with pytest.raises(ValueError, match="groups of 16, 8 or 4 rows"):
         q4_chunks([[_ql(8, 512, 32, True, 0)]], 8, 128, 1, "tc", 4)  # 4 rows a warp need 256-column quads
     plans = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="tensor-core")
     assert plans and all(s.rows_per_warp(256) in (16, 8, 4) for s in plans[0].ops.values())
+    # the search offers narrow tiles as one row slot a tile, with stages as wide as the K part
+    from egt.megakernel.search import enumerate_matvec
+    down = MatvecOp("down", 896, 4864, 1, "int4-tc")  # qwen2.5-0.5b: 56 tiles of 16 rows
+    narrow = [s for s in enumerate_matvec(down, 1, 256, 132, 232448) if s.tr < 16]
+    assert narrow and all(s.wpr == 8 for s in narrow) and any(s.tr == 8 and s.tk == 4864 for s in narrow)
 
 
 def test_int4_path_choice():

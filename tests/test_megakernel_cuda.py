@@ -385,3 +385,68 @@ def test_narrow_tensor_core_tiles_match_reference(config, batch):
             assert _rel(logits[b], ref[b]) < REL_TOL, (ctx, b)
         again = decoder.step(tok, [ctx - 1] * batch, [0] * batch, ctx - 1, KVCache(cache.k.clone(), cache.v.clone()))[1]
         assert torch.equal(again, logits), ctx  # a changing result is a race
+
+
+@torch.inference_mode()
+def test_narrow_sparse_tensor_core_tiles_match_reference():
+    """N:4 sparse INT4 on sparse tensor cores with 8 rows a warp (mma.sp's A fragment holds two 32-column parts of
+    each row): a four-layer qwen2.5-1.5b of a dense INT4 layer, 2:4 with 32-value groups (one scale pair a k-step),
+    1:4 and 2:4 with larger groups (one a quad), and a 4-row INT4 LM head, against the torch engine on the same
+    modules in float32 at contexts 1 and 300, repeatable."""
+    import copy
+
+    from egt.megakernel.profiles import get_profile
+    from egt.megakernel.runtime import MegaKernelDecoder, weight_kinds
+    from egt.megakernel.schedule import MatvecSchedule, MegaPlan
+    from egt.megakernel.search import search
+    from egt.models import random_model
+    from egt.modules import set_module
+    from egt.plan import LinearPlan
+    from egt.quant import quantize_layers
+    from egt.sparsify.modules import SparseLinear
+    from egt.sparsify.pattern import magnitude_mask, n_of
+    from egt.transformer import KVCache
+    model = random_model("qwen2.5-1.5b", device="cuda", seed=12, layers=4)
+    layer_plan = {1: ("2:4", 32), 2: ("1:4", 32), 3: ("2:4", 128)}  # layer 0 stays dense INT4
+    dense = {}
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        i = int(name.split(".")[1]) if name != "lm_head" else -1
+        if i in layer_plan:
+            pat, group = layer_plan[i]
+            w = mod.weight.detach().float()
+            sp = SparseLinear.from_dense(LinearPlan(sparsity=pat), w, magnitude_mask(w, n_of(pat)), mod.bias)
+            set_module(model, name, sp.quantize_kept(LinearPlan(bits=4, group_size=group, symmetric="mlp" in name,
+                                                                sparsity=pat)))
+        else:
+            dense[name] = LinearPlan(bits=4, group_size=64 if i == 0 else 128, symmetric=False)
+    quantize_layers(model, None, dense, "rtn")
+    reference = copy.deepcopy(model).float()
+    base = search(model.shape, 1, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
+                  int4_path="tensor-core")[0]
+    assert set(base.weights.values()) == {"int4-nm-tc", "int4-tc"}
+    nw = base.threads // 32
+    ops = {name: MatvecSchedule(8, 1792 if base.matvec_op_table()[name].k % 1792 == 0 else 1536, 3, 1, nw, s.rot)
+           for name, s in base.ops.items()}
+    ops["lm_head"] = MatvecSchedule(4, 1536, 3, 1, nw, base.ops["lm_head"].rot)
+    plan = MegaPlan(**{**base.__dict__, "ops": ops, "smem": {}, "predicted_ms": None, "measured_ms": None})
+    assert plan.check(get_profile("device").smem_per_block) == []
+    decoder = MegaKernelDecoder(model, batch=1, plan=plan)
+    g = torch.Generator(device="cuda").manual_seed(4)
+    V = model.shape.vocab
+    for ctx in (1, 300):
+        cache, rcache = model.setup_cache(1, 512), reference.setup_cache(1, 512)
+        if ctx > 1:
+            s = torch.arange(ctx - 1, device="cuda")
+            toks = torch.randint(0, V, (1, ctx - 1), device="cuda", generator=g)
+            model(toks, s.view(1, -1), s, cache)
+            reference(toks, s.view(1, -1), s, rcache)
+        tok = torch.randint(0, V, (1,), device="cuda", generator=g)
+        ref = _ref_step(reference, rcache, tok, ctx - 1)
+        nxt, logits = decoder.step(tok, [ctx - 1], [0], ctx - 1, KVCache(cache.k.clone(), cache.v.clone()))
+        logits = logits.clone()
+        assert torch.isfinite(logits).all() and int(nxt[0]) == int(logits[0].argmax()), ctx
+        assert _rel(logits, ref) < REL_TOL, ctx
+        again = decoder.step(tok, [ctx - 1], [0], ctx - 1, KVCache(cache.k.clone(), cache.v.clone()))[1]
+        assert torch.equal(again, logits), ctx  # a changing result is a race

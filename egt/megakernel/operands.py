@@ -21,7 +21,7 @@ Contract:
   tensor-core fragments (same bytes, same pairs region).
 - `q4_dequant(chunks, lg, n, k, nmat, tr, tk, ksplit, layout, rpw)`: the dense float32 weights [nmat, n, k] the chunks
   encode (the tests' inverse; the kernel computes the same products).
-- `nm_chunks(mats, tr, tk, ksplit, layout)` / `nm_dequant(...)`: the same for one layer of an "int4-nm" op: 4-bit
+- `nm_chunks(mats, tr, tk, ksplit, layout, rpw)` / `nm_dequant(...)`: the same for one layer of an "int4-nm" op: 4-bit
   `SparseQuantLinear` modules with one N:4 pattern (or dense `QuantLinear`, N = 4, in the INT4 layout above);
   returns (chunks, lg, n). layout "rows" (csrc S4W, CUDA cores) or "tc" (csrc S4TC, sparse tensor cores, kind
   "int4-nm-tc"); both in `nm_chunks`' docstring; the stride is the INT4 one.
@@ -174,22 +174,25 @@ def nm_of(mats) -> int:
     return ns.pop()
 
 
-def nm_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows") -> tuple[torch.Tensor, int, int]:
+def nm_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows",
+              rpw: int = 16) -> tuple[torch.Tensor, int, int]:
     """(int32 [chunks, words], lg, n) of one op in one layer. `mats` as in `q4_chunks`, every module either a 4-bit
     `SparseQuantLinear` (all with the same N) or a 4-bit `QuantLinear` (N = 4: the `q4_chunks` chunk of the same
     layout). Chunk (tile, part, stage) for N <= 2, stride as for INT4, layout "rows" (csrc S4W):
       codes [NMAT][TR][WR] int32, WR = TK*N/32 words of 8 kept codes
       index [NMAT][TR][WR] int16, the 2-bit positions of a word's kept values (egt.sparsify's bytes, 2 a word)
       pairs [NMAT][TR][(TK*N/4) >> lg] (scale, offset) fp16 pairs at the next 4-byte boundary; lg counts kept values
-    Layout "tc" (csrc S4TC: mma.sp.m16n8k32, A = the kept codes, 2 of every 4 columns; see `_sp_fragments`):
-      codes [NMAT][TR/16][TK/64 quads][32 lanes] x N int32 (A fragments), then
-      meta  [NMAT][TR/16][TK/64 quads][32 lanes] x 2N bytes (the lane's sparsity metadata), then
-      pairs as above. A quad's kept values must share one scale block (2^lg >= 16 N)."""
+    Layout "tc" (csrc S4TC: mma.sp.m16n8k32, A = the kept codes, 2 of every 4 columns; see `_sp_fragments`), for
+    rpw = 16 or 8 rows a warp (P = 16 / rpw column parts a fragment, a quad of 64 P columns):
+      codes [NMAT][TR/rpw][TK/64P quads][32 lanes] x N int32 (A fragments), then
+      meta  [NMAT][TR/rpw][TK/64P quads][32 lanes] x 2N bytes (the lane's sparsity metadata), then
+      pairs as above. The 16 N kept values of a 64-column quad (rpw 16) or of a k-step (rpw 8) must share one scale
+      block (2^lg >= 16 N)."""
     n = nm_of(mats)
     if layout not in ("rows", "tc"):
         raise ValueError(f"unknown N:4 chunk layout {layout!r}")
     if n == 4:
-        buf, lg = q4_chunks(mats, tr, tk, ksplit, layout)
+        buf, lg = q4_chunks(mats, tr, tk, ksplit, layout, rpw)
         return buf, lg, 4
     nmat = len(mats)
     kk = tk * n // 4  # kept values a stage holds per row
@@ -229,10 +232,12 @@ def nm_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows") -> tupl
 
     pb = tiled(pairs, sps, torch.int32)
     if layout == "tc":
-        if tr % 16 or tk % 64 or (1 << lg) < 16 * n:
-            raise ValueError(f"sparse tensor-core INT4 needs 16-row groups, 64-column quads and scale blocks of "
-                             f"{16 * n}+ kept values, not TR={tr} TK={tk} and {1 << lg}")
-        cb, ib = _sp_fragments(mats, n, nt, tr, ksplit, cp, tk)
+        parts = 16 // rpw if rpw in (16, 8) else 0
+        if not parts or tr % rpw or tk % (64 * parts) or (1 << lg) < 16 * n:
+            raise ValueError(f"sparse tensor-core INT4 needs groups of 16 or 8 rows, quads of 64 x 16/rows columns "
+                             f"and scale blocks of {16 * n}+ kept values, not {rpw} rows a warp with TR={tr} TK={tk} "
+                             f"and {1 << lg}")
+        cb, ib = _sp_fragments(mats, n, nt, tr, ksplit, cp, tk, rpw)
     else:
         cb, ib = tiled(codes, wr, torch.int32), tiled(index, wr, torch.int16)
     p0 = (cb.shape[1] + ib.shape[1] + 3) // 4 * 4
@@ -252,23 +257,27 @@ def nm_chunks(mats, tr: int, tk: int, ksplit: int, layout: str = "rows") -> tupl
 # group 4 (t & 1) + (i & 3). A quad (64 columns) is two k-steps, step s read with selector s, so every lane loads
 # one metadata word a quad. Unordered index pairs are valid (measured on sm_90): a 1:4 group is (kept, kept ^ 1)
 # with the value in the low half and a zero in the high half, so only the kept position is stored (2 bits a nibble).
-def _sp_maps(nt: int, tr: int, ksplit: int, cp: int, tk: int, device):
+def _sp_maps(nt: int, tr: int, ksplit: int, cp: int, tk: int, device, rpw: int = 16):
     """Index maps of one op's "tc" chunks, each [nt, ks, cp, rg, quads, lanes, ...]: the (row, 4-column group) of
-    every A register (.., step, reg) and of every metadata nibble (.., nibble)."""
-    rg, quads = tr // 16, tk // 64
+    every A register (.., step, reg) and of every metadata nibble (.., nibble). With rpw < 16 rows a warp, fragment
+    row m is row m % rpw, part m // rpw: groups 8 * part .. of a k-step of 32 * 16/rpw columns (csrc S4TC)."""
+    parts = 16 // rpw
+    rg, quads = tr // rpw, tk // (64 * parts)
     ar = lambda n: torch.arange(n, device=device)
-    tile, ks, c, r16, q, lane = (ar(nt).view(-1, 1, 1, 1, 1, 1), ar(ksplit).view(1, -1, 1, 1, 1, 1),
+    tile, ks, c, rgi, q, lane = (ar(nt).view(-1, 1, 1, 1, 1, 1), ar(ksplit).view(1, -1, 1, 1, 1, 1),
                                  ar(cp).view(1, 1, -1, 1, 1, 1), ar(rg).view(1, 1, 1, -1, 1, 1),
                                  ar(quads).view(1, 1, 1, 1, -1, 1), ar(32).view(1, 1, 1, 1, 1, -1))
     g, t = lane >> 2, lane & 3
-    row0 = tile * tr + r16 * 16 + g
-    grp0 = ((ks * cp + c) * tk + q * 64) // 4  # first 4-column group of the quad
+    row0 = tile * tr + rgi * rpw
+    grp0 = ((ks * cp + c) * tk + q * 64 * parts) // 4  # first 4-column group of the quad
     s, r = ar(2).view(2, 1), ar(4).view(1, 4)
-    a_row = row0[..., None, None] + 8 * (r & 1)
-    a_grp = grp0[..., None, None] + 8 * s + t[..., None, None] + 4 * (r >> 1)
+    fm = g[..., None, None] + 8 * (r & 1)  # fragment row of register r
+    a_row = row0[..., None, None] + fm % rpw
+    a_grp = grp0[..., None, None] + 8 * parts * s + 8 * (fm // rpw) + t[..., None, None] + 4 * (r >> 1)
     i = ar(8)
-    m_row = row0[..., None] + 8 * (i >> 2)
-    m_grp = grp0[..., None] + 8 * (t[..., None] >> 1) + 4 * (t[..., None] & 1) + (i & 3)
+    fm = g[..., None] + 8 * (i >> 2)  # fragment row of nibble i
+    m_row = row0[..., None] + fm % rpw
+    m_grp = grp0[..., None] + 8 * parts * (t[..., None] >> 1) + 8 * (fm // rpw) + 4 * (t[..., None] & 1) + (i & 3)
     return a_row, a_grp, m_row, m_grp
 
 
@@ -286,10 +295,11 @@ def _kept(mats, n: int, rows: int):
     return torch.stack(codes).view(shape), torch.stack(pos).view(shape)
 
 
-def _sp_fragments(mats, n: int, nt: int, tr: int, ksplit: int, cp: int, tk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _sp_fragments(mats, n: int, nt: int, tr: int, ksplit: int, cp: int, tk: int,
+                  rpw: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """(code bytes, metadata bytes) [chunks, ...] of the "tc" layout of an N:4 op (N = 1 or 2)."""
     codes, pos = _kept(mats, n, nt * tr)
-    a_row, a_grp, m_row, m_grp = _sp_maps(nt, tr, ksplit, cp, tk, codes.device)
+    a_row, a_grp, m_row, m_grp = _sp_maps(nt, tr, ksplit, cp, tk, codes.device, rpw)
     nmat = codes.shape[0]
     mi = torch.arange(nmat, device=codes.device).view(-1, *([1] * a_row.dim()))
     a = codes[mi, a_row, a_grp]                                # [nmat, nt, ks, cp, rg, q, lane, step, reg, n]
@@ -320,16 +330,18 @@ def _untile(t: torch.Tensor, per_stage: int, nt: int, ksplit: int, cp: int, nmat
     return t.reshape(nmat, nt * tr, ksplit * cp * per_stage)
 
 
-def _sp_unfragment(b: torch.Tensor, n: int, nt: int, tr: int, ksplit: int, cp: int, tk: int, nmat: int, k: int):
+def _sp_unfragment(b: torch.Tensor, n: int, nt: int, tr: int, ksplit: int, cp: int, tk: int, nmat: int, k: int,
+                   rpw: int = 16):
     """The inverse of `_sp_fragments` as the tensor cores read it: codes and in-group positions [nmat, rows,
     kept] (int64) from each A register and the metadata nibble that covers the same (row, group)."""
-    rows, lanes = nt * tr, nmat * (tr // 16) * (tk // 64) * 32
+    rg, quads = tr // rpw, tk // (64 * (16 // rpw))
+    rows, lanes = nt * tr, nmat * rg * quads * 32
     words = b[:, :4 * n * lanes].contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     meta = b[:, 4 * n * lanes:6 * n * lanes].contiguous().view(torch.int32 if n == 2 else torch.int16)
     meta = meta.to(torch.int64) & (0xFFFFFFFF if n == 2 else 0xFFFF)
-    shape = (nt, ksplit, cp, nmat, tr // 16, tk // 64, 32)
+    shape = (nt, ksplit, cp, nmat, rg, quads, 32)
     words, meta = words.view(*shape, -1).movedim(3, 0), meta.view(shape).movedim(3, 0)
-    a_row, a_grp, m_row, m_grp = _sp_maps(nt, tr, ksplit, cp, tk, b.device)
+    a_row, a_grp, m_row, m_grp = _sp_maps(nt, tr, ksplit, cp, tk, b.device, rpw)
     nib = torch.arange(8, device=b.device)
     if n == 2:  # [.., lane, step, reg, (low, high)]
         a = torch.stack([(words[..., None] >> (4 * nib[:4])) & 0xF, (words[..., None] >> (4 * nib[4:])) & 0xF], -1)
@@ -347,10 +359,10 @@ def _sp_unfragment(b: torch.Tensor, n: int, nt: int, tr: int, ksplit: int, cp: i
 
 
 def nm_dequant(chunks: torch.Tensor, lg: int, n: int, rows_n: int, k: int, nmat: int, tr: int, tk: int,
-               ksplit: int, layout: str = "rows") -> torch.Tensor:
+               ksplit: int, layout: str = "rows", rpw: int = 16) -> torch.Tensor:
     """The dense float32 weights [nmat, rows_n, k] that `nm_chunks` output encodes (the tests' inverse)."""
     if n == 4:
-        return q4_dequant(chunks, lg, rows_n, k, nmat, tr, tk, ksplit, layout)
+        return q4_dequant(chunks, lg, rows_n, k, nmat, tr, tk, ksplit, layout, rpw)
     nt, cp, wr, kk = ceil_div(rows_n, tr), k // ksplit // tk, tk * n // 32, tk * n // 4
     sps = kk >> lg
     b = chunks.contiguous().view(torch.uint8)
@@ -358,7 +370,7 @@ def nm_dequant(chunks: torch.Tensor, lg: int, n: int, rows_n: int, k: int, nmat:
     p0 = (6 * x + 3) // 4 * 4
     so = _untile(b[:, p0:p0 + 4 * nmat * tr * sps].contiguous().view(torch.int32), sps, nt, ksplit, cp, nmat, tr)
     if layout == "tc":
-        codes, pos = _sp_unfragment(b, n, nt, tr, ksplit, cp, tk, nmat, k)
+        codes, pos = _sp_unfragment(b, n, nt, tr, ksplit, cp, tk, nmat, k, rpw)
         codes = codes.float()
     else:
         words = _untile(b[:, :4 * x].contiguous().view(torch.int32), wr, nt, ksplit, cp, nmat, tr)

@@ -167,7 +167,8 @@ class MegaKernelDecoder:
         kind = self.plan.weights[op]
         try:
             if kind in (INT4_NM, INT4_NM_TC):
-                buf, lg, fmt = nm_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if kind == INT4_NM_TC else "rows")
+                buf, lg, fmt = nm_chunks(mats, s.tr, s.tk, s.ksplit, "tc" if kind == INT4_NM_TC else "rows",
+                                         s.rows_per_warp(self.plan.threads))
             elif kind == INT3:
                 buf, lg, fmt = q3_chunks(mats, s.tr, s.tk, s.ksplit)
             else:

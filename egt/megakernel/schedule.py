@@ -92,12 +92,13 @@ INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
 INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16, 8 or 4 rows a warp, batch <= 2
 INT4_KINDS = (INT4, INT4_TC)
 INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
-INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch 1
+INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch 1,
+#                            16 or 8 rows a warp
 TC_KINDS = {INT4: INT4_TC, INT4_NM: INT4_NM_TC}  # the tensor-core variant of a CUDA-core kind
 TC_MAX_BATCH = {INT4_TC: 2, INT4_NM_TC: 1}  # int4-nm-tc has run at batch 1 only
 # Rows a warp may own on tensor cores: one m16n8k16 A fragment is 16 rows x 16 columns, or RPW rows x 16/RPW column
 # parts (csrc Q4TC): narrower row tiles let an op of few rows cover every SM, at the same MMAs per weight.
-TC_ROWS_PER_WARP = {INT4_TC: (16, 8, 4), INT4_NM_TC: (16,)}
+TC_ROWS_PER_WARP = {INT4_TC: (16, 8, 4), INT4_NM_TC: (16, 8)}
 
 
 def tc_quad_columns(rpw: int) -> int:

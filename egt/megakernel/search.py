@@ -50,12 +50,16 @@ def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_l
             tr = (nw // wpr) * rpw
             if tr > 64 or rpw * op.nmat * batch > 64:  # accumulators live in registers
                 continue
-            if op.weight_kind in TC_ROWS_PER_WARP and rpw < 16 and wpr != nw:
+            narrow = op.weight_kind in TC_ROWS_PER_WARP and rpw < 16
+            if narrow and wpr != nw:
                 continue  # narrow tensor-core rows exist to spread an op's rows over more blocks: one slot a tile
             for ks in (1, 2, 4, 8):
                 if op.k % ks:
                     continue
-                for tk in _tk_options(op.k // ks, 8 if is_dense(op.weight_kind) else 32):
+                tks = _tk_options(op.k // ks, 8 if is_dense(op.weight_kind) else 32)
+                if narrow and op.k // ks not in tks:
+                    tks.append(op.k // ks)  # whole-part stages: a narrow tile's quads (128-256 columns) need width
+                for tk in tks:
                     for st in (2, 3, 4, 6, 8):
                         s = MatvecSchedule(tr, tk, st, ks, wpr, 0)
                         if matvec_check(op, s, threads, batch):

@@ -703,7 +703,10 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
   template <class C> using Acc = typename Q4TC<T>::template Acc<C>;
   template <class C> __host__ __device__ static constexpr int stage_vec() { return Q4W<T>::template stage_vec<C>(); }
   template <class C> __host__ __device__ static constexpr int extra_floats() { return Q4TC<T>::template extra_floats<C>(); }
-  template <class C> __host__ __device__ static constexpr int lanes() { return C::NMAT * (C::TR / 16) * (C::TK / 64) * 32; }
+  // code words / metadata a stage holds: 32 lanes per (matrix, row group, quad of 64 x 16/RPW columns)
+  template <class C> __host__ __device__ static constexpr int lanes() {
+    return C::NMAT * (C::TR / C::RPW) * (C::TK / (64 * Q4TC<T>::template parts<C>())) * 32;
+  }
   template <class C> __device__ static __forceinline__ int chunk_vecs(const S4Src& s) {
     if (s.n == 4) return Q4W<T>::template chunk_vecs<C>(s);
     return (6 * s.n * lanes<C>() + C::NMAT * C::TR * ((C::TK * s.n / 4) >> s.lg) * 4 + 15) / 16;
@@ -747,10 +750,14 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
       mma_sp<SEL>(t2[m], ones, xb, e[m]);
     }
   }
-  template <class C, int N>
+  // P = 16 / RPW column parts a fragment (1 or 2), as in Q4TC: fragment row p * RPW + r holds row r's columns
+  // 32p .. 32p+31 of a k-step of 32 P columns (operands.py `_sp_maps`), B column P b + p those columns of x[b]. A
+  // quad is two k-steps. One (scale, offset) pair serves a lane's quad where a scale block holds its 16 N P kept
+  // values; STEP: one a k-step (8 N P kept values, so P = 2 needs no larger groups than P = 1's 16 N).
+  template <class C, int N, bool STEP>
   __device__ static __forceinline__ void sparse_quads(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                       int lane, int lg, Acc<C>& st) {
-    constexpr int QUADS = C::TK / 64, RG = C::TR / 16;
+    constexpr int P = Q4TC<T>::template parts<C>(), QUADS = C::TK / (64 * P), RG = C::TR / C::RPW;
     const int g = lane >> 2, t = lane & 3;
     const int sps = (C::TK * N / 4) >> lg;
     const unsigned char* base = reinterpret_cast<const unsigned char*>(buf);
@@ -758,6 +765,8 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
     const unsigned char* meta = base + 4 * N * lanes<C>();
     const __half2* pairs = reinterpret_cast<const __half2*>(base + 6 * N * lanes<C>());
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
+    const int xb_b = g / P, xb_p = g % P;  // B column g: part xb_p of batch xb_b
+    const int er = P == 2 ? g : (g & 3), ep = P == 2 ? 0 : (t & 1) * 2 + (g >> 2);  // P > 1: the lane's element
 #pragma unroll 1
     for (int q = wi; q < QUADS; q += C::WPR) {
       // every shared-memory operand of the quad first: codes, metadata, B fragments of both steps, scale pairs
@@ -780,40 +789,65 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
       for (int s = 0; s < 2; ++s)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-          const int k = ch * C::TK + q * 64 + s * 32 + 8 * r;  // column of register r's rows 2t, 2t+1 (K part)
-          xb[s][r] = g < NB ? xw[(g * C::KP + k) / 2 + t] : 0u;
+          // column of register r's rows 2t, 2t+1 (K part)
+          const int k = ch * C::TK + (q * 2 + s) * 32 * P + 32 * xb_p + 8 * r;
+          xb[s][r] = xb_b < NB ? xw[(xb_b * C::KP + k) / 2 + t] : 0u;
         }
-      __half2 so[C::NMAT][2];
+      constexpr int NR = P == 1 ? 2 : 1;  // rows of the lane's C elements: g, g + 8 (P = 1) or er
+      constexpr int NS = STEP ? 2 : 1;    // scale blocks a quad
+      __half2 so[NS][C::NMAT][NR];
 #pragma unroll
-      for (int m = 0; m < C::NMAT; ++m)
+      for (int h = 0; h < NS; ++h)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) so[m][r] = pairs[(m * C::TR + slot * 16 + g + 8 * r) * sps + ((q * 16 * N) >> lg)];
-      float t1[C::NMAT][4], t2[C::NMAT][4];
+        for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
-      for (int m = 0; m < C::NMAT; ++m)
+          for (int r = 0; r < NR; ++r)
+            so[h][m][r] = pairs[(m * C::TR + slot * C::RPW + (P == 1 ? g + 8 * r : er)) * sps +
+                                (((q * 2 + h) * 8 * N * P) >> lg)];
+      float t1[NS][C::NMAT][4], t2[NS][C::NMAT][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) t1[m][i] = t2[m][i] = 0.f;
-      step<C, N, 0>(cw, e, xb[0], t1, t2);
-      step<C, N, 1>(cw, e, xb[1], t1, t2);
+      for (int h = 0; h < NS; ++h)
 #pragma unroll
-      for (int m = 0; m < C::NMAT; ++m)
+        for (int m = 0; m < C::NMAT; ++m)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const float2 sc = __half22float2(so[m][r]);
-          const float off = fmaf(-Q4TC<T>::BASE, sc.x, sc.y);
+          for (int i = 0; i < 4; ++i) t1[h][m][i] = t2[h][m][i] = 0.f;
+      step<C, N, 0>(cw, e, xb[0], t1[0], t2[0]);
+      step<C, N, 1>(cw, e, xb[1], t1[NS - 1], t2[NS - 1]);
 #pragma unroll
-          for (int i = 0; i < 2; ++i)
-            st.c[m][2 * r + i] = fmaf(sc.x, t1[m][2 * r + i], fmaf(off, t2[m][2 * r + i], st.c[m][2 * r + i]));
-        }
+      for (int h = 0; h < NS; ++h)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int r = 0; r < NR; ++r) {
+            const float2 sc = __half22float2(so[h][m][r]);
+            const float off = fmaf(-Q4TC<T>::BASE, sc.x, sc.y);
+            if constexpr (P == 1) {
+#pragma unroll
+              for (int i = 0; i < 2; ++i)
+                st.c[m][2 * r + i] = fmaf(sc.x, t1[h][m][2 * r + i], fmaf(off, t2[h][m][2 * r + i], st.c[m][2 * r + i]));
+            } else {
+              st.c[m][0] = fmaf(sc.x, Q4TC<T>::template part_of<P>(t1[h][m], ep),
+                                fmaf(off, Q4TC<T>::template part_of<P>(t2[h][m], ep), st.c[m][0]));
+            }
+          }
     }
   }
   template <class C>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, const S4Src& src, Acc<C>& st) {
-    static_assert(C::RPW == 16 && C::TK % 64 == 0 && NB <= 2, "sparse tensor-core INT4: 16 rows a warp, 64-column quads");
-    if (src.n == 2) sparse_quads<C, 2>(buf, xs, ch, slot, wi, lane, src.lg, st);
-    else if (src.n == 1) sparse_quads<C, 1>(buf, xs, ch, slot, wi, lane, src.lg, st);
-    else Q4TC<T>::template accumulate<C>(buf, xs, ch, slot, wi, lane, src, st);
+    constexpr int P = Q4TC<T>::template parts<C>();
+    static_assert((C::RPW == 16 || C::RPW == 8) && C::TK % (64 * P) == 0 && NB <= 2,
+                  "sparse tensor-core INT4: 16 or 8 rows a warp, quads of 64 x 16/RPW columns");
+    const bool per_step = P > 1 && (1 << src.lg) < 16 * src.n * P;
+    if (src.n == 2) {
+      if (per_step) sparse_quads<C, 2, true>(buf, xs, ch, slot, wi, lane, src.lg, st);
+      else sparse_quads<C, 2, false>(buf, xs, ch, slot, wi, lane, src.lg, st);
+    } else if (src.n == 1) {
+      if (per_step) sparse_quads<C, 1, true>(buf, xs, ch, slot, wi, lane, src.lg, st);
+      else sparse_quads<C, 1, false>(buf, xs, ch, slot, wi, lane, src.lg, st);
+    } else {
+      Q4TC<T>::template accumulate<C>(buf, xs, ch, slot, wi, lane, src, st);
+    }
   }
 };
 
