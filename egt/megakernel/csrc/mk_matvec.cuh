@@ -684,19 +684,19 @@ MK_VEC_LOOP
   }
 };
 
-// N:4 sparse INT4 on sparse tensor cores (kind int4-nm-tc: bf16 activations, batch <= 2, 16 rows a warp):
+// N:4 sparse INT4 on sparse tensor cores (kind int4-nm-tc: bf16 activations, batch <= 2, 16 or 8 rows a warp):
 // mma.sp.m16n8k32 multiplies 16 rows x 32 columns of which the metadata names two of every four: no gather of x.
 // A quad still costs about as many instructions as a dense one (activation fragments, scale pairs, fold), so the
 // loop's time follows its columns more than its bytes (bench/results/megakernel/megakernel_ceiling.md: 2:4 keeps up
 // with an SM's share of the copy bandwidth, 1:4 does not). N == 4 layers (dense INT4 in a mixed model) run Q4TC.
 // The 1:4 pairs (kept, kept ^ 1) are unordered for odd positions: measured correct on an H100 (sm_90) only.
-// Chunk (tile, kp, ch) for N in {1, 2} (operands.py `_sp_fragments`; lane (g, t), quad q of 64 columns = two
-// k-steps, step s read with sparsity selector s):
-//   codes [NMAT][TR/16][QUADS][32] x N words: N == 2: word s, nibble r (r + 4) = the first (second) kept code of
+// Chunk (tile, kp, ch) for N in {1, 2} (operands.py `_sp_fragments`; lane (g, t), quad q of 64 P columns = two
+// k-steps, step s read with sparsity selector s; P = 16 / RPW column parts, see `sparse_quads`):
+//   codes [NMAT][TR/RPW][QUADS][32] x N words: N == 2: word s, nibble r (r + 4) = the first (second) kept code of
 //                                    A register r of step s; N == 1: nibble 4s + r = the kept code of register r
-//   meta  [NMAT][TR/16][QUADS][32] x 2N bytes: the lane's metadata register (N == 2), or its 2-bit kept positions
+//   meta  [NMAT][TR/RPW][QUADS][32] x 2N bytes: the lane's metadata register (N == 2), or its 2-bit kept positions
 //                                    (N == 1), which `spread` turns into the index pairs (kept, kept ^ 1)
-//   pairs [NMAT][TR][(TK*N/4) >> lg] half2 (scale, offset); a quad's kept values lie in one scale block
+//   pairs [NMAT][TR][(TK*N/4) >> lg] half2 (scale, offset); a lane's kept values of a k-step lie in one scale block
 // Late scaling as in Q4TC, with the sum of x over the kept columns per row from a second mma.sp whose A is 1.0 at
 // the kept halves: w = s q + o gives y = s * sum (128 + q) x + (o - 128 s) * sum x.
 template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
