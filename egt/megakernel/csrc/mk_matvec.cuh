@@ -402,6 +402,13 @@ MK_COLD_LOOP
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "n"(0x000F000F), "n"(0x43004300));
     return r;
   }
+  // d += A B for one k-step: A = the 8 codes of `word` as raw bf16 (128 + q), B = the activation fragment (b0, b1)
+  __device__ static __forceinline__ void mma_codes(float (&d)[4], uint32_t word, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(raw(word, 0)), "r"(raw(word, 1)), "r"(raw(word, 2)), "r"(raw(word, 3)), "r"(b0), "r"(b1));
+  }
   // c += s*T + (o - 128 s) * X for the C-fragment rows g and g+8 of every matrix, (s, o) from so[m][r]
   template <class C>
   __device__ static __forceinline__ void fold(Acc<C>& st, const float (&tf)[C::NMAT][4], const float (&xr)[2],
@@ -468,13 +475,7 @@ MK_COLD_LOOP
 #pragma unroll
         for (int m = 0; m < C::NMAT; ++m) {
           const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
-          float* d = second ? tb[m] : ta[m];
-          asm volatile(
-              "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-              "{%0,%1,%2,%3};\n"
-              : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-              : "r"(raw(word, 0)), "r"(raw(word, 1)), "r"(raw(word, 2)), "r"(raw(word, 3)), "r"(xb[2 * i]),
-                "r"(xb[2 * i + 1]));
+          mma_codes(second ? tb[m] : ta[m], word, xb[2 * i], xb[2 * i + 1]);
         }
       }
       if constexpr (SPLIT) {
@@ -548,13 +549,7 @@ MK_COLD_LOOP
 #pragma unroll
         for (int m = 0; m < C::NMAT; ++m) {
           const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
-          float* d = tc[c][m];
-          asm volatile(
-              "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-              "{%0,%1,%2,%3};\n"
-              : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-              : "r"(raw(word, 0)), "r"(raw(word, 1)), "r"(raw(word, 2)), "r"(raw(word, 3)), "r"(xb[2 * i]),
-                "r"(xb[2 * i + 1]));
+          mma_codes(tc[c][m], word, xb[2 * i], xb[2 * i + 1]);
         }
       }
 #pragma unroll
