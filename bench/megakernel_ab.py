@@ -5,7 +5,9 @@
 
 SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `copy=bulk` (sm_90 bulk copies),
 `threads` (block size, e.g. 512 for INT4 kinds, whose default is 256), `code=unrolled` (MegaPlan.compact_code off),
-`slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none; with
+`slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none;
+`stored=PROFILE` takes the plan stored for that profile, e.g. an H100 plan timed on an H200, which needs the same
+SM count and fitting shared memory; with
 `copy=bulk|cp.async`, `pf=KB`, `l2=KB` and `early=0|1` it gets that copy path, weight prefetch depth, L2
 look-ahead and early gate/up prefill (MegaPlan.early_gateup), and with
 `OP=tr/tk/stages/ksplit/wpr` (OP one of qkv, o, gateup, down, lm_head) that op's matvec schedule), and
@@ -95,9 +97,18 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
         return all(_ok(a.heads_per_item(shape) if k == "hpi" else getattr(a, k), c) for k, c in want.items())
 
     if kv.get("stored"):
-        probe = MegaPlan(model=shape, batch=batch, profile=prof.name, blocks=prof.sms,
+        source = prof.name if kv["stored"] == "1" else get_profile(kv["stored"]).name
+        probe = MegaPlan(model=shape, batch=batch, profile=source, blocks=prof.sms,
                          compression=compression_label(weights), weights=weights)
         plan = PlanStore().get(probe.key())
+        if plan is not None and source != prof.name:
+            if plan.blocks != prof.sms or plan.check(prof.smem_per_block):
+                raise ValueError(f"stored={source}: its plan does not fit profile {prof.name}")
+            # the same schedule, keyed by (and costed for) the card it runs on
+            plan = MegaPlan(**{**plan.__dict__, "profile": prof.name, "smem": {}, "predicted_ms": None,
+                               "measured_ms": None})
+            plan.predicted_ms = predict_ms(plan, prof)
+            plan.smem_report()
         if plan is not None and {"copy", "pf", "l2", "early", *OP_NAMES} & kv.keys():  # the stored plan with changes
             ops = {name: MatvecSchedule(*map(int, kv[name].split("/")), plan.ops[name].rot) if name in kv else s
                    for name, s in plan.ops.items()}

@@ -3,8 +3,9 @@
 Contract:
 - A `GpuProfile` names the resources a plan may use: SMs (= persistent blocks), shared memory per block, memory
   bandwidth, and the latencies the cost model charges. Plans are keyed by the profile name.
-- `PROFILES["h100"]` and `PROFILES["ada-l20"]` are fixed tables; `from_device()` reads SMs and the shared-memory
-  opt-in limit off the current GPU and keeps the bandwidth/latency constants of the closest table entry.
+- `PROFILES["h100"]`, `PROFILES["h200"]` and `PROFILES["ada-l20"]` are fixed tables; `from_device()` reads SMs and
+  the shared-memory opt-in limit off the current GPU and keeps the bandwidth/latency constants of the closest table
+  entry (a card of a table entry, same name and SM count, keeps its name, so its stored plans are found).
 - A profile smaller than the device (ada-l20 on an H100) is honoured by launching only `sms` blocks and sizing
   shared memory under `smem_per_block`; nothing else about the device is assumed.
 """
@@ -25,6 +26,9 @@ class GpuProfile:
     sync_us: float = 1.6  # one grid-wide dependency: release, L2 round trip, acquire
     mem_latency_us: float = 2.0  # DRAM round trip under load (Little's law for bytes in flight)
     l2_bw_per_sm_gbs: float = 60.0  # activation staging rate from L2 into one SM
+    # The most one SM streams from DRAM: fitted to the H200 A/B runs (26 GB/s orders their pairs best, and the H200's
+    # bf16 steps are 1.17-1.18x the H100's for about 1.4x the bandwidth). It does not bind on the H100 (share 22.7).
+    sm_stream_gbs: float = 26.0
     cc: tuple[int, int] = (9, 0)
 
     def to_dict(self) -> dict:
@@ -34,6 +38,9 @@ class GpuProfile:
 PROFILES: dict[str, GpuProfile] = {
     # H100 SXM: 132 SMs, 227 KB opt-in shared memory per block, ~3.0 TB/s measured device-to-device copy.
     "h100": GpuProfile("h100", sms=132, smem_per_block=227 * 1024, bandwidth_gbs=3000.0, l2_bytes=50 * 2**20, cc=(9, 0)),
+    # H200 SXM: the H100's die (132 SMs, 227 KB, the same latencies) with HBM3e: ~4.1 TB/s measured device-to-device
+    # copy (bench/results/decode.md, H200 runs).
+    "h200": GpuProfile("h200", sms=132, smem_per_block=227 * 1024, bandwidth_gbs=4100.0, l2_bytes=50 * 2**20, cc=(9, 0)),
     # NVIDIA L20 (Ada, sm_89): 92 SMs, ~99 KB per block, 864 GB/s GDDR6, no TMA.
     "ada-l20": GpuProfile("ada-l20", sms=92, smem_per_block=99 * 1024, bandwidth_gbs=864.0, l2_bytes=96 * 2**20,
                           sync_us=1.8, mem_latency_us=2.2, cc=(8, 9)),
@@ -47,12 +54,13 @@ def from_device(device=None) -> GpuProfile:
     props = torch.cuda.get_device_properties(device)
     cc = (props.major, props.minor)
     base = PROFILES["h100"] if cc >= (9, 0) else PROFILES["ada-l20"]
-    smem = getattr(props, "shared_memory_per_block_optin", None) or base.smem_per_block
     name = props.name.lower().replace("nvidia ", "").replace(" ", "-")
-    # A card of a table profile keeps the table's name, so plans searched for "h100" are found on any H100.
-    for known, marker in (("h100", "h100"), ("ada-l20", "l20")):
+    # A card of a table profile keeps the table's name and constants, so plans searched for "h100" are found on any
+    # H100 (and "h200" ones on any H200).
+    for known, marker in (("h100", "h100"), ("h200", "h200"), ("ada-l20", "l20")):
         if marker in name and props.multi_processor_count == PROFILES[known].sms:
-            name = known
+            name, base = known, PROFILES[known]
+    smem = getattr(props, "shared_memory_per_block_optin", None) or base.smem_per_block
     return replace(base, name=name, sms=props.multi_processor_count, smem_per_block=int(smem), cc=cc,
                    l2_bytes=int(getattr(props, "L2_cache_size", base.l2_bytes)))
 
