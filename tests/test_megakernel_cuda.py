@@ -44,16 +44,22 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def decoder(model):
-    """w4a16-tc: INT4 weights (32-column groups in the MLP), every op on the tensor-core kernel variant;
+    """bf16: the plan a user gets (stored, else searched). The compressed variants pin their kernel path, so that each
+    kind is covered whatever the stored plans choose: w4a16, w4a16-mix and w3a16 on CUDA cores (int4, int4-nm,
+    int3); w4a16-tc: INT4 weights (32-column groups in the MLP), every op on the tensor-core kernel variant;
     w4a16-mix-tc: the mixed model's N:4 ops on sparse tensor cores (int4-nm-tc), its LM head on int4-tc."""
     from egt.megakernel.runtime import MegaKernelDecoder, weight_kinds
     from egt.megakernel.search import search
     plan = None
-    if model.egt_test_variant in TENSOR_CORE:
+    if model.egt_test_variant != "bf16":
+        tc = model.egt_test_variant in TENSOR_CORE
         plan = search(model.shape, 1, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
-                      int4_path="tensor-core")[0]
-        want = {"int4-tc"} if model.egt_test_variant == "w4a16-tc" else {"int4-tc", "int4-nm-tc"}
-        assert set(plan.weights.values()) == want
+                      int4_path="tensor-core" if tc else "cuda-core")[0]
+        if tc:
+            want = {"int4-tc"} if model.egt_test_variant == "w4a16-tc" else {"int4-tc", "int4-nm-tc"}
+            assert set(plan.weights.values()) == want
+        else:
+            assert not any(k.endswith("-tc") for k in plan.weights.values())
     return MegaKernelDecoder(model, batch=1, plan=plan)
 
 
@@ -202,7 +208,7 @@ def _attn_plan(model, want: dict):
     from egt.megakernel.runtime import weight_kinds
     from egt.megakernel.schedule import MegaPlan
     from egt.megakernel.search import search
-    p = search(model.shape, 1, "h100", weights=weight_kinds(model, model.dtype), max_plans=1)[0]
+    p = search(model.shape, 1, "h100", weights=weight_kinds(model, model.dtype), max_plans=1, int4_path="cuda-core")[0]
     return MegaPlan(**{**p.__dict__, "attn": dataclasses.replace(p.attn, **want)})
 
 

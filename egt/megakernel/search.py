@@ -57,8 +57,10 @@ def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_l
                 if op.k % ks:
                     continue
                 tks = _tk_options(op.k // ks, 8 if is_dense(op.weight_kind) else 32)
-                if narrow and op.k // ks not in tks:
-                    tks.append(op.k // ks)  # whole-part stages: a narrow tile's quads (128-256 columns) need width
+                if (narrow or tr <= 4) and op.k // ks not in tks:
+                    # whole-part stages: a narrow tile's quads (128-256 columns) need width, and a tile of a few
+                    # rows needs long stages for bytes in flight (qwen2.5-1.5b bf16's down: 4 rows x 4480 columns)
+                    tks.append(op.k // ks)
                 for tk in tks:
                     for st in (2, 3, 4, 6, 8):
                         s = MatvecSchedule(tr, tk, st, ks, wpr, 0)
@@ -76,13 +78,17 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
     """Predicted microseconds from the op's dependency release to its last output (one layer)."""
     nt = ceil_div(op.n, s.tr)
     tiles = ceil_div(nt, blocks)
-    active = min(nt, blocks)
     per_elem = weight_bytes_per_elem(op.weight_kind)
     stage = stage_bytes(op, s.tr, s.tk) if is_dense(op.weight_kind) else op.nmat * s.tr * s.tk * per_elem
     block_bytes = tiles * s.tr * op.k * op.nmat * per_elem
-    fair = prof.bandwidth_gbs * 1e3 / active  # bytes/us
+    # A block streams at most its 1/sms share of the bandwidth (traced on an H100: 19-22 GB/s whatever the format,
+    # bench/NOTES.md session 8), so an op on fewer blocks than the grid loses bandwidth, and at most what one SM
+    # can stream (profile.sm_stream_gbs, which binds on the H200's larger share); less with too few bytes in flight.
+    # A cap of 1.6 shares ranked three faster plans below the model's own picks on an H200, and the share alone
+    # deeper rings above the stored ones (bench/results/megakernel/ab_h200.md runs 58-63).
+    share = prof.bandwidth_gbs * 1e3 / prof.sms  # bytes/us
     pipe = (s.stages - 1) * stage / prof.mem_latency_us
-    bw_sm = min(pipe, fair, 1.6 * prof.bandwidth_gbs * 1e3 / prof.sms)
+    bw_sm = min(pipe, share, prof.sm_stream_gbs * 1e3)
     t_stream = block_bytes / bw_sm
     # the prefill of the first stages ran during the dependency wait
     prefetched = min((s.stages - 1) * stage, block_bytes)
@@ -230,8 +236,10 @@ def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
 def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
     """Kernel variant of each INT4 or N:4 sparse INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run:
     bf16, batch <= 2 for INT4, batch 1 for N:4), or `auto` (marked "auto:<kind>": the search ranks both per op).
-    Default: $EGT_MK_INT4 or cuda-core."""
-    path = int4_path or os.environ.get("EGT_MK_INT4", "cuda-core")
+    Default: $EGT_MK_INT4 or auto. auto's plan took 1-14% less time a step than the CUDA-core one at every INT4 key
+    of the four shapes on an H200 (bench/results/megakernel/ab_h200.md run 58), and the stored H100 plans, chosen by measurement,
+    run most ops on tensor cores."""
+    path = int4_path or os.environ.get("EGT_MK_INT4", "auto")
     if path not in INT4_PATHS:
         raise ValueError(f"INT4 path must be one of {INT4_PATHS}, got {path!r}")
     out = dict(weights)
