@@ -27,7 +27,8 @@ class GpuProfile:
     mem_latency_us: float = 2.0  # DRAM round trip under load (Little's law for bytes in flight)
     l2_bw_per_sm_gbs: float = 60.0  # activation staging rate from L2 into one SM
     # The most one SM streams from DRAM: fitted to the H200 A/B runs (26 GB/s orders their pairs best, and the H200's
-    # bf16 steps are 1.17-1.18x the H100's for about 1.4x the bandwidth). It does not bind on the H100 (share 22.7).
+    # llama-3.2-1b and qwen2.5-1.5b bf16 steps are 1.17-1.18x the H100's for about 1.4x the bandwidth). It does not
+    # bind on the H100 (share 22.7 GB/s).
     sm_stream_gbs: float = 26.0
     cc: tuple[int, int] = (9, 0)
 
