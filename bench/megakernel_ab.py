@@ -1,9 +1,10 @@
 """A/B of MegaKernel variants in one run on one card: each variant is the search's best plan under a constraint
 (INT4 kernel path, attention fields), checked against the torch reference and timed.
 
-    python bench/megakernel_ab.py [--shapes a,b] [--weights bf16,w4a16] [--variants SPEC] [--build-only]
+    python bench/megakernel_ab.py [--shapes a,b] [--weights bf16,w4a16] [--batch N] [--variants SPEC] [--build-only]
 
-SPEC: `name:key=value,...;name2:...`. Keys: `int4` (cuda-core | tensor-core), `copy=bulk` (sm_90 bulk copies),
+SPEC: `name:key=value,...;name2:...`. Keys: `int4` and `dense` (cuda-core | tensor-core | auto: where INT4 and
+dense bf16 ops run), `copy=bulk` (sm_90 bulk copies),
 `threads` (block size, e.g. 512 for INT4 kinds, whose default is 256), `code=unrolled` (MegaPlan.compact_code off),
 `slices=1` (offer attention head slices), `stored=1` (the PlanStore's plan for this key, skipped if none;
 `stored=PROFILE` takes the plan stored for that profile, e.g. an H100 plan timed on an H200, which needs the same
@@ -19,6 +20,7 @@ variant's kernel from the opcode headers in DIR (another code state's egt/megake
 `git archive`), so a kernel change is A/B-tested in one run on one card: `base:csrc=DIR;new:` (same plan).
 `--trace NAMES` also runs a traced build of those variants (layer 2, context 140) and prints where the layer's
 time goes, as bench/megakernel_trace.py does.
+Every plan, check and timing is at batch N (default 1).
 Correctness per variant: logits at contexts 1 and 1000 against the torch engine (bf16 weights: the bf16 torch
 path; INT4: the same QuantLinear modules in float32), relative error < megakernel_check.REL_TOL.
 Timing: ms per decode step at contexts ~140 and ~1000 (one launch per step, device-fed tokens, median of 5 x 100).
@@ -122,7 +124,7 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
                 raise ValueError(f"{kv}: " + "; ".join(errs))
             plan.smem_report()
         return plan
-    plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"),
+    plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"), dense=kv.get("dense"),
                    attn_filter=accept, attn_slices=bool(kv.get("slices")) or kv.get("hpi", "0") != "0",
                    bulk_copy=kv.get("copy") == "bulk",
                    thread_options=(int(kv["threads"]),) if "threads" in kv else None)
@@ -152,13 +154,13 @@ def code_state(csrc: str):
             os.environ["EGT_MK_CSRC"] = old
 
 
-def trace_points(model, plan, ctx: int = 140) -> list[str]:
+def trace_points(model, plan, ctx: int = 140, batch: int = 1) -> list[str]:
     """Earliest / median / latest block at each stamped point of layer TRACE_LAYER (bench/megakernel_trace.py)."""
     from bench.megakernel_trace import POINTS  # stamp index -> name
     from egt.megakernel.runtime import MegaKernelDecoder
-    dec = MegaKernelDecoder(model, batch=1, plan=plan, trace_layer=TRACE_LAYER)
-    cache = model.setup_cache(1, ctx + 64)
-    dec.set_inputs([1], [ctx], [0], ctx)
+    dec = MegaKernelDecoder(model, batch=batch, plan=plan, trace_layer=TRACE_LAYER)
+    cache = model.setup_cache(batch, ctx + 64)
+    dec.set_inputs([1] * batch, [ctx] * batch, [0] * batch, ctx)
     for _ in range(10):
         dec.launch(cache, logits=False, advance=True)
     dec.check()
@@ -179,6 +181,7 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--weights", default="bf16,w4a16")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS)
+    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--profile", default=None, help="plan profile (default: this GPU; h100 with --build-only)")
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--trace", default="", help="variant names to also trace (layer 2, context 140)")
@@ -191,7 +194,7 @@ def main():
         for w in a.weights.split(","):
             earlier = {}
             for vname, kv in variants:
-                p = variant_plan(SHAPES[name], w, kv, prof, earlier=earlier)
+                p = variant_plan(SHAPES[name], w, kv, prof, batch=a.batch, earlier=earlier)
                 if p is not None:
                     jobs.append((name, w, vname, kv, p))
                     earlier[vname] = p
@@ -215,6 +218,7 @@ def main():
     from egt.models import random_model
 
     gen = torch.Generator(device="cuda").manual_seed(0)
+    B = a.batch
     out = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "command": "python bench/megakernel_ab.py " + " ".join(sys.argv[1:]), "rel_tol": REL_TOL, "rows": []}
     current = None
@@ -224,36 +228,36 @@ def main():
             ref_model = copy.deepcopy(model).float() if w != "bf16" else model
             nbytes = weight_bytes(model)
             current = (name, w)
-        row = {"model": name, "weights": w, "variant": vname, "constraints": kv, "plan_hash": plan.plan_hash(),
+        row = {"model": name, "weights": w, "batch": B, "variant": vname, "constraints": kv, "plan_hash": plan.plan_hash(),
                "attn": vars(plan.attn), "ops": {k: vars(v) for k, v in plan.ops.items()}, "weight_bytes": nbytes,
                "smem_peak": plan.smem.get("peak"), "plan": plan.to_dict()}
         try:
             with code_state(kv.get("csrc", "")):
-                dec = MegaKernelDecoder(model, batch=1, plan=plan)
+                dec = MegaKernelDecoder(model, batch=B, plan=plan)
             errs = []
             for ctx in (1, 1000):
-                cache = model.setup_cache(1, ctx + 8)
-                rcache = cache if ref_model is model else ref_model.setup_cache(1, ctx + 8)
+                cache = model.setup_cache(B, ctx + 8)
+                rcache = cache if ref_model is model else ref_model.setup_cache(B, ctx + 8)
                 if ctx > 1:
-                    toks = torch.randint(0, model.shape.vocab, (1, ctx - 1), device="cuda", generator=gen)
+                    toks = torch.randint(0, model.shape.vocab, (B, ctx - 1), device="cuda", generator=gen)
                     prefill(model, cache, toks)
                     if rcache is not cache:
                         prefill(ref_model, rcache, toks)
-                tok = torch.randint(0, model.shape.vocab, (1,), device="cuda", generator=gen)
+                tok = torch.randint(0, model.shape.vocab, (B,), device="cuda", generator=gen)
                 mk_cache = clone(cache)
                 ref = ref_step(ref_model, rcache, tok, ctx - 1)
-                _, lg = dec.step(tok, [ctx - 1], [0], ctx - 1, mk_cache)
+                _, lg = dec.step(tok, [ctx - 1] * B, [0] * B, ctx - 1, mk_cache)
                 errs.append(rel(lg, ref))
                 del cache, rcache, mk_cache
             row["rel_err"] = errs
             row["pass"] = all(e < REL_TOL for e in errs)
-            row["ms_ctx140"], _ = time_decoder(dec, model, 1, ctx=140)
-            row["ms_ctx1000"], _ = time_decoder(dec, model, 1, ctx=1000)
+            row["ms_ctx140"], _ = time_decoder(dec, model, B, ctx=140)
+            row["ms_ctx1000"], _ = time_decoder(dec, model, B, ctx=1000)
             del dec
             if vname in traced:
                 try:  # a failing trace does not fail the variant's checks and timings
                     with code_state(kv.get("csrc", "")):
-                        row["trace"] = trace_points(model, plan)
+                        row["trace"] = trace_points(model, plan, batch=B)
                     print(f"== trace {name} {w} {vname} layer {TRACE_LAYER} ctx 140 (us from earliest qkv-wait start)")
                     print("\n".join(row["trace"]), flush=True)
                 except Exception as e:
@@ -268,7 +272,7 @@ def main():
         torch.cuda.empty_cache()
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "megakernel_ab.json").write_text(json.dumps(out, indent=1))
-    lines = [f"# MegaKernel A/B ({out['device']}, {out['date']})", "", f"Command: `{out['command']}`", "",
+    lines = [f"# MegaKernel A/B ({out['device']}, {out['date']}, batch {a.batch})", "", f"Command: `{out['command']}`", "",
              "| model | weights | variant | attention (hpi/S/min_chunk/sub/qk_lanes/fold) | rel err ctx 1, 1000 | pass | "
              "ms ctx 140 | ms ctx 1000 |", "|---|---|---|---|---|---|---|---|"]
     for r in out["rows"]:

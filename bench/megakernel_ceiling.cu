@@ -39,11 +39,17 @@ __global__ void __launch_bounds__(NTHR, 1) ceiling(SRC src, int reps, const uint
     WF::template accumulate<C>(buf, xs, r % C::CP, warp / C::WPR, warp % C::WPR, lane, src, st);
     __syncthreads();
   }
-  float acc[C::RPW][C::NMAT][NB];
-  st.rows(acc, lane);
   float s = 0.f;
-  for (int j = 0; j < C::RPW; ++j)
-    for (int m = 0; m < C::NMAT; ++m) s += acc[j][m][0];
+  if constexpr (WF::template Acc<C>::OWNED) {
+    st.each(lane, [&](int, int, float (&v)[C::NMAT]) {
+      for (int m = 0; m < C::NMAT; ++m) s += v[m];
+    });
+  } else {
+    float acc[C::RPW][C::NMAT][NB];
+    st.rows(acc, lane);
+    for (int j = 0; j < C::RPW; ++j)
+      for (int m = 0; m < C::NMAT; ++m) s += acc[j][m][0];
+  }
   out[blockIdx.x * NTHR + threadIdx.x] = s;  // keeps the work alive
 }
 

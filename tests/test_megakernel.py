@@ -541,10 +541,16 @@ def test_int4_tensor_core_row_tiles():
     assert matvec_check(op, MatvecSchedule(8, 1280, 4, 1, 8), 256) is None               # 8 rows, 10 quads of 128
     assert "quads" in matvec_check(op, MatvecSchedule(4, 640, 4, 1, 8), 256)             # 640 is not whole 256s
     assert "rows a warp" in matvec_check(op, MatvecSchedule(2, 1792, 4, 1, 8), 256)     # 2 rows a warp
+    # batch rows are B columns: 16 in two groups of 8 at 16 rows a warp, 8 / P with P = 16 / rows column parts
+    for tr, tk, most in ((16, 1792, 16), (8, 1280, 4), (4, 1792, 2)):
+        assert matvec_check(op, MatvecSchedule(tr, tk, 4, 1, 8), 256, batch=most) is None
+        assert "batch" in matvec_check(op, MatvecSchedule(tr, tk, 4, 1, 8), 256, batch=most + 1)
     nm = MatvecOp("down", 1536, 8960, 1, "int4-nm-tc")
     assert matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256) is None
     assert "16 or 8 rows a warp" in matvec_check(nm, MatvecSchedule(4, 1792, 4, 1, 8), 256)
-    assert "rows a warp" in matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256, batch=2)  # batch 1 only
+    assert matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256, batch=4) is None        # 8 / P batch rows
+    assert "batch <= 4" in matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256, batch=5)
+    assert "batch <= 8" in matvec_check(nm, MatvecSchedule(16, 1280, 4, 1, 8), 256, batch=9)  # one group of 8
     with pytest.raises(ValueError, match="groups of 16, 8 or 4 rows"):
         q4_chunks([[_ql(8, 512, 32, True, 0)]], 8, 128, 1, "tc", 4)  # 4 rows a warp need 256-column quads
     plans = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="tensor-core")
@@ -563,17 +569,45 @@ def test_int4_path_choice():
     assert "using WQKV = Q4TC<mk_t>;" in generate_source(p)
     base = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="cuda-core")[0]
     assert p.key() == base.key() and p.plan_hash() != base.plan_hash()  # one key: the variant is the search's choice
-    # tensor cores need bf16 and batch <= 2: elsewhere the CUDA-core kernel runs whatever was asked
+    # tensor cores need bf16 and batch <= 16 (N:4: 8): elsewhere the CUDA-core kernel runs whatever was asked
     assert int4_variants({"down": "int4-nm", "o": "int4"}, 1, "bf16", "tensor-core") == {"down": "int4-nm-tc",
                                                                                          "o": "int4-tc"}
     assert int4_variants({"down": "int4-nm"}, 1, "bf16", "auto") == {"down": "auto:int4-nm"}
-    assert int4_variants({"down": "int4-nm", "o": "int4"}, 2, "bf16", "tensor-core") == {"down": "int4-nm",
+    assert int4_variants({"down": "int4-nm", "o": "int4"}, 9, "bf16", "tensor-core") == {"down": "int4-nm",
                                                                                           "o": "int4-tc"}
-    assert int4_variants(W4, 4, "bf16", "tensor-core") == W4
+    assert int4_variants(W4, 16, "bf16", "tensor-core") == {k: "int4-tc" for k in W4}
+    assert int4_variants(W4, 17, "bf16", "tensor-core") == W4
     assert int4_variants(W4, 1, "fp16", "tensor-core") == W4
     with pytest.raises(ValueError):
         int4_variants(W4, 1, "bf16", "fastest")
 
+
+def test_dense_tensor_core_kind(monkeypatch):
+    """Dense bf16/fp16 ops on tensor cores: ranked against the CUDA-core loop at batch 2-16 (auto), never at batch 1
+    unless asked; the key stays the dense one, the rows are padded by 16 bytes in the ring, 16 rows a warp."""
+    from egt.megakernel.schedule import MatvecOp, MatvecSchedule, matvec_check, stage_bytes
+    from egt.megakernel.search import dense_path
+    shape = SHAPES["qwen2.5-1.5b"]
+    b1 = search(shape, 1, "h100", max_plans=1)[0]
+    assert b1.weights == {}
+    b16 = search(shape, 16, "h100", max_plans=1)[0]
+    assert b16.key() == b1.key().replace("|b1", "|b16") and "|none|" in b16.key()
+    assert set(b16.weights.values()) == {"dense-bf16-tc"}  # CUDA cores need one FMA a weight per batch row
+    assert "DenseTC<mk_t>" in generate_source(b16)
+    forced = search(shape, 1, "h100", dtype="fp16", max_plans=1, dense="tensor-core")[0]
+    assert forced.weights == {op: "dense-fp16-tc" for op in forced.ops}
+    assert search(shape, 16, "h100", max_plans=1, dense="cuda-core")[0].weights == {}
+    monkeypatch.setenv("EGT_MK_DENSE", "cuda-core")
+    assert dense_path(16) == "cuda-core" and dense_path(16, "tensor-core") == "tensor-core"
+    assert dense_path(17, "tensor-core") == "cuda-core"
+    with pytest.raises(ValueError):
+        dense_path(4, "fastest")
+    op = MatvecOp("down", 1536, 8960, 1, "dense-bf16-tc")
+    assert stage_bytes(op, 16, 1792) == stage_bytes(MatvecOp("down", 1536, 8960, 1, "dense-bf16"), 16, 1792) + 16 * 16
+    assert matvec_check(op, MatvecSchedule(16, 1792, 4, 1, 8), 256, batch=16) is None
+    assert "rows a warp" in matvec_check(op, MatvecSchedule(8, 1792, 4, 1, 8), 256)
+    assert "k-steps" in matvec_check(op, MatvecSchedule(16, 280, 4, 1, 8), 256)  # 17.5 k-steps
+    assert "batch" in matvec_check(op, MatvecSchedule(16, 1792, 4, 1, 8), 256, batch=17)
 
 def test_int4_rings_deepen_within_shared_memory(monkeypatch):
     deep = search(SHAPES["smollm2-135m"], 1, "h100", weights=W4, max_plans=1)[0]

@@ -341,24 +341,12 @@ def test_narrow_tensor_core_tiles_match_reference(config, batch):
     """INT4 on tensor cores with 8 and 4 rows a warp (one A fragment holds 2 or 4 column parts of each row): a
     two-layer qwen2.5-1.5b whose ops use those tiles, against the torch engine on the same QuantLinear modules in
     float32, at contexts 1 and 300, batch 1 and 2, repeatable."""
-    import copy
-
     from egt.megakernel.profiles import get_profile
     from egt.megakernel.runtime import MegaKernelDecoder, weight_kinds
     from egt.megakernel.schedule import MatvecSchedule, MegaPlan
     from egt.megakernel.search import search
-    from egt.models import random_model
-    from egt.plan import LinearPlan
-    from egt.quant import quantize_layers
-    from egt.transformer import KVCache
     want = NARROW_TILES[config]
-    model = random_model("qwen2.5-1.5b", device="cuda", seed=11, layers=2)
-    op_of = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gateup",
-             "up_proj": "gateup", "down_proj": "down", "lm_head": "lm_head"}
-    plans = {n: LinearPlan(bits=4, group_size=want[op_of[n.rsplit(".", 1)[-1]]][0], symmetric="mlp" in n)
-             for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
-    quantize_layers(model, None, plans, "rtn")
-    reference = copy.deepcopy(model).float()
+    model, reference = _int4_qwen(11, {op: group for op, (group, _) in want.items()})
     base = search(model.shape, batch, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
                   int4_path="tensor-core")[0]
     nw = base.threads // 32
@@ -370,10 +358,32 @@ def test_narrow_tensor_core_tiles_match_reference(config, batch):
     plan = MegaPlan(**{**base.__dict__, "ops": ops, "smem": {}, "predicted_ms": None, "measured_ms": None})
     assert plan.check(get_profile("device").smem_per_block) == []
     assert {n: s.rows_per_warp(plan.threads) for n, s in plan.ops.items()} == {n: r for n, (_, r) in want.items()}
-    decoder = MegaKernelDecoder(model, batch=batch, plan=plan)
+    _check_batch_steps(model, reference, MegaKernelDecoder(model, batch=batch, plan=plan), batch)
+
+
+def _int4_qwen(seed: int, groups: dict[str, int]):
+    """A two-layer qwen2.5-1.5b quantized to INT4 with the given group size per op, and its float32 copy."""
+    import copy
+
+    from egt.models import random_model
+    from egt.plan import LinearPlan
+    from egt.quant import quantize_layers
+    model = random_model("qwen2.5-1.5b", device="cuda", seed=seed, layers=2)
+    op_of = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gateup",
+             "up_proj": "gateup", "down_proj": "down", "lm_head": "lm_head"}
+    plans = {n: LinearPlan(bits=4, group_size=groups[op_of[n.rsplit(".", 1)[-1]]], symmetric="mlp" in n)
+             for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+    quantize_layers(model, None, plans, "rtn")
+    return model, copy.deepcopy(model).float()
+
+
+def _check_batch_steps(model, reference, decoder, batch: int, ctxs=(1, 300)):
+    """One MegaKernel step per context against the reference engine, every batch row within REL_TOL, the greedy
+    tokens the logits' argmax, and a bit-identical rerun."""
+    from egt.transformer import KVCache
     g = torch.Generator(device="cuda").manual_seed(batch)
     V = model.shape.vocab
-    for ctx in (1, 300):
+    for ctx in ctxs:
         cache, rcache = model.setup_cache(batch, 512), reference.setup_cache(batch, 512)
         if ctx > 1:
             s = torch.arange(ctx - 1, device="cuda")
@@ -393,12 +403,54 @@ def test_narrow_tensor_core_tiles_match_reference(config, batch):
         assert torch.equal(again, logits), ctx  # a changing result is a race
 
 
+@pytest.mark.parametrize("batch", [3, 8, 13, 16])
 @torch.inference_mode()
-def test_narrow_sparse_tensor_core_tiles_match_reference():
+def test_tensor_core_int4_batches_match_reference(batch):
+    """INT4 on tensor cores above batch 2: 16 rows a warp, the B fragment's 8 columns hold batch rows, in two groups
+    above 8 (13: a partial second group); at batch 3 the o projection also in 8-row tiles (P * batch <= 8). Group
+    sizes 32 (two scale blocks a quad) and 64-128 (one). A two-layer qwen2.5-1.5b against the torch engine on the same
+    QuantLinear modules in float32, at contexts 1 and 300, repeatable."""
+    from egt.megakernel.profiles import get_profile
+    from egt.megakernel.runtime import MegaKernelDecoder, weight_kinds
+    from egt.megakernel.schedule import MatvecSchedule, MegaPlan
+    from egt.megakernel.search import search
+    model, reference = _int4_qwen(batch, {"qkv": 32, "o": 64, "gateup": 128, "down": 32, "lm_head": 128})
+    plan = search(model.shape, batch, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
+                  int4_path="tensor-core")[0]
+    assert set(plan.weights.values()) == {"int4-tc"}
+    if batch <= 4:
+        nw = plan.threads // 32
+        ops = {**plan.ops, "o": MatvecSchedule(8, 1536, 3, 1, nw, plan.ops["o"].rot)}
+        plan = MegaPlan(**{**plan.__dict__, "ops": ops, "smem": {}, "predicted_ms": None, "measured_ms": None})
+        assert plan.check(get_profile("device").smem_per_block) == []
+    _check_batch_steps(model, reference, MegaKernelDecoder(model, batch=batch, plan=plan), batch)
+
+@pytest.mark.parametrize("batch", [1, 5, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.inference_mode()
+def test_dense_tensor_core_batches_match_reference(dtype, batch):
+    """bf16 and fp16 weights on tensor cores (csrc DenseTC: 16 rows a warp, ldmatrix from padded rows, an MMA per
+    group of 8 batch rows): a two-layer qwen2.5-1.5b with every op on the tensor-core kind, at batch 1 (seven idle B
+    columns), 5 and 16 (two groups), against the torch engine in float32 at contexts 1 and 300, repeatable."""
+    import copy
+
+    from egt.megakernel.runtime import MegaKernelDecoder
+    from egt.megakernel.search import search
+    from egt.models import random_model
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    model = random_model("qwen2.5-1.5b", dtype=dtype, device="cuda", seed=7, layers=2)
+    plan = search(model.shape, batch, "device", dtype=name, max_plans=1, dense="tensor-core")[0]
+    assert plan.weights == {op: f"dense-{name}-tc" for op in plan.ops}
+    _check_batch_steps(model, copy.deepcopy(model).float(), MegaKernelDecoder(model, batch=batch, plan=plan), batch)
+
+@pytest.mark.parametrize("batch", [1, 4, 8])
+@torch.inference_mode()
+def test_narrow_sparse_tensor_core_tiles_match_reference(batch):
     """N:4 sparse INT4 on sparse tensor cores with 8 rows a warp (mma.sp's A fragment holds two 32-column parts of
-    each row): a four-layer qwen2.5-1.5b of a dense INT4 layer, 2:4 with 32-value groups (one scale pair a k-step),
-    1:4 and 2:4 with larger groups (one a quad), and a 4-row INT4 LM head, against the torch engine on the same
-    modules in float32 at contexts 1 and 300, repeatable."""
+    each row; 16 rows at batch 8, the most 8-row tiles take being 4): a four-layer qwen2.5-1.5b of a dense INT4
+    layer, 2:4 with 32-value groups (one scale pair a k-step), 1:4 and 2:4 with larger groups (one a quad), and a
+    4-row INT4 LM head (16 rows above batch 2), against the torch engine on the same modules in float32 at contexts 1
+    and 300, repeatable."""
     import copy
 
     from egt.megakernel.profiles import get_profile
@@ -411,7 +463,6 @@ def test_narrow_sparse_tensor_core_tiles_match_reference():
     from egt.quant import quantize_layers
     from egt.sparsify.modules import SparseLinear
     from egt.sparsify.pattern import magnitude_mask, n_of
-    from egt.transformer import KVCache
     model = random_model("qwen2.5-1.5b", device="cuda", seed=12, layers=4)
     layer_plan = {1: ("2:4", 32), 2: ("1:4", 32), 3: ("2:4", 128)}  # layer 0 stays dense INT4
     dense = {}
@@ -429,30 +480,14 @@ def test_narrow_sparse_tensor_core_tiles_match_reference():
             dense[name] = LinearPlan(bits=4, group_size=64 if i == 0 else 128, symmetric=False)
     quantize_layers(model, None, dense, "rtn")
     reference = copy.deepcopy(model).float()
-    base = search(model.shape, 1, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
+    base = search(model.shape, batch, "device", weights=weight_kinds(model, model.dtype), max_plans=1,
                   int4_path="tensor-core")[0]
     assert set(base.weights.values()) == {"int4-nm-tc", "int4-tc"}
     nw = base.threads // 32
-    ops = {name: MatvecSchedule(8, 1792 if base.matvec_op_table()[name].k % 1792 == 0 else 1536, 3, 1, nw, s.rot)
+    rows = 8 if batch <= 4 else 16
+    ops = {name: MatvecSchedule(rows, 1792 if base.matvec_op_table()[name].k % 1792 == 0 else 1536, 3, 1, nw, s.rot)
            for name, s in base.ops.items()}
-    ops["lm_head"] = MatvecSchedule(4, 1536, 3, 1, nw, base.ops["lm_head"].rot)
+    ops["lm_head"] = MatvecSchedule(4 if batch <= 2 else 16, 1536, 3, 1, nw, base.ops["lm_head"].rot)
     plan = MegaPlan(**{**base.__dict__, "ops": ops, "smem": {}, "predicted_ms": None, "measured_ms": None})
     assert plan.check(get_profile("device").smem_per_block) == []
-    decoder = MegaKernelDecoder(model, batch=1, plan=plan)
-    g = torch.Generator(device="cuda").manual_seed(4)
-    V = model.shape.vocab
-    for ctx in (1, 300):
-        cache, rcache = model.setup_cache(1, 512), reference.setup_cache(1, 512)
-        if ctx > 1:
-            s = torch.arange(ctx - 1, device="cuda")
-            toks = torch.randint(0, V, (1, ctx - 1), device="cuda", generator=g)
-            model(toks, s.view(1, -1), s, cache)
-            reference(toks, s.view(1, -1), s, rcache)
-        tok = torch.randint(0, V, (1,), device="cuda", generator=g)
-        ref = _ref_step(reference, rcache, tok, ctx - 1)
-        nxt, logits = decoder.step(tok, [ctx - 1], [0], ctx - 1, KVCache(cache.k.clone(), cache.v.clone()))
-        logits = logits.clone()
-        assert torch.isfinite(logits).all() and int(nxt[0]) == int(logits[0].argmax()), ctx
-        assert _rel(logits, ref) < REL_TOL, ctx
-        again = decoder.step(tok, [ctx - 1], [0], ctx - 1, KVCache(cache.k.clone(), cache.v.clone()))[1]
-        assert torch.equal(again, logits), ctx  # a changing result is a race
+    _check_batch_steps(model, reference, MegaKernelDecoder(model, batch=batch, plan=plan), batch)

@@ -19,12 +19,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .schedule import INT3, INT4_KINDS, INT4_NM, INT4_NM_TC, INT4_TC, MegaPlan, is_dense
+from .schedule import INT3, INT4_KINDS, INT4_NM, INT4_NM_TC, INT4_TC, MegaPlan, is_dense, model_kind
 
 CSRC = Path(__file__).parent / "csrc"
 HEADERS = ("mk_common.cuh", "mk_matvec.cuh", "mk_attention.cuh", "mk_kernel.cuh")
 DTYPES = {"bf16": "__nv_bfloat16", "fp16": "__half"}
-WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "int4": "Q4W<mk_t>",
+WEIGHT_POLICIES = {"dense-bf16": "DenseW<mk_t>", "dense-fp16": "DenseW<mk_t>", "dense-bf16-tc": "DenseTC<mk_t>",
+                   "dense-fp16-tc": "DenseTC<mk_t>", "int4": "Q4W<mk_t>",
                    "int4-tc": "Q4TC<mk_t>", "int4-nm": "S4W<mk_t>", "int4-nm-tc": "S4TC<mk_t>",
                    "int3": "Q3W<mk_t>"}
 OP_FLAGS = {"qkv": "Q4_QKV", "o": "Q4_O", "gateup": "Q4_GU", "down": "Q4_DN", "lm_head": "Q4_LM"}
@@ -89,7 +90,8 @@ def generate_source(plan: MegaPlan, trace_layer: int | None = None) -> str:
         raise ValueError(f"dtype {plan.dtype!r} not supported (bf16, fp16)")
     ops = plan.matvec_op_table()
     for name, op in ops.items():
-        if op.weight_kind not in WEIGHT_POLICIES or (is_dense(op.weight_kind) and op.weight_kind != f"dense-{plan.dtype}"):
+        if op.weight_kind not in WEIGHT_POLICIES or (is_dense(op.weight_kind)
+                                                      and model_kind(op.weight_kind) != f"dense-{plan.dtype}"):
             raise NotImplementedError(f"{name}: weight kind {op.weight_kind!r} is not in the MegaKernel")
         if op.weight_kind in (INT4_TC, INT4_NM_TC) and plan.dtype != "bf16":
             raise NotImplementedError(f"{name}: tensor-core INT4 runs bf16 activations only")

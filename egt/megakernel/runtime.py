@@ -33,7 +33,7 @@ import torch
 from .codegen import BuildError, build, counter_layout, scratch_layout
 from .operands import nm_chunks, q3_chunks, q4_chunks
 from .profiles import get_profile
-from .schedule import INT3, INT4, INT4_KINDS, INT4_NM, INT4_NM_TC, INT4_TC, Q4_CHUNK_KINDS, MegaPlan, model_kind
+from .schedule import INT3, INT4, INT4_KINDS, INT4_NM, INT4_NM_TC, INT4_TC, Q4_CHUNK_KINDS, MegaPlan, model_formats
 from .search import PlanStore, plan_for
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -115,7 +115,7 @@ class MegaKernelDecoder:
         self.plan = plan or plan_for(shape, batch, prof, DTYPE_NAMES[w.dtype], store, weights=kinds)
         if self.plan.batch != batch or self.plan.dtype != DTYPE_NAMES[w.dtype]:
             raise MegaKernelError(f"plan is for batch {self.plan.batch}/{self.plan.dtype}, not {batch}/{DTYPE_NAMES[w.dtype]}")
-        if {k: model_kind(v) for k, v in self.plan.weights.items()} != kinds:
+        if model_formats(self.plan.weights) != kinds:
             raise MegaKernelError(f"plan is for weight kinds {self.plan.weights or 'dense'}, the model has {kinds or 'dense'}")
         errs = self.plan.check(prof.smem_per_block)
         if errs:

@@ -8,8 +8,8 @@ Contract:
 - `MegaPlan` bundles the key (model shape, compression plan, GPU profile, batch, dtype), the grid (blocks = the
   profile's SMs, threads), one schedule per op, and what the search learnt (smem report, predicted and measured
   times). `plan_hash` covers exactly what changes the generated code.
-- Weight operand kinds (one per op, the same in every layer): `dense-bf16`/`dense-fp16` (rows read in place) and
-  `int4` (the MegaKernel layout of `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
+- Weight operand kinds (one per op, the same in every layer): `dense-bf16`/`dense-fp16` (rows read in place),
+  `dense-bf16-tc`/`dense-fp16-tc` (the same rows on tensor cores, batch > 1), `int4` (the MegaKernel layout of `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
   the stage's packed codes and its (scale, offset) pairs), `int4-tc` (the same chunks with the codes in tensor-core
   fragment order), `int4-nm` (N:4 sparse INT4 chunks with 2-bit positions, N per layer), `int4-nm-tc` (the same
   weights in sparse tensor-core fragments), `int3` (INT3 chunks, or
@@ -89,21 +89,30 @@ def ceil_div(a: int, b: int) -> int:
 
 
 INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
-INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16, 8 or 4 rows a warp, batch <= 2
+INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16, 8 or 4 rows a warp, batch <= 16
 INT4_KINDS = (INT4, INT4_TC)
 INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
-INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch 1,
+INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch <= 8,
 #                            16 or 8 rows a warp
-TC_KINDS = {INT4: INT4_TC, INT4_NM: INT4_NM_TC}  # the tensor-core variant of a CUDA-core kind
-TC_MAX_BATCH = {INT4_TC: 2, INT4_NM_TC: 1}  # int4-nm-tc has run at batch 1 only
+DENSE_TC = {"dense-bf16": "dense-bf16-tc", "dense-fp16": "dense-fp16-tc"}  # mma.m16n8k16, 16 rows a warp
+TC_KINDS = {INT4: INT4_TC, INT4_NM: INT4_NM_TC, **DENSE_TC}  # the tensor-core variant of a CUDA-core kind
+TC_MAX_BATCH = {INT4_TC: 16, INT4_NM_TC: 8, **{tc: 16 for tc in DENSE_TC.values()}}  # int4-nm-tc: one group of 8
 # Rows a warp may own on tensor cores: one m16n8k16 A fragment is 16 rows x 16 columns, or RPW rows x 16/RPW column
 # parts (csrc Q4TC): narrower row tiles let an op of few rows cover every SM, at the same MMAs per weight.
-TC_ROWS_PER_WARP = {INT4_TC: (16, 8, 4), INT4_NM_TC: (16, 8)}
+TC_ROWS_PER_WARP = {INT4_TC: (16, 8, 4), INT4_NM_TC: (16, 8), **{tc: (16,) for tc in DENSE_TC.values()}}
+
+
+def tc_max_batch(kind: str, rpw: int) -> int:
+    """Largest batch of a tensor-core kind at RPW rows a warp: the MMA's 8 B columns hold batch rows (16 rows a
+    warp: in groups of 8, up to TC_MAX_BATCH) or 16/RPW column parts of each (csrc Q4TC::Acc)."""
+    return TC_MAX_BATCH[kind] if rpw == 16 else min(TC_MAX_BATCH[kind], 8 * rpw // 16)
 
 
 def tc_quad_columns(rpw: int) -> int:
     """Columns of one tensor-core quad (4 k-steps, one 16-byte code vector a lane) for RPW rows a warp."""
     return 64 * (16 // rpw)
+
+
 INT3 = "int3"        # INT3 (or INT4 where a layer's op holds a 4-bit module), bits per layer at run time
 Q4_CHUNK_KINDS = (*INT4_KINDS, INT4_NM, INT4_NM_TC, INT3)  # kinds read from operands.py chunks (the same stride)
 Q4_CODES_PER_VEC = 32  # one 16-byte vector of packed codes: 32 INT4 weights, 4 int32 words
@@ -116,6 +125,12 @@ def is_dense(kind: str) -> bool:
 def model_kind(kind: str) -> str:
     """The weight format a plan kind reads (a tensor-core variant reads the same modules as its CUDA-core kind)."""
     return {tc: cuda_core for cuda_core, tc in TC_KINDS.items()}.get(kind, kind)
+
+
+def model_formats(kinds: dict[str, str]) -> dict[str, str]:
+    """The compressed formats behind a plan's per-op kinds: tensor-core variants mapped back to their format, dense
+    ops (on either kind of core) left out, as in the model's `runtime.weight_kinds`."""
+    return {k: model_kind(v) for k, v in kinds.items() if not is_dense(v)}
 
 
 def q4_chunk_vecs(nmat: int, tr: int, tk: int) -> tuple[int, int]:
@@ -148,8 +163,8 @@ def weight_bytes_per_elem(kind: str, group: int = 128) -> float:
 
 
 def stage_bytes(op: "MatvecOp", tr: int, tk: int) -> int:
-    if is_dense(op.weight_kind):
-        return op.nmat * tr * (tk // 8) * 16
+    if is_dense(op.weight_kind):  # the tensor-core kinds pad each row by 16 bytes (csrc DenseTC)
+        return op.nmat * tr * (tk // 8 + (op.weight_kind in DENSE_TC.values())) * 16
     if op.weight_kind in Q4_CHUNK_KINDS:
         return 16 * sum(q4_chunk_vecs(op.nmat, tr, tk))
     raise ValueError(f"unknown weight kind {op.weight_kind!r}")
@@ -172,9 +187,11 @@ def matvec_check(op: MatvecOp, s: MatvecSchedule, threads: int, batch: int = 1) 
         return "INT4 stages hold whole 32-code vectors: TK and K must be multiples of 32"
     if op.weight_kind in TC_MAX_BATCH:
         rpw, ok = s.rows_per_warp(threads), TC_ROWS_PER_WARP[op.weight_kind]
-        if rpw not in ok or s.tk % tc_quad_columns(rpw) or batch > TC_MAX_BATCH[op.weight_kind]:
-            return (f"{op.weight_kind} needs {' or '.join(map(str, ok))} rows a warp, stages of whole quads (64 x "
-                    f"16/rows columns) and batch <= {TC_MAX_BATCH[op.weight_kind]}")
+        step = 16 if is_dense(op.weight_kind) else tc_quad_columns(rpw)  # dense: k-steps; INT4: code-vector quads
+        if rpw not in ok or s.tk % step or batch > tc_max_batch(op.weight_kind, rpw):
+            most = tc_max_batch(op.weight_kind, rpw) if rpw in ok else TC_MAX_BATCH[op.weight_kind]
+            return (f"{op.weight_kind} needs {' or '.join(map(str, ok))} rows a warp, stages of whole {step}-column "
+                    f"{'k-steps' if step == 16 else 'quads'} and batch <= {most} at {rpw} rows a warp")
     return None
 
 
@@ -260,7 +277,7 @@ class MegaPlan:
         """What the plan is for (model shape, weight formats, dtype, GPU, batch), not how it runs them: a kernel
         variant of a format (INT4 on tensor cores) is the search's choice inside one key."""
         m = self.model
-        formats = compression_label({k: model_kind(v) for k, v in self.weights.items()})
+        formats = compression_label(model_formats(self.weights))
         return (f"{m.name}|h{m.hidden}i{m.intermediate}l{m.layers}q{m.heads}kv{m.kv_heads}d{m.head_dim}v{m.vocab}"
                 f"|{formats}|{self.dtype}|{self.profile}|b{self.batch}")
 

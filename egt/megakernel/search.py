@@ -22,10 +22,11 @@ from pathlib import Path
 
 from ..models import ModelShape
 from .profiles import GpuProfile, get_profile
-from .schedule import (INT3, INT4, INT4_NM, INT4_NM_TC, INT4_TC, MAX_RING, TC_KINDS, TC_MAX_BATCH, TC_ROWS_PER_WARP,
-                       AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes, ceil_div,
-                       compression_label, is_dense, matvec_check, matvec_ops, matvec_page_bytes, matvec_ring_bytes,
-                       stage_bytes, static_smem_bytes, tc_quad_columns, weight_bytes_per_elem)
+from .schedule import (DENSE_TC, INT3, INT4, INT4_NM, INT4_NM_TC, INT4_TC, MAX_RING, TC_KINDS, TC_MAX_BATCH,
+                       TC_ROWS_PER_WARP, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes,
+                       ceil_div, compression_label, is_dense, matvec_check, matvec_ops, matvec_page_bytes,
+                       matvec_ring_bytes, model_formats, stage_bytes, static_smem_bytes, tc_quad_columns,
+                       weight_bytes_per_elem)
 
 NOMINAL_CONTEXT = 256  # context the attention term is costed at (short ad prompts + a few dozen generated tokens)
 FMA_PER_SM_PER_US = 128 * 1.6e3  # fp32 lanes x clock (MHz): FMA issue rate of one SM per microsecond
@@ -48,7 +49,9 @@ def enumerate_matvec(op: MatvecOp, batch: int, threads: int, blocks: int, smem_l
             continue
         for rpw in TC_ROWS_PER_WARP.get(op.weight_kind, (1, 2, 4)):
             tr = (nw // wpr) * rpw
-            if tr > 64 or rpw * op.nmat * batch > 64:  # accumulators live in registers
+            # accumulators live in registers: a lane's (row, batch) partial sums, or its C fragments (tensor cores)
+            regs = ceil_div(batch, 8) * op.nmat * 4 if op.weight_kind in TC_ROWS_PER_WARP else rpw * op.nmat * batch
+            if tr > 64 or regs > 64:
                 continue
             narrow = op.weight_kind in TC_ROWS_PER_WARP and rpw < 16
             if narrow and wpr != nw:
@@ -94,14 +97,21 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
     prefetched = min((s.stages - 1) * stage, block_bytes)
     t_stream = max(t_stream - min(hidden_us, prefetched / bw_sm), 0.0)
     elems = tiles * s.tr * op.k * op.nmat
-    if is_dense(op.weight_kind):
+    if op.weight_kind in DENSE_TC.values():
+        # per 16 x 16 weights: one ldmatrix, an MMA per group of 8 batch rows, the B fragments shared by the
+        # matrices (about 4-5 warp instructions, 0.5 lane-ops a weight; not measured). Warps past the k-steps idle.
+        ksteps = s.tk // 16
+        util = ksteps / (ceil_div(ksteps, s.wpr) * s.wpr)
+        ops_per_elem = (0.3 + 0.2 * ceil_div(batch, 8)) / util
+    elif is_dense(op.weight_kind):
         ops_per_elem = 2 * batch + 1  # unpack + one FMA per batch row
     elif op.weight_kind == INT4_TC:
         # per weight pair: shift + LOP3 into raw bf16 codes; the MMA does the products on the tensor cores; the
         # scale is folded per run of a scale block (per 64 columns at worst). Warps past the stage's quads idle.
+        # Each group of 8 batch rows adds an MMA a k-step on the same registers (not measured: costed as 0.3).
         quads = s.tk // tc_quad_columns(s.rows_per_warp(threads))
         util = quads / (ceil_div(quads, s.wpr) * s.wpr)
-        ops_per_elem = 1.1 / util
+        ops_per_elem = (1.1 + 0.3 * (ceil_div(batch, 8) - 1)) / util
     elif op.weight_kind == INT4_NM_TC:
         # as int4-tc per column, not per byte: a 64-column quad costs about as many instructions at 2:4 and 1:4 as
         # dense (activation fragments, scale pairs, fold and a second mma.sp for the kept x; H100 ceiling and ncu,
@@ -200,7 +210,7 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
             yield a
 
 
-INT4_PATHS = ("cuda-core", "tensor-core", "auto")
+CORE_PATHS = ("cuda-core", "tensor-core", "auto")  # where a format with a tensor-core kind runs
 
 
 def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
@@ -235,13 +245,13 @@ def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
 
 def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
     """Kernel variant of each INT4 or N:4 sparse INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run:
-    bf16, batch <= 2 for INT4, batch 1 for N:4), or `auto` (marked "auto:<kind>": the search ranks both per op).
+    bf16, batch <= 16 for INT4, 8 for N:4), or `auto` (marked "auto:<kind>": the search ranks both per op).
     Default: $EGT_MK_INT4 or auto. auto's plan took 1-14% less time a step than the CUDA-core one at every INT4 key
     of the four shapes on an H200 (bench/results/megakernel/ab_h200.md run 58), and the stored H100 plans, chosen by measurement,
     run most ops on tensor cores."""
     path = int4_path or os.environ.get("EGT_MK_INT4", "auto")
-    if path not in INT4_PATHS:
-        raise ValueError(f"INT4 path must be one of {INT4_PATHS}, got {path!r}")
+    if path not in CORE_PATHS:
+        raise ValueError(f"INT4 path must be one of {CORE_PATHS}, got {path!r}")
     out = dict(weights)
     for k, v in weights.items():
         if v in TC_KINDS and dtype == "bf16" and batch <= TC_MAX_BATCH[TC_KINDS[v]] and path != "cuda-core":
@@ -249,18 +259,31 @@ def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: st
     return out
 
 
+def dense_path(batch: int, path: str | None = None) -> str:
+    """Where dense (bf16/fp16) ops run: `cuda-core`, `tensor-core` (csrc DenseTC, batch <= 16) or `auto` (the search
+    ranks both per op, at batch 2-16: at batch 1 the CUDA-core loop keeps up with 5x an SM's share of the copy
+    bandwidth, bench/results/megakernel/megakernel_ceiling.md, so there is nothing to gain). Default: $EGT_MK_DENSE
+    or auto."""
+    path = path or os.environ.get("EGT_MK_DENSE", "auto")
+    if path not in CORE_PATHS:
+        raise ValueError(f"dense path must be one of {CORE_PATHS}, got {path!r}")
+    if batch > TC_MAX_BATCH[DENSE_TC["dense-bf16"]] or (path == "auto" and batch < 2):
+        return "cuda-core"
+    return path
+
 def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
            keep_per_op: int = 3, max_plans: int = 8, thread_options=None,
            weights: dict[str, str] | None = None, int4_path: str | None = None, attn_filter=None,
-           attn_slices: bool = False, bulk_copy: bool = False) -> list[MegaPlan]:
+           attn_slices: bool = False, bulk_copy: bool = False, dense: str | None = None) -> list[MegaPlan]:
     """Candidate plans, best predicted first; each carries predicted_ms and its smem report.
     weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops).
-    int4_path: how INT4 ops run (see `int4_variants`). A/B options: attn_filter keeps only the attention
+    int4_path: how INT4 ops run (see `int4_variants`), dense: how dense ops run (see `dense_path`). A/B options: attn_filter keeps only the attention
     schedules it accepts; attn_slices offers head slices (`_attn_options`); bulk_copy sets the plan's copy path."""
     prof = get_profile(profile)
     blocks = prof.sms
     wanted = int4_variants(dict(weights or {}), batch, dtype, int4_path)
     weights = {k: v.removeprefix("auto:") for k, v in wanted.items()}
+    dense = dense_path(batch, dense)
     if thread_options is None:
         # 512 threads cap registers at 128 and the INT4 loops spill a little (ptxas, sm_90), which the cost model
         # does not see: 256 unless asked. bench/megakernel_search.py times both; 512 won for the sparse INT4 plans
@@ -275,6 +298,9 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
             variants = [op]
             if wanted.get(name, "").startswith("auto:"):
                 variants = [op, MatvecOp(op.name, op.n, op.k, op.nmat, TC_KINDS[op.weight_kind])]
+            elif is_dense(op.weight_kind) and dense != "cuda-core":
+                tc = MatvecOp(op.name, op.n, op.k, op.nmat, DENSE_TC[op.weight_kind])
+                variants = [op, tc] if dense == "auto" else [tc]
             scored = []
             for var in variants:
                 for s in enumerate_matvec(var, batch, threads, blocks, prof.smem_per_block):
@@ -310,12 +336,12 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
             sched, kinds = {}, dict(weights)
             for i, n in enumerate(names):
                 s = best[n][combo[i]][1]
-                if not is_dense(kind_of[(n, s)]):
+                if kind_of[(n, s)] != f"dense-{dtype}":
                     kinds[n] = kind_of[(n, s)]
                 # rotate each op's tile assignment so the blocks carrying an extra tile change from op to op
                 sched[n] = MatvecSchedule(s.tr, s.tk, s.stages, s.ksplit, s.wpr, (i * blocks) // len(names))
             plan = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype,
-                            compression=compression_label(kinds), weights=kinds, threads=threads,
+                            compression=compression_label(model_formats(kinds)), weights=kinds, threads=threads,
                             blocks=blocks, ops=sched, attn=attn[combo[-1]][1], bulk_copy=bulk_copy)
             if plan.check(prof.smem_per_block):
                 continue
@@ -423,13 +449,13 @@ def plan_for(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h10
              store: PlanStore | None = None, weights: dict[str, str] | None = None,
              int4_path: str | None = None) -> MegaPlan:
     """The stored winner for this key, else the cost model's best (not yet timed on a GPU). An explicit or
-    $EGT_MK_INT4 INT4 path skips the store (it asks for a variant, not the winner)."""
+    $EGT_MK_INT4 INT4 path, or $EGT_MK_DENSE, skips the store (it asks for a variant, not the winner)."""
     prof = get_profile(profile)
     store = store or PlanStore()
     weights = dict(weights or {})
     probe = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, blocks=prof.sms,
                      compression=compression_label(weights), weights=weights)
-    found = None if (int4_path or os.environ.get("EGT_MK_INT4")) else store.get(probe.key())
+    found = None if (int4_path or os.environ.get("EGT_MK_INT4") or os.environ.get("EGT_MK_DENSE")) else store.get(probe.key())
     if found is not None:
         return found
     cands = search(shape, batch, prof, dtype, max_plans=1, weights=weights, int4_path=int4_path)

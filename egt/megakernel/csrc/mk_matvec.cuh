@@ -306,9 +306,10 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
   }
 };
 
-// INT4 on tensor cores (bf16 activations, batch <= 2): each warp owns 16 rows (RPW == 16; 8 and 4: `parts` below)
-// and its share of the stage's 64-column quads; mma.m16n8k16 multiplies the raw codes by the activations with
-// float32 accumulation.
+// INT4 on tensor cores (bf16 activations): each warp owns 16 rows (RPW == 16; 8 and 4: `parts` below) and its share
+// of the stage's 64-column quads; mma.m16n8k16 multiplies the raw codes by the activations with float32
+// accumulation. Batch <= 16 at 16 rows a warp (the B fragment's 8 columns are batch rows: groups of 8), <= 8 / P at
+// RPW = 16 / P.
 // Chunk codes (operands.py, layout "tc"): [NMAT][TR/16][TK/64 quads][32 lanes] x uint4; word i of a lane holds the
 // 8 codes of its A-fragment registers for k-step 4q+i, nibble p = low and p+4 = high half of register p, so one
 // shift and one LOP3 (mask | OR of 0x4300, bf16 128) yield bf16x2 (128+lo, 128+hi), exact.
@@ -332,32 +333,39 @@ template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
   template <class C> __host__ __device__ static constexpr int parts() { return 16 / C::RPW; }
   template <class C> struct Acc {
     static constexpr int P = parts<C>();
+    // P = 1: the B fragment's 8 columns are 8 batch rows, so batches above 8 take NG column groups (one MMA each per
+    // k-step, on the same A registers). P = 2, 4: column P b + p, so P * NB <= 8 and one group.
+    static constexpr int NG = P == 1 ? (NB + 7) / 8 : 1;
+    static_assert(P == 1 ? NB <= 16 : P * NB <= 8, "tensor-core INT4: batch <= 16 (16 rows a warp), 8 / P else");
     // P = 1: each (row, batch) sum lives whole in one lane of the C fragment, so the epilogue needs no warp
     // reduction. P = 2: lane (g, t) holds row g, batch t (parts 0 and 1 in c0 and c3). P = 4: lane (g, t) holds part
-    // (t & 1) * 2 + (g >> 2) of row g & 3, batch t >> 1; `rows` adds the four lanes of a row into lane 4 r + 2 b.
+    // (t & 1) * 2 + (g >> 2) of row g & 3, batch t >> 1; `each` adds the four lanes of a row into lane 4 r + 2 b.
     static constexpr bool OWNED = true;
-    __device__ static __forceinline__ int owner(int j, int b) {
-      return P == 1 ? (j & 7) * 4 + (b >> 1) : (P == 2 ? j * 4 + b : j * 4 + 2 * b);
-    }
-    float c[C::NMAT][P == 1 ? 4 : 1];  // folded (scaled) sums
+    float c[NG * C::NMAT][P == 1 ? 4 : 1];  // folded (scaled) sums, [group][matrix]
     __device__ __forceinline__ void clear() {
 #pragma unroll
-      for (int m = 0; m < C::NMAT; ++m)
+      for (int m = 0; m < NG * C::NMAT; ++m)
 #pragma unroll
         for (int i = 0; i < (P == 1 ? 4 : 1); ++i) c[m][i] = 0.f;
     }
-    // the lane-partial form finish_tile sums. P = 1: c0, c1 = (row g, batch 2t, 2t+1), c2, c3 = (row g+8, ...)
-    __device__ __forceinline__ void rows(float (&acc)[C::RPW][C::NMAT][NB], int lane) const {
+    // f(j, b, v) for every (row j of the warp, batch b) whose whole sum this lane holds, v[m] per matrix. P = 1: c0,
+    // c1 = (row g, batch 8 group + 2t, +1), c2, c3 = (row g+8, ...). Every lane calls it (P = 4 shuffles).
+    template <class F> __device__ __forceinline__ void each(int lane, F&& f) const {
       const int g = lane >> 2, t = lane & 3;
+      float v[C::NMAT];
       if constexpr (P == 1) {
 #pragma unroll
-        for (int j = 0; j < 16; ++j)
+        for (int h = 0; h < NG; ++h)
 #pragma unroll
-          for (int m = 0; m < C::NMAT; ++m)
+          for (int i = 0; i < 4; ++i) {
+            const int b = 8 * h + 2 * t + (i & 1);
+            if (b < NB) {
 #pragma unroll
-            for (int b = 0; b < NB; ++b) acc[j][m][b] = (g == (j & 7) && t == (b >> 1)) ? c[m][(j >> 3) * 2 + (b & 1)] : 0.f;
+              for (int m = 0; m < C::NMAT; ++m) v[m] = c[h * C::NMAT + m][i];
+              f(g + 8 * (i >> 1), b, v);
+            }
+          }
       } else {
-        float v[C::NMAT];
 #pragma unroll
         for (int m = 0; m < C::NMAT; ++m) {
           v[m] = c[m][0];
@@ -366,12 +374,7 @@ template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
             v[m] += __shfl_xor_sync(0xffffffffu, v[m], 1);   // parts of t and t ^ 1
           }
         }
-#pragma unroll
-        for (int j = 0; j < C::RPW; ++j)
-#pragma unroll
-          for (int m = 0; m < C::NMAT; ++m)
-#pragma unroll
-            for (int b = 0; b < NB; ++b) acc[j][m][b] = lane == owner(j, b) ? v[m] : 0.f;
+        if (P == 2 ? t < NB : (g < 4 && (t & 1) == 0 && (t >> 1) < NB)) f(g, P == 2 ? t : t >> 1, v);
       }
     }
   };
@@ -402,16 +405,21 @@ MK_COLD_LOOP
     asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "n"(0x000F000F), "n"(0x43004300));
     return r;
   }
-  // d += A B for one k-step: A = the 8 codes of `word` as raw bf16 (128 + q), B = the activation fragment (b0, b1)
-  __device__ static __forceinline__ void mma_codes(float (&d)[4], uint32_t word, uint32_t b0, uint32_t b1) {
+  // d += A B for one k-step: A = raw bf16 codes (128 + q) in the four fragment registers, B = (b0, b1)
+  __device__ static __forceinline__ void mma_raw(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(raw(word, 0)), "r"(raw(word, 1)), "r"(raw(word, 2)), "r"(raw(word, 3)), "r"(b0), "r"(b1));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-  // c += s*T + (o - 128 s) * X for the C-fragment rows g and g+8 of every matrix, (s, o) from so[m][r]
+  // the same with A = the 8 codes of `word`
+  __device__ static __forceinline__ void mma_codes(float (&d)[4], uint32_t word, uint32_t b0, uint32_t b1) {
+    const uint32_t a[4] = {raw(word, 0), raw(word, 1), raw(word, 2), raw(word, 3)};
+    mma_raw(d, a, b0, b1);
+  }
+  // c[h] += s*T + (o - 128 s) * X for the C-fragment rows g and g+8 of every matrix, (s, o) from so[m][r]
   template <class C>
-  __device__ static __forceinline__ void fold(Acc<C>& st, const float (&tf)[C::NMAT][4], const float (&xr)[2],
+  __device__ static __forceinline__ void fold(Acc<C>& st, int h, const float (&tf)[C::NMAT][4], const float (&xr)[2],
                                               const __half2 (&so2)[C::NMAT][2]) {
 #pragma unroll
     for (int m = 0; m < C::NMAT; ++m)
@@ -419,18 +427,21 @@ MK_COLD_LOOP
       for (int r = 0; r < 2; ++r) {
         const float2 so = __half22float2(so2[m][r]);
         const float off = fmaf(-BASE, so.x, so.y);
+        float* c = st.c[h * C::NMAT + m];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) st.c[m][2 * r + e] = fmaf(so.x, tf[m][2 * r + e], fmaf(off, xr[e], st.c[m][2 * r + e]));
+        for (int e = 0; e < 2; ++e) c[2 * r + e] = fmaf(so.x, tf[m][2 * r + e], fmaf(off, xr[e], c[2 * r + e]));
       }
   }
   // The quads of one stage. SPLIT (32-column scale blocks): the two MMA chains are the two halves, each folded
   // with its own (s, o). Otherwise they are the even and odd k-steps, added and folded once a quad. Two loops, not
   // one with a run-time test: the test and the second half's operands cost the common case 10-20% (H100).
+  // Batch rows 8h .. 8h+7 are column group h: its own B fragments, chains and fold, the same A registers.
   template <class C, bool SPLIT>
   __device__ static __forceinline__ void quads(const uint4* buf, const uint4* xs, int ch, int slot, int wi, int lane,
                                                int lg, Acc<C>& st) {
     constexpr int QUADS = C::TK / 64;
     constexpr int NH = SPLIT ? 2 : 1;  // scale blocks a quad
+    constexpr int NG = Acc<C>::NG;
     const int g = lane >> 2, t = lane & 3;
     const int sps = C::TK >> lg;
     const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
@@ -442,13 +453,15 @@ MK_COLD_LOOP
       uint4 wv[C::NMAT];
 #pragma unroll
       for (int m = 0; m < C::NMAT; ++m) wv[m] = buf[((m * (C::TR / 16) + slot) * QUADS + q) * 32 + lane];
-      uint32_t xb[8];
+      uint32_t xb[NG][8];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int k = ch * C::TK + q * 64 + i * 16;  // column of k-step i within the K part
-        xb[2 * i] = g < NB ? xw[(g * C::KP + k) / 2 + t] : 0u;
-        xb[2 * i + 1] = g < NB ? xw[(g * C::KP + k) / 2 + t + 4] : 0u;
-      }
+      for (int h = 0; h < NG; ++h)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int k = ch * C::TK + q * 64 + i * 16, b = 8 * h + g;  // column of k-step i within the K part
+          xb[h][2 * i] = b < NB ? xw[(b * C::KP + k) / 2 + t] : 0u;
+          xb[h][2 * i + 1] = b < NB ? xw[(b * C::KP + k) / 2 + t + 4] : 0u;
+        }
       __half2 so[NH][C::NMAT][2];  // [scale block][matrix][row g, g+8]
 #pragma unroll
       for (int h = 0; h < NH; ++h)
@@ -458,16 +471,23 @@ MK_COLD_LOOP
           for (int r = 0; r < 2; ++r)
             so[h][m][r] = pairs[(m * C::TR + slot * 16 + g + 8 * r) * sps + ((q * 64 + h * 32) >> lg)];
       const int c32 = (ch * C::TK + q * 64) >> 5;  // first 32-column block of the quad within the K part
-      float xr[2][2];  // [half][batch 2t + e]
+      float xr[NG][2][2];  // [group][half][batch 8 group + 2t + e]
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+      for (int n = 0; n < NG; ++n)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) xr[h][e] = (2 * t + e < NB) ? xsum[(2 * t + e) * (C::KP / 32) + c32 + h] : 0.f;
-      float ta[C::NMAT][4], tb[C::NMAT][4];
+        for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int m = 0; m < C::NMAT; ++m)
+          for (int e = 0; e < 2; ++e) {
+            const int b = 8 * n + 2 * t + e;
+            xr[n][h][e] = b < NB ? xsum[b * (C::KP / 32) + c32 + h] : 0.f;
+          }
+      float ta[NG][C::NMAT][4], tb[NG][C::NMAT][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) ta[m][i] = tb[m][i] = 0.f;
+      for (int n = 0; n < NG; ++n)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) ta[n][m][i] = tb[n][m][i] = 0.f;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int i = SPLIT ? (j >> 1) | ((j & 1) << 1) : j;  // issue order alternates the chains: 0 2 1 3 or 0 1 2 3
@@ -475,19 +495,24 @@ MK_COLD_LOOP
 #pragma unroll
         for (int m = 0; m < C::NMAT; ++m) {
           const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
-          mma_codes(second ? tb[m] : ta[m], word, xb[2 * i], xb[2 * i + 1]);
+          const uint32_t a[4] = {raw(word, 0), raw(word, 1), raw(word, 2), raw(word, 3)};
+#pragma unroll
+          for (int n = 0; n < NG; ++n) mma_raw(second ? tb[n][m] : ta[n][m], a, xb[n][2 * i], xb[n][2 * i + 1]);
         }
       }
-      if constexpr (SPLIT) {
-        fold<C>(st, ta, xr[0], so[0]);
-        fold<C>(st, tb, xr[1], so[1]);
-      } else {
 #pragma unroll
-        for (int m = 0; m < C::NMAT; ++m)
+      for (int n = 0; n < NG; ++n) {
+        if constexpr (SPLIT) {
+          fold<C>(st, n, ta[n], xr[n][0], so[0]);
+          fold<C>(st, n, tb[n], xr[n][1], so[1]);
+        } else {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) ta[m][i] += tb[m][i];
-        const float xq[2] = {xr[0][0] + xr[1][0], xr[0][1] + xr[1][1]};
-        fold<C>(st, ta, xq, so[0]);
+          for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) ta[n][m][i] += tb[n][m][i];
+          const float xq[2] = {xr[n][0][0] + xr[n][1][0], xr[n][0][1] + xr[n][1][1]};
+          fold<C>(st, n, ta[n], xq, so[0]);
+        }
       }
     }
   }
@@ -574,7 +599,7 @@ MK_COLD_LOOP
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, const SRC& src, Acc<C>& st) {
     constexpr int P = parts<C>();
-    static_assert((C::RPW == 16 || C::RPW == 8 || C::RPW == 4) && C::TK % (64 * P) == 0 && NB <= 2,
+    static_assert((C::RPW == 16 || C::RPW == 8 || C::RPW == 4) && C::TK % (64 * P) == 0,
                   "tensor-core INT4: 16, 8 or 4 rows a warp, quads of 64 x 16/RPW columns");
     if constexpr (P == 1) {
       if (src.lg == 5) quads<C, true>(buf, xs, ch, slot, wi, lane, src.lg, st);
@@ -585,6 +610,114 @@ MK_COLD_LOOP
       else if (nsb == 2) part_quads<C, 2>(buf, xs, ch, slot, wi, lane, src.lg, st);
       else part_quads<C, 1>(buf, xs, ch, slot, wi, lane, src.lg, st);
     }
+  }
+};
+
+// Dense bf16/fp16 rows on tensor cores (kinds dense-bf16-tc / dense-fp16-tc, batch 2-16): each warp owns 16 rows
+// and every WPR-th 16-column k-step of the stage; one m16n8k16 per k-step and group of 8 batch rows (the B
+// fragment's columns), float32 accumulation in the C fragments (Q4TC's Acc). On CUDA cores a weight costs one FMA
+// per batch row, which binds from batch ~4 on (qwen2.5-1.5b bf16 at batch 16 took 4.2x batch 1's time, H100).
+// Stage: DenseW's rows with one 16-byte pad after each, so that ldmatrix's eight row addresses of a 16-byte column
+// fall in distinct banks (row stride TK*2 + 16 bytes); the copies (cp.async or bulk) land each row at its padded start.
+template <typename T> struct DenseTC {
+  template <class C> using Acc = typename Q4TC<T>::template Acc<C>;
+  template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
+  template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
+  template <class C> __host__ __device__ static constexpr int row_vec() { return C::TK / 8 + 1; }
+  template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * row_vec<C>(); }
+  template <class C, class RP>
+  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const RP& rp, int first) {
+    constexpr int VPR = C::TK / 8;
+    const int col0 = (kp * C::KP + ch * C::TK) / 8;
+    const uint64_t pol = evict_first_policy();
+MK_COLD_LOOP
+    for (int v = threadIdx.x - first; v < C::NMAT * C::TR * VPR; v += NTHR - first) {
+      const int mr = v / VPR, c = v - mr * VPR;  // mr = m * TR + r
+      const int m = mr / C::TR, n = tile * C::TR + (mr - m * C::TR);
+      if (n < C::N) cp_async16_ef(buf + mr * row_vec<C>() + c, rp(m, n) + col0 + c, pol);
+    }
+  }
+  template <class C, class RP>
+  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const RP& rp,
+                                                    int lane) {
+    const int col0 = (kp * C::KP + ch * C::TK) / 8;
+    const int rows = min(C::TR, C::N - tile * C::TR);
+    if (lane == 0) mbar_expect(bar, (unsigned)(C::NMAT * rows * C::TK * 2));
+    __syncwarp();
+MK_COLD_LOOP
+    for (int i = lane; i < C::NMAT * rows; i += 32) {
+      const int m = i / rows, r = i - m * rows;
+      bulk_g2s(buf + (m * C::TR + r) * row_vec<C>(), rp(m, tile * C::TR + r) + col0, C::TK * 2, bar);
+    }
+  }
+  template <class C, class RP> __device__ static __forceinline__ void l2_share(int t0, int t1, const RP& rp, long long budget) {
+    DenseW<T>::template l2_share<C>(t0, t1, rp, budget);
+  }
+  __device__ static __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same<T, __half>::value) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+  }
+  // Two MMA chains (alternate k-steps of the warp), added into the accumulator at the end of the stage.
+  template <class C, class RP>
+  __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, const RP&, Acc<C>& st) {
+    static_assert(C::RPW == 16 && C::TK % 16 == 0, "dense tensor-core tiles: 16 rows a warp, 16-column k-steps");
+    constexpr int KSTEPS = C::TK / 16, NG = Acc<C>::NG;
+    const int g = lane >> 2, t = lane & 3;
+    const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // pairs of x[b][k]
+    // ldmatrix x4: lanes 8i .. 8i+7 address matrix i = (rows 0-7 | 8-15) x (columns 0-7 | 8-15) of the k-step
+    uint32_t a_row[C::NMAT];
+#pragma unroll
+    for (int m = 0; m < C::NMAT; ++m)
+      a_row[m] = smem_u32(buf + (m * C::TR + slot * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * row_vec<C>() + (lane >> 4));
+    float d[2][NG][C::NMAT][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int n = 0; n < NG; ++n)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) d[h][n][m][i] = 0.f;
+    auto step = [&](int s, float (&acc)[NG][C::NMAT][4]) {
+      const int k = ch * C::TK + s * 16;  // column within the K part
+      uint32_t b0[NG], b1[NG];
+#pragma unroll
+      for (int n = 0; n < NG; ++n) {
+        const int b = 8 * n + g;
+        b0[n] = b < NB ? xw[(b * C::KP + k) / 2 + t] : 0u;
+        b1[n] = b < NB ? xw[(b * C::KP + k) / 2 + t + 4] : 0u;
+      }
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m) {
+        uint32_t a[4];
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                     : "r"(a_row[m] + s * 32));
+#pragma unroll
+        for (int n = 0; n < NG; ++n) mma(acc[n][m], a, b0[n], b1[n]);
+      }
+    };
+#pragma unroll 1
+    for (int s = wi; s < KSTEPS; s += 2 * C::WPR) {
+      step(s, d[0]);
+      if (s + C::WPR < KSTEPS) step(s + C::WPR, d[1]);
+    }
+#pragma unroll
+    for (int n = 0; n < NG; ++n)
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) st.c[n * C::NMAT + m][i] += d[0][n][m][i] + d[1][n][m][i];
   }
 };
 
@@ -679,7 +812,7 @@ MK_VEC_LOOP
   }
 };
 
-// N:4 sparse INT4 on sparse tensor cores (kind int4-nm-tc: bf16 activations, batch <= 2, 16 or 8 rows a warp):
+// N:4 sparse INT4 on sparse tensor cores (kind int4-nm-tc: bf16 activations, batch <= 8 / P, 16 or 8 rows a warp):
 // mma.sp.m16n8k32 multiplies 16 rows x 32 columns of which the metadata names two of every four: no gather of x.
 // A quad still costs about as many instructions as a dense one (activation fragments, scale pairs, fold), so the
 // loop's time follows its columns more than its bytes (bench/results/megakernel/megakernel_ceiling.md: 2:4 keeps up
@@ -831,8 +964,8 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, const S4Src& src, Acc<C>& st) {
     constexpr int P = Q4TC<T>::template parts<C>();
-    static_assert((C::RPW == 16 || C::RPW == 8) && C::TK % (64 * P) == 0 && NB <= 2,
-                  "sparse tensor-core INT4: 16 or 8 rows a warp, quads of 64 x 16/RPW columns");
+    static_assert((C::RPW == 16 || C::RPW == 8) && C::TK % (64 * P) == 0 && P * NB <= 8,
+                  "sparse tensor-core INT4: 16 or 8 rows a warp, quads of 64 x 16/RPW columns, batch <= 8 / P");
     const bool per_step = P > 1 && (1 << src.lg) < 16 * src.n * P;
     if (src.n == 2) {
       if (per_step) sparse_quads<C, 2, true>(buf, xs, ch, slot, wi, lane, src.lg, st);
@@ -1010,9 +1143,7 @@ template <class C, class WF> struct Matvec {
       WF::template accumulate<C>(ring.buf + (s % C::ST) * STAGE_VEC, xs, ch, slot, wi, lane, src, st);
       if (s == 0) MK_PROBE(22);
       if (ch == CP - 1) {
-        float acc[RPW][C::NMAT][NB];
-        st.rows(acc, lane);
-        finish_tile(acc, t0 + tl, tl, kp, red, accs, warp, lane, slot, epi);
+        finish_tile(st, t0 + tl, tl, kp, red, accs, warp, lane, slot, epi);
         st.clear();
       }
     }
@@ -1023,13 +1154,6 @@ template <class C, class WF> struct Matvec {
     MK_PROBE(24);
   }
 
-  // The lane that finishes output (row j of the warp, batch b): the one holding its whole sum (OWNED
-  // accumulators), else lanes in turn after a warp reduction.
-  __device__ static __forceinline__ int out_lane(int j, int b) {
-    using A = typename WF::template Acc<C>;
-    if constexpr (A::OWNED) return A::owner(j, b);
-    else return (j * NB + b) & 31;
-  }
   // Row r of tile `tile` (the block's tl-th), batch b, K part kp: K parts add up in shared memory (KS > 1); the
   // last part's sum goes to the epilogue.
   template <class EPI>
@@ -1046,40 +1170,37 @@ template <class C, class WF> struct Matvec {
     const int n = tile * C::TR + r;
     if (kp == C::KS - 1 && n < C::N) epi(n, b, v);
   }
+  // The warp's sums of (row j, batch b) go to the epilogue (WPR == 1: the warp owns its rows, no block barrier) or,
+  // added over the WPR warps of a row in a fixed order, through shared memory. Each output is finished by one lane:
+  // the one holding its whole sum (OWNED accumulators: tensor-core fragments), else lanes in turn after a warp
+  // reduction.
   template <class EPI>
-  __device__ static __forceinline__ void finish_tile(float (&acc)[RPW][C::NMAT][NB], int tile, int tl, int kp, float* red,
-                                                     float* accs, int warp, int lane, int slot, EPI& epi) {
-    if constexpr (!WF::template Acc<C>::OWNED) {
+  __device__ static __forceinline__ void finish_tile(const typename WF::template Acc<C>& st, int tile, int tl, int kp,
+                                                     float* red, float* accs, int warp, int lane, int slot, EPI& epi) {
+    auto out = [&](int j, int b, float (&v)[C::NMAT]) {
+      if constexpr (C::WPR == 1) {
+        emit(v, tile, tl, slot * RPW + j, b, kp, accs, epi);
+      } else {
 #pragma unroll
-      for (int j = 0; j < RPW; ++j)
-#pragma unroll
-        for (int m = 0; m < C::NMAT; ++m)
-#pragma unroll
-          for (int b = 0; b < NB; ++b) acc[j][m][b] = warp_sum(acc[j][m][b]);
-    }
-    if constexpr (C::WPR == 1) {
-      // The warp owns its rows: lanes share out the (row, batch) outputs, no block barrier needed.
+        for (int m = 0; m < C::NMAT; ++m) red[((warp * RPW + j) * C::NMAT + m) * NB + b] = v[m];
+      }
+    };
+    if constexpr (WF::template Acc<C>::OWNED) {
+      st.each(lane, out);
+    } else {
+      float acc[RPW][C::NMAT][NB];
+      st.rows(acc, lane);
 #pragma unroll
       for (int j = 0; j < RPW; ++j)
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
-          if (out_lane(j, b) == lane) {
-            const int r = slot * RPW + j;
-            float v[C::NMAT];
+          float v[C::NMAT];
 #pragma unroll
-            for (int m = 0; m < C::NMAT; ++m) v[m] = acc[j][m][b];
-            emit(v, tile, tl, r, b, kp, accs, epi);
-          }
+          for (int m = 0; m < C::NMAT; ++m) v[m] = warp_sum(acc[j][m][b]);
+          if (lane == (C::WPR == 1 ? (j * NB + b) & 31 : 0)) out(j, b, v);
         }
-    } else {
-#pragma unroll
-      for (int j = 0; j < RPW; ++j)
-#pragma unroll
-        for (int b = 0; b < NB; ++b)
-          if (lane == (WF::template Acc<C>::OWNED ? out_lane(j, b) : 0)) {
-#pragma unroll
-            for (int m = 0; m < C::NMAT; ++m) red[((warp * RPW + j) * C::NMAT + m) * NB + b] = acc[j][m][b];
-          }
+    }
+    if constexpr (C::WPR > 1) {
       __syncthreads();
 MK_COLD_LOOP
       for (int it = threadIdx.x; it < C::TR * NB; it += NTHR) {
