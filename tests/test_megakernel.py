@@ -583,8 +583,8 @@ def test_int4_path_choice():
 
 
 def test_dense_tensor_core_kind(monkeypatch):
-    """Dense bf16/fp16 ops on tensor cores: ranked against the CUDA-core loop at batch 2-16 (auto), never at batch 1
-    unless asked; the key stays the dense one, the rows are padded by 16 bytes in the ring, 16 rows a warp."""
+    """Dense bf16/fp16 ops on tensor cores: by default (auto) at batch 4-16, below only when asked; the key stays the
+    dense one, the rows are padded by 16 bytes in the ring, 16 rows a warp."""
     from egt.megakernel.schedule import MatvecOp, MatvecSchedule, matvec_check, stage_bytes
     from egt.megakernel.search import dense_path
     shape = SHAPES["qwen2.5-1.5b"]
@@ -592,13 +592,14 @@ def test_dense_tensor_core_kind(monkeypatch):
     assert b1.weights == {}
     b16 = search(shape, 16, "h100", max_plans=1)[0]
     assert b16.key() == b1.key().replace("|b1", "|b16") and "|none|" in b16.key()
-    assert set(b16.weights.values()) == {"dense-bf16-tc"}  # CUDA cores need one FMA a weight per batch row
+    assert b16.weights == {op: "dense-bf16-tc" for op in b16.ops}  # CUDA cores: one FMA a weight per batch row
     assert "DenseTC<mk_t>" in generate_source(b16)
     forced = search(shape, 1, "h100", dtype="fp16", max_plans=1, dense="tensor-core")[0]
     assert forced.weights == {op: "dense-fp16-tc" for op in forced.ops}
     assert search(shape, 16, "h100", max_plans=1, dense="cuda-core")[0].weights == {}
     monkeypatch.setenv("EGT_MK_DENSE", "cuda-core")
     assert dense_path(16) == "cuda-core" and dense_path(16, "tensor-core") == "tensor-core"
+    assert dense_path(4, "auto") == "tensor-core" and dense_path(3, "auto") == "cuda-core"
     assert dense_path(17, "tensor-core") == "cuda-core"
     with pytest.raises(ValueError):
         dense_path(4, "fastest")

@@ -485,8 +485,9 @@ def test_narrow_sparse_tensor_core_tiles_match_reference(batch):
     assert set(base.weights.values()) == {"int4-nm-tc", "int4-tc"}
     nw = base.threads // 32
     rows = 8 if batch <= 4 else 16
-    ops = {name: MatvecSchedule(rows, 1792 if base.matvec_op_table()[name].k % 1792 == 0 else 1536, 3, 1, nw, s.rot)
-           for name, s in base.ops.items()}
+    widths = (1792, 1536) if rows == 8 else (896, 768)  # 16-row stages of half the width fit shared memory
+    ops = {name: MatvecSchedule(rows, next(w for w in widths if base.matvec_op_table()[name].k % w == 0), 3, 1, nw,
+                                s.rot) for name, s in base.ops.items()}
     ops["lm_head"] = MatvecSchedule(4 if batch <= 2 else 16, 1536, 3, 1, nw, base.ops["lm_head"].rot)
     plan = MegaPlan(**{**base.__dict__, "ops": ops, "smem": {}, "predicted_ms": None, "measured_ms": None})
     assert plan.check(get_profile("device").smem_per_block) == []

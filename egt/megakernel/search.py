@@ -211,6 +211,7 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
 
 
 CORE_PATHS = ("cuda-core", "tensor-core", "auto")  # where a format with a tensor-core kind runs
+DENSE_TC_FROM = 4  # `auto` runs dense ops on tensor cores from this batch on (see dense_path)
 
 
 def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
@@ -260,16 +261,18 @@ def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: st
 
 
 def dense_path(batch: int, path: str | None = None) -> str:
-    """Where dense (bf16/fp16) ops run: `cuda-core`, `tensor-core` (csrc DenseTC, batch <= 16) or `auto` (the search
-    ranks both per op, at batch 2-16: at batch 1 the CUDA-core loop keeps up with 5x an SM's share of the copy
-    bandwidth, bench/results/megakernel/megakernel_ceiling.md, so there is nothing to gain). Default: $EGT_MK_DENSE
-    or auto."""
+    """Where dense (bf16/fp16) ops run: `cuda-core`, `tensor-core` (csrc DenseTC, batch <= 16), or `auto`: tensor
+    cores from batch DENSE_TC_FROM on. Measured on qwen2.5-1.5b (H200, bench/results/megakernel/ab_h200_batches.md):
+    every op on tensor cores made the step 1.15x faster at batch 4 and 1.44x at 16, and 1.10x slower at batch 2. Not
+    ranked by the cost model, which put gate/up, down and the LM head on CUDA cores at batch 4. At batch 1 the
+    CUDA-core loop keeps up with 5x an SM's share of the copy bandwidth (megakernel_ceiling.md). Default:
+    $EGT_MK_DENSE or auto."""
     path = path or os.environ.get("EGT_MK_DENSE", "auto")
     if path not in CORE_PATHS:
         raise ValueError(f"dense path must be one of {CORE_PATHS}, got {path!r}")
-    if batch > TC_MAX_BATCH[DENSE_TC["dense-bf16"]] or (path == "auto" and batch < 2):
+    if batch > TC_MAX_BATCH[DENSE_TC["dense-bf16"]] or (path == "auto" and batch < DENSE_TC_FROM):
         return "cuda-core"
-    return path
+    return "tensor-core" if path == "auto" else path
 
 def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
            keep_per_op: int = 3, max_plans: int = 8, thread_options=None,
@@ -277,13 +280,23 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
            attn_slices: bool = False, bulk_copy: bool = False, dense: str | None = None) -> list[MegaPlan]:
     """Candidate plans, best predicted first; each carries predicted_ms and its smem report.
     weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops).
-    int4_path: how INT4 ops run (see `int4_variants`), dense: how dense ops run (see `dense_path`). A/B options: attn_filter keeps only the attention
-    schedules it accepts; attn_slices offers head slices (`_attn_options`); bulk_copy sets the plan's copy path."""
+    int4_path: how INT4 ops run (see `int4_variants`); dense: how dense ops run (see `dense_path`; `auto` falls back
+    to CUDA cores where no tensor-core plan fits, as at batch 16 in ada-l20's 99 KB). A/B options: attn_filter keeps
+    only the attention schedules it accepts; attn_slices offers head slices (`_attn_options`); bulk_copy sets the
+    plan's copy path."""
+    args = dict(locals())  # the parameters, passed on to _search with `dense` resolved
+    core = dense_path(batch, args.pop("dense"))
+    if core == "tensor-core" and (dense or os.environ.get("EGT_MK_DENSE", "auto")) == "auto":
+        return _search(**args, dense=core) or _search(**args, dense="cuda-core")
+    return _search(**args, dense=core)
+
+
+def _search(shape, batch, profile, dtype, keep_per_op, max_plans, thread_options, weights, int4_path, attn_filter,
+            attn_slices, bulk_copy, dense) -> list[MegaPlan]:
     prof = get_profile(profile)
     blocks = prof.sms
     wanted = int4_variants(dict(weights or {}), batch, dtype, int4_path)
     weights = {k: v.removeprefix("auto:") for k, v in wanted.items()}
-    dense = dense_path(batch, dense)
     if thread_options is None:
         # 512 threads cap registers at 128 and the INT4 loops spill a little (ptxas, sm_90), which the cost model
         # does not see: 256 unless asked. bench/megakernel_search.py times both; 512 won for the sparse INT4 plans
@@ -298,9 +311,8 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
             variants = [op]
             if wanted.get(name, "").startswith("auto:"):
                 variants = [op, MatvecOp(op.name, op.n, op.k, op.nmat, TC_KINDS[op.weight_kind])]
-            elif is_dense(op.weight_kind) and dense != "cuda-core":
-                tc = MatvecOp(op.name, op.n, op.k, op.nmat, DENSE_TC[op.weight_kind])
-                variants = [op, tc] if dense == "auto" else [tc]
+            elif is_dense(op.weight_kind) and dense == "tensor-core":
+                variants = [MatvecOp(op.name, op.n, op.k, op.nmat, DENSE_TC[op.weight_kind])]
             scored = []
             for var in variants:
                 for s in enumerate_matvec(var, batch, threads, blocks, prof.smem_per_block):
