@@ -124,7 +124,8 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
                 raise ValueError(f"{kv}: " + "; ".join(errs))
             plan.smem_report()
         return plan
-    plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"), dense=kv.get("dense"),
+    plans = search(shape, batch, prof, "bf16", max_plans=1, weights=weights, int4_path=kv.get("int4"),
+                   dense=kv.get("dense"),
                    attn_filter=accept, attn_slices=bool(kv.get("slices")) or kv.get("hpi", "0") != "0",
                    bulk_copy=kv.get("copy") == "bulk",
                    thread_options=(int(kv["threads"]),) if "threads" in kv else None)

@@ -9,7 +9,8 @@ Contract:
   profile's SMs, threads), one schedule per op, and what the search learnt (smem report, predicted and measured
   times). `plan_hash` covers exactly what changes the generated code.
 - Weight operand kinds (one per op, the same in every layer): `dense-bf16`/`dense-fp16` (rows read in place),
-  `dense-bf16-tc`/`dense-fp16-tc` (the same rows on tensor cores, batch > 1), `int4` (the MegaKernel layout of `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
+  `dense-bf16-tc`/`dense-fp16-tc` (the same rows on tensor cores), `int4` (the MegaKernel layout of
+  `egt.megakernel.operands`: one contiguous chunk per (row tile, K stage) holding
   the stage's packed codes and its (scale, offset) pairs), `int4-tc` (the same chunks with the codes in tensor-core
   fragment order), `int4-nm` (N:4 sparse INT4 chunks with 2-bit positions, N per layer), `int4-nm-tc` (the same
   weights in sparse tensor-core fragments), `int3` (INT3 chunks, or

@@ -25,7 +25,7 @@ from .profiles import GpuProfile, get_profile
 from .schedule import (DENSE_TC, INT3, INT4, INT4_NM, INT4_NM_TC, INT4_TC, MAX_RING, TC_KINDS, TC_MAX_BATCH,
                        TC_ROWS_PER_WARP, AttnSchedule, MatvecOp, MatvecSchedule, MegaPlan, attn_check, attn_page_bytes,
                        ceil_div, compression_label, is_dense, matvec_check, matvec_ops, matvec_page_bytes,
-                       matvec_ring_bytes, model_formats, stage_bytes, static_smem_bytes, tc_quad_columns,
+                       matvec_ring_bytes, stage_bytes, static_smem_bytes, tc_quad_columns,
                        weight_bytes_per_elem)
 
 NOMINAL_CONTEXT = 256  # context the attention term is costed at (short ad prompts + a few dozen generated tokens)
@@ -246,17 +246,20 @@ def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
 
 def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
     """Kernel variant of each INT4 or N:4 sparse INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run:
-    bf16, batch <= 16 for INT4, 8 for N:4), or `auto` (marked "auto:<kind>": the search ranks both per op).
-    Default: $EGT_MK_INT4 or auto. auto's plan took 1-14% less time a step than the CUDA-core one at every INT4 key
-    of the four shapes on an H200 (bench/results/megakernel/ab_h200.md run 58), and the stored H100 plans, chosen by measurement,
-    run most ops on tensor cores."""
+    bf16, batch <= 16 for INT4, 8 for N:4), or `auto`: at batch 1-2 marked "auto:<kind>" (the search ranks both per
+    op), above that the tensor-core kind. Default: $EGT_MK_INT4 or auto. At batch 1 auto's plan took 1-14% less time
+    a step than the CUDA-core one at every INT4 key of the four shapes on an H200 (bench/results/megakernel/ab_h200.md
+    run 58), and the stored H100 plans, chosen by measurement, run most ops on tensor cores. Above batch 2 every op
+    on tensor cores was 1.7-2.6x faster than every op on CUDA cores (qwen2.5-1.5b w4a16 and w4a16-mix, batch 4-16,
+    H200: ab_h200_batches.md), and the cost model's per-op choice at batch 8 of w4a16-mix (some N:4 ops on CUDA cores)
+    took 1.48x the time of the all-tensor-core plan."""
     path = int4_path or os.environ.get("EGT_MK_INT4", "auto")
     if path not in CORE_PATHS:
         raise ValueError(f"INT4 path must be one of {CORE_PATHS}, got {path!r}")
     out = dict(weights)
     for k, v in weights.items():
         if v in TC_KINDS and dtype == "bf16" and batch <= TC_MAX_BATCH[TC_KINDS[v]] and path != "cuda-core":
-            out[k] = f"auto:{v}" if path == "auto" else TC_KINDS[v]
+            out[k] = f"auto:{v}" if path == "auto" and batch <= 2 else TC_KINDS[v]
     return out
 
 
@@ -353,8 +356,9 @@ def _search(shape, batch, profile, dtype, keep_per_op, max_plans, thread_options
                 # rotate each op's tile assignment so the blocks carrying an extra tile change from op to op
                 sched[n] = MatvecSchedule(s.tr, s.tk, s.stages, s.ksplit, s.wpr, (i * blocks) // len(names))
             plan = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype,
-                            compression=compression_label(model_formats(kinds)), weights=kinds, threads=threads,
-                            blocks=blocks, ops=sched, attn=attn[combo[-1]][1], bulk_copy=bulk_copy)
+                            compression=compression_label({k: v for k, v in kinds.items() if not is_dense(v)}),
+                            weights=kinds, threads=threads, blocks=blocks, ops=sched, attn=attn[combo[-1]][1],
+                            bulk_copy=bulk_copy)
             if plan.check(prof.smem_per_block):
                 continue
             plan = deepen_int4_rings(plan, prof.smem_per_block)
@@ -467,7 +471,8 @@ def plan_for(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h10
     weights = dict(weights or {})
     probe = MegaPlan(model=shape, batch=batch, profile=prof.name, dtype=dtype, blocks=prof.sms,
                      compression=compression_label(weights), weights=weights)
-    found = None if (int4_path or os.environ.get("EGT_MK_INT4") or os.environ.get("EGT_MK_DENSE")) else store.get(probe.key())
+    asked = int4_path or os.environ.get("EGT_MK_INT4") or os.environ.get("EGT_MK_DENSE")
+    found = None if asked else store.get(probe.key())
     if found is not None:
         return found
     cands = search(shape, batch, prof, dtype, max_plans=1, weights=weights, int4_path=int4_path)

@@ -613,16 +613,15 @@ MK_COLD_LOOP
   }
 };
 
-// Dense bf16/fp16 rows on tensor cores (kinds dense-bf16-tc / dense-fp16-tc, batch 2-16): each warp owns 16 rows
-// and every WPR-th 16-column k-step of the stage; one m16n8k16 per k-step and group of 8 batch rows (the B
-// fragment's columns), float32 accumulation in the C fragments (Q4TC's Acc). On CUDA cores a weight costs one FMA
-// per batch row, which binds from batch ~4 on (qwen2.5-1.5b bf16 at batch 16 took 4.2x batch 1's time, H100).
-// Stage: DenseW's rows with one 16-byte pad after each, so that ldmatrix's eight row addresses of a 16-byte column
-// fall in distinct banks (row stride TK*2 + 16 bytes); the copies (cp.async or bulk) land each row at its padded start.
-template <typename T> struct DenseTC {
+// Dense bf16/fp16 rows on tensor cores (kinds dense-bf16-tc / dense-fp16-tc, batch <= 16; by default from batch 4,
+// search.dense_path): each warp owns 16 rows and every WPR-th 16-column k-step of the stage; one m16n8k16 per k-step
+// and group of 8 batch rows (the B fragment's columns), float32 accumulation in the C fragments (Q4TC's Acc). On
+// CUDA cores a weight costs one FMA per batch row, which binds from batch ~4 on (qwen2.5-1.5b bf16 at batch 16 took
+// 4.2x batch 1's time, H100). Stage: DenseW's rows with one 16-byte pad after each, so that ldmatrix's eight row
+// addresses of a 16-byte column fall in distinct banks (row stride TK*2 + 16 bytes); the copies (cp.async or bulk)
+// land each row at its padded start. The L2 look-ahead is DenseW's.
+template <typename T> struct DenseTC : DenseW<T> {
   template <class C> using Acc = typename Q4TC<T>::template Acc<C>;
-  template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
-  template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
   template <class C> __host__ __device__ static constexpr int row_vec() { return C::TK / 8 + 1; }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * row_vec<C>(); }
   template <class C, class RP>
@@ -650,9 +649,6 @@ MK_COLD_LOOP
       bulk_g2s(buf + (m * C::TR + r) * row_vec<C>(), rp(m, tile * C::TR + r) + col0, C::TK * 2, bar);
     }
   }
-  template <class C, class RP> __device__ static __forceinline__ void l2_share(int t0, int t1, const RP& rp, long long budget) {
-    DenseW<T>::template l2_share<C>(t0, t1, rp, budget);
-  }
   __device__ static __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     if constexpr (std::is_same<T, __half>::value) {
       asm volatile(
@@ -677,8 +673,10 @@ MK_COLD_LOOP
     // ldmatrix x4: lanes 8i .. 8i+7 address matrix i = (rows 0-7 | 8-15) x (columns 0-7 | 8-15) of the k-step
     uint32_t a_row[C::NMAT];
 #pragma unroll
-    for (int m = 0; m < C::NMAT; ++m)
-      a_row[m] = smem_u32(buf + (m * C::TR + slot * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * row_vec<C>() + (lane >> 4));
+    for (int m = 0; m < C::NMAT; ++m) {
+      const int r = m * C::TR + slot * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+      a_row[m] = smem_u32(buf + r * row_vec<C>() + (lane >> 4));
+    }
     float d[2][NG][C::NMAT][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h)
