@@ -212,6 +212,7 @@ def _attn_options(shape: ModelShape, batch: int, threads: int, blocks: int, smem
 
 CORE_PATHS = ("cuda-core", "tensor-core", "auto")  # where a format with a tensor-core kind runs
 DENSE_TC_FROM = 4  # `auto` runs dense ops on tensor cores from this batch on (see dense_path)
+INT4_RANKED_UPTO = 2  # `auto` ranks INT4's two kinds up to this batch, tensor cores above it (int4_variants)
 
 
 def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
@@ -246,10 +247,11 @@ def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
 
 def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
     """Kernel variant of each INT4 or N:4 sparse INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run:
-    bf16, batch <= 16 for INT4, 8 for N:4), or `auto`: at batch 1-2 marked "auto:<kind>" (the search ranks both per
-    op), above that the tensor-core kind. Default: $EGT_MK_INT4 or auto. At batch 1 auto's plan took 1-14% less time
-    a step than the CUDA-core one at every INT4 key of the four shapes on an H200 (bench/results/megakernel/ab_h200.md
-    run 58), and the stored H100 plans, chosen by measurement, run most ops on tensor cores. Above batch 2 every op
+    bf16, batch <= 16 for INT4, 8 for N:4), or `auto`: up to batch INT4_RANKED_UPTO marked "auto:<kind>" (the
+    search ranks both per op), above that the tensor-core kind. Default: $EGT_MK_INT4 or auto. At batch 1 auto's plan
+    took 1-14% less time a step than the CUDA-core one at every INT4 key of the four shapes on an H200
+    (bench/results/megakernel/ab_h200.md run 58), and the stored H100 plans, chosen by measurement, run most ops on
+    tensor cores. Above batch 2 every op
     on tensor cores was 1.7-2.6x faster than every op on CUDA cores (qwen2.5-1.5b w4a16 and w4a16-mix, batch 4-16,
     H200: ab_h200_batches.md), and the cost model's per-op choice at batch 8 of w4a16-mix (some N:4 ops on CUDA cores)
     took 1.48x the time of the all-tensor-core plan."""
@@ -259,7 +261,7 @@ def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: st
     out = dict(weights)
     for k, v in weights.items():
         if v in TC_KINDS and dtype == "bf16" and batch <= TC_MAX_BATCH[TC_KINDS[v]] and path != "cuda-core":
-            out[k] = f"auto:{v}" if path == "auto" and batch <= 2 else TC_KINDS[v]
+            out[k] = f"auto:{v}" if path == "auto" and batch <= INT4_RANKED_UPTO else TC_KINDS[v]
     return out
 
 
