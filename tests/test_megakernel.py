@@ -550,7 +550,8 @@ def test_int4_tensor_core_row_tiles():
     assert "16 or 8 rows a warp" in matvec_check(nm, MatvecSchedule(4, 1792, 4, 1, 8), 256)
     assert matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256, batch=4) is None        # 8 / P batch rows
     assert "batch <= 4" in matvec_check(nm, MatvecSchedule(8, 1280, 4, 1, 8), 256, batch=5)
-    assert "batch <= 8" in matvec_check(nm, MatvecSchedule(16, 1280, 4, 1, 8), 256, batch=9)  # one group of 8
+    assert matvec_check(nm, MatvecSchedule(16, 1280, 4, 1, 8), 256, batch=16) is None      # two groups of 8
+    assert "batch <= 16" in matvec_check(nm, MatvecSchedule(16, 1280, 4, 1, 8), 256, batch=17)
     with pytest.raises(ValueError, match="groups of 16, 8 or 4 rows"):
         q4_chunks([[_ql(8, 512, 32, True, 0)]], 8, 128, 1, "tc", 4)  # 4 rows a warp need 256-column quads
     plans = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="tensor-core")
@@ -569,12 +570,12 @@ def test_int4_path_choice():
     assert "using WQKV = Q4TC<mk_t>;" in generate_source(p)
     base = search(SHAPES["qwen2.5-1.5b"], 1, "h100", weights=W4, max_plans=1, int4_path="cuda-core")[0]
     assert p.key() == base.key() and p.plan_hash() != base.plan_hash()  # one key: the variant is the search's choice
-    # tensor cores need bf16 and batch <= 16 (N:4: 8): elsewhere the CUDA-core kernel runs whatever was asked
+    # tensor cores need bf16 and batch <= 16: elsewhere the CUDA-core kernel runs whatever was asked
     assert int4_variants({"down": "int4-nm", "o": "int4"}, 1, "bf16", "tensor-core") == {"down": "int4-nm-tc",
                                                                                          "o": "int4-tc"}
     assert int4_variants({"down": "int4-nm"}, 1, "bf16", "auto") == {"down": "auto:int4-nm"}
-    assert int4_variants({"down": "int4-nm", "o": "int4"}, 9, "bf16", "tensor-core") == {"down": "int4-nm",
-                                                                                          "o": "int4-tc"}
+    assert int4_variants({"down": "int4-nm", "o": "int4"}, 16, "bf16", "tensor-core") == {"down": "int4-nm-tc",
+                                                                                           "o": "int4-tc"}
     assert int4_variants(W4, 16, "bf16", "tensor-core") == {k: "int4-tc" for k in W4}
     assert int4_variants(W4, 17, "bf16", "tensor-core") == W4
     assert int4_variants(W4, 1, "fp16", "tensor-core") == W4

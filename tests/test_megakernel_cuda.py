@@ -443,14 +443,14 @@ def test_dense_tensor_core_batches_match_reference(dtype, batch):
     assert plan.weights == {op: f"dense-{name}-tc" for op in plan.ops}
     _check_batch_steps(model, copy.deepcopy(model).float(), MegaKernelDecoder(model, batch=batch, plan=plan), batch)
 
-@pytest.mark.parametrize("batch", [1, 4, 8])
+@pytest.mark.parametrize("batch", [1, 4, 8, 13])
 @torch.inference_mode()
 def test_narrow_sparse_tensor_core_tiles_match_reference(batch):
     """N:4 sparse INT4 on sparse tensor cores with 8 rows a warp (mma.sp's A fragment holds two 32-column parts of
-    each row; 16 rows at batch 8, the most 8-row tiles take being 4): a four-layer qwen2.5-1.5b of a dense INT4
-    layer, 2:4 with 32-value groups (one scale pair a k-step), 1:4 and 2:4 with larger groups (one a quad), and a
-    4-row INT4 LM head (16 rows above batch 2), against the torch engine on the same modules in float32 at contexts 1
-    and 300, repeatable."""
+    each row; 16 rows at batch 8 and 13, the most 8-row tiles take being 4; batch 13 takes a second group of 8 B
+    columns, partly empty): a four-layer qwen2.5-1.5b of a dense INT4 layer, 2:4 with 32-value groups (one scale
+    pair a k-step), 1:4 and 2:4 with larger groups (one a quad), and a 4-row INT4 LM head (16 rows above batch 2),
+    against the torch engine on the same modules in float32 at contexts 1 and 300, repeatable."""
     import copy
 
     from egt.megakernel.profiles import get_profile
@@ -485,9 +485,13 @@ def test_narrow_sparse_tensor_core_tiles_match_reference(batch):
     assert set(base.weights.values()) == {"int4-nm-tc", "int4-tc"}
     nw = base.threads // 32
     rows = 8 if batch <= 4 else 16
-    widths = (1792, 1536) if rows == 8 else (896, 768)  # 16-row stages of half the width fit shared memory
-    ops = {name: MatvecSchedule(rows, next(w for w in widths if base.matvec_op_table()[name].k % w == 0), 3, 1, nw,
-                                s.rot) for name, s in base.ops.items()}
+    widths = (1792, 1536) if rows == 8 else (896, 768, 448)  # 16-row stages of half the width fit shared memory
+
+    def ksplit(name):  # above batch 8 down's 8960-column activations (13 x 17.5 KB) fit only in K parts
+        return 4 if batch > 8 and name == "down" else 1
+
+    ops = {name: MatvecSchedule(rows, next(w for w in widths if base.matvec_op_table()[name].k // ksplit(name) % w == 0),
+                                3, ksplit(name), nw, s.rot) for name, s in base.ops.items()}
     ops["lm_head"] = MatvecSchedule(4 if batch <= 2 else 16, 1536, 3, 1, nw, base.ops["lm_head"].rot)
     plan = MegaPlan(**{**base.__dict__, "ops": ops, "smem": {}, "predicted_ms": None, "measured_ms": None})
     assert plan.check(get_profile("device").smem_per_block) == []

@@ -93,11 +93,11 @@ INT4 = "int4"        # INT4 dequantized on CUDA cores (any batch, bf16 or fp16)
 INT4_TC = "int4-tc"  # INT4 on tensor cores: mma.m16n8k16 on bf16, 16, 8 or 4 rows a warp, batch <= 16
 INT4_KINDS = (INT4, INT4_TC)
 INT4_NM = "int4-nm"  # N:4 sparse INT4 (2:4, 1:4, or dense INT4 in a mixed model), N per layer at run time
-INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch <= 8,
+INT4_NM_TC = "int4-nm-tc"  # the same on tensor cores (mma.sp for N <= 2, as int4-tc for N = 4): bf16, batch <= 16,
 #                            16 or 8 rows a warp
 DENSE_TC = {"dense-bf16": "dense-bf16-tc", "dense-fp16": "dense-fp16-tc"}  # mma.m16n8k16, 16 rows a warp
 TC_KINDS = {INT4: INT4_TC, INT4_NM: INT4_NM_TC, **DENSE_TC}  # the tensor-core variant of a CUDA-core kind
-TC_MAX_BATCH = {INT4_TC: 16, INT4_NM_TC: 8, **{tc: 16 for tc in DENSE_TC.values()}}  # int4-nm-tc: one group of 8
+TC_MAX_BATCH = {INT4_TC: 16, INT4_NM_TC: 16, **{tc: 16 for tc in DENSE_TC.values()}}
 # Rows a warp may own on tensor cores: one m16n8k16 A fragment is 16 rows x 16 columns, or RPW rows x 16/RPW column
 # parts (csrc Q4TC): narrower row tiles let an op of few rows cover every SM, at the same MMAs per weight.
 TC_ROWS_PER_WARP = {INT4_TC: (16, 8, 4), INT4_NM_TC: (16, 8), **{tc: (16,) for tc in DENSE_TC.values()}}

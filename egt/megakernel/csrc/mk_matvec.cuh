@@ -62,31 +62,32 @@ template <class C> struct LaneAcc {
 };
 
 // Dense bf16/fp16 rows, read in place. Source: a row map rp(m, n) -> first 16-byte vector of row n of matrix m.
-template <typename T> struct DenseW {
+// PAD: 16-byte vectors after each row in the ring (DenseTC's ldmatrix reads need 1 to avoid bank conflicts).
+template <typename T, int PAD = 0> struct DenseW {
   template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
   template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
-  template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * (C::TK / 8); }
+  template <class C> __host__ __device__ static constexpr int row_vec() { return C::TK / 8 + PAD; }
+  template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * row_vec<C>(); }
   template <class C, class RP>
   __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const RP& rp, int first) {
     constexpr int VPR = C::TK / 8;
     const int col0 = (kp * C::KP + ch * C::TK) / 8;
     const uint64_t pol = evict_first_policy();
 MK_COLD_LOOP
-    for (int v = threadIdx.x - first; v < stage_vec<C>(); v += NTHR - first) {
+    for (int v = threadIdx.x - first; v < C::NMAT * C::TR * VPR; v += NTHR - first) {
       const int m = v / (C::TR * VPR);
       const int rem = v - m * (C::TR * VPR);
       const int r = rem / VPR;
       const int c = rem - r * VPR;
       const int n = tile * C::TR + r;
-      if (n < C::N) cp_async16_ef(buf + v, rp(m, n) + col0 + c, pol);
+      if (n < C::N) cp_async16_ef(buf + (PAD == 0 ? v : (m * C::TR + r) * row_vec<C>() + c), rp(m, n) + col0 + c, pol);
     }
   }
   // sm_90: one bulk copy per row run of the stage, issued by the lanes of one warp.
   template <class C, class RP>
   __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const RP& rp,
                                                     int lane) {
-    constexpr int VPR = C::TK / 8;
     const int col0 = (kp * C::KP + ch * C::TK) / 8;
     const int rows = min(C::TR, C::N - tile * C::TR);
     if (lane == 0) mbar_expect(bar, (unsigned)(C::NMAT * rows * C::TK * 2));
@@ -94,7 +95,7 @@ MK_COLD_LOOP
 MK_COLD_LOOP
     for (int i = lane; i < C::NMAT * rows; i += 32) {
       const int m = i / rows, r = i - m * rows;
-      bulk_g2s(buf + (m * C::TR + r) * VPR, rp(m, tile * C::TR + r) + col0, C::TK * 2, bar);
+      bulk_g2s(buf + (m * C::TR + r) * row_vec<C>(), rp(m, tile * C::TR + r) + col0, C::TK * 2, bar);
     }
   }
   // L2 look-ahead: the rows of tiles [t0, t1) of each matrix, one run per matrix when its rows are contiguous in
@@ -619,36 +620,9 @@ MK_COLD_LOOP
 // CUDA cores a weight costs one FMA per batch row, which binds from batch ~4 on (qwen2.5-1.5b bf16 at batch 16 took
 // 4.2x batch 1's time, H100). Stage: DenseW's rows with one 16-byte pad after each, so that ldmatrix's eight row
 // addresses of a 16-byte column fall in distinct banks (row stride TK*2 + 16 bytes); the copies (cp.async or bulk)
-// land each row at its padded start. The L2 look-ahead is DenseW's.
-template <typename T> struct DenseTC : DenseW<T> {
+// land each row at its padded start (DenseW with PAD = 1, so copies and the L2 look-ahead are DenseW's).
+template <typename T> struct DenseTC : DenseW<T, 1> {
   template <class C> using Acc = typename Q4TC<T>::template Acc<C>;
-  template <class C> __host__ __device__ static constexpr int row_vec() { return C::TK / 8 + 1; }
-  template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * row_vec<C>(); }
-  template <class C, class RP>
-  __device__ static __forceinline__ void issue(uint4* buf, int tile, int kp, int ch, const RP& rp, int first) {
-    constexpr int VPR = C::TK / 8;
-    const int col0 = (kp * C::KP + ch * C::TK) / 8;
-    const uint64_t pol = evict_first_policy();
-MK_COLD_LOOP
-    for (int v = threadIdx.x - first; v < C::NMAT * C::TR * VPR; v += NTHR - first) {
-      const int mr = v / VPR, c = v - mr * VPR;  // mr = m * TR + r
-      const int m = mr / C::TR, n = tile * C::TR + (mr - m * C::TR);
-      if (n < C::N) cp_async16_ef(buf + mr * row_vec<C>() + c, rp(m, n) + col0 + c, pol);
-    }
-  }
-  template <class C, class RP>
-  __device__ static __forceinline__ void issue_bulk(uint4* buf, uint64_t* bar, int tile, int kp, int ch, const RP& rp,
-                                                    int lane) {
-    const int col0 = (kp * C::KP + ch * C::TK) / 8;
-    const int rows = min(C::TR, C::N - tile * C::TR);
-    if (lane == 0) mbar_expect(bar, (unsigned)(C::NMAT * rows * C::TK * 2));
-    __syncwarp();
-MK_COLD_LOOP
-    for (int i = lane; i < C::NMAT * rows; i += 32) {
-      const int m = i / rows, r = i - m * rows;
-      bulk_g2s(buf + (m * C::TR + r) * row_vec<C>(), rp(m, tile * C::TR + r) + col0, C::TK * 2, bar);
-    }
-  }
   __device__ static __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     if constexpr (std::is_same<T, __half>::value) {
       asm volatile(
@@ -675,7 +649,7 @@ MK_COLD_LOOP
 #pragma unroll
     for (int m = 0; m < C::NMAT; ++m) {
       const int r = m * C::TR + slot * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-      a_row[m] = smem_u32(buf + r * row_vec<C>() + (lane >> 4));
+      a_row[m] = smem_u32(buf + r * DenseW<T, 1>::template row_vec<C>() + (lane >> 4));
     }
     float d[2][NG][C::NMAT][4];
 #pragma unroll
@@ -810,7 +784,8 @@ MK_VEC_LOOP
   }
 };
 
-// N:4 sparse INT4 on sparse tensor cores (kind int4-nm-tc: bf16 activations, batch <= 8 / P, 16 or 8 rows a warp):
+// N:4 sparse INT4 on sparse tensor cores (kind int4-nm-tc: bf16 activations, batch <= 16 at 16 rows a warp in
+// groups of 8 as in Q4TC, <= 4 at 8 rows):
 // mma.sp.m16n8k32 multiplies 16 rows x 32 columns of which the metadata names two of every four: no gather of x.
 // A quad still costs about as many instructions as a dense one (activation fragments, scale pairs, fold), so the
 // loop's time follows its columns more than its bytes (bench/results/megakernel/megakernel_ceiling.md: 2:4 keeps up
@@ -861,10 +836,12 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e), "n"(SEL));
   }
-  // k-step SEL of a quad: T1 += (128 + q) x, T2 += x over the kept columns, per matrix
-  template <class C, int N, int SEL>
+  // k-step SEL of a quad: T1 += (128 + q) x, T2 += x over the kept columns, per column group and matrix; the A
+  // registers are built once and serve every group of 8 batch rows
+  template <class C, int N, int NG, int SEL>
   __device__ static __forceinline__ void step(const uint32_t (&cw)[C::NMAT][N], const uint32_t (&e)[C::NMAT],
-                                              const uint32_t (&xb)[4], float (&t1)[C::NMAT][4], float (&t2)[C::NMAT][4]) {
+                                              const uint32_t (&xb)[NG][2][4], float (&t1)[NG][C::NMAT][4],
+                                              float (&t2)[NG][C::NMAT][4]) {
     constexpr uint32_t ONE = N == 2 ? 0x3F803F80u : 0x00003F80u;  // bf16 1.0 where the codes sit
     const uint32_t ones[4] = {ONE, ONE, ONE, ONE};
 #pragma unroll
@@ -872,8 +849,11 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
       uint32_t a[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) a[r] = N == 2 ? Q4TC<T>::raw(cw[m][N == 2 ? SEL : 0], r) : raw_lo(cw[m][0], 4 * SEL + r);
-      mma_sp<SEL>(t1[m], a, xb, e[m]);
-      mma_sp<SEL>(t2[m], ones, xb, e[m]);
+#pragma unroll
+      for (int n = 0; n < NG; ++n) {
+        mma_sp<SEL>(t1[n][m], a, xb[n][SEL], e[m]);
+        mma_sp<SEL>(t2[n][m], ones, xb[n][SEL], e[m]);
+      }
     }
   }
   // P = 16 / RPW column parts a fragment (1 or 2), as in Q4TC: fragment row p * RPW + r holds row r's columns
@@ -884,6 +864,7 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
   __device__ static __forceinline__ void sparse_quads(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                       int lane, int lg, Acc<C>& st) {
     constexpr int P = Q4TC<T>::template parts<C>(), QUADS = C::TK / (64 * P), RG = C::TR / C::RPW;
+    constexpr int NG = Acc<C>::NG;  // groups of 8 batch rows (P = 1 only)
     const int g = lane >> 2, t = lane & 3;
     const int sps = (C::TK * N / 4) >> lg;
     const unsigned char* base = reinterpret_cast<const unsigned char*>(buf);
@@ -891,7 +872,7 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
     const unsigned char* meta = base + 4 * N * lanes<C>();
     const __half2* pairs = reinterpret_cast<const __half2*>(base + 6 * N * lanes<C>());
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
-    const int xb_b = g / P, xb_p = g % P;  // B column g: part xb_p of batch xb_b
+    const int xb_b = g / P, xb_p = g % P;  // B column g of group n: part xb_p of batch 8 n + xb_b
     const int er = P == 2 ? g : (g & 3), ep = P == 2 ? 0 : (t & 1) * 2 + (g >> 2);  // P > 1: the lane's element
 #pragma unroll 1
     for (int q = wi; q < QUADS; q += C::WPR) {
@@ -910,15 +891,17 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
           e[m] = spread(reinterpret_cast<const uint16_t*>(meta)[li]);
         }
       }
-      uint32_t xb[2][4];
+      uint32_t xb[NG][2][4];
 #pragma unroll
-      for (int s = 0; s < 2; ++s)
+      for (int n = 0; n < NG; ++n)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          // column of register r's rows 2t, 2t+1 (K part)
-          const int k = ch * C::TK + (q * 2 + s) * 32 * P + 32 * xb_p + 8 * r;
-          xb[s][r] = xb_b < NB ? xw[(xb_b * C::KP + k) / 2 + t] : 0u;
-        }
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            // column of register r's rows 2t, 2t+1 (K part)
+            const int k = ch * C::TK + (q * 2 + s) * 32 * P + 32 * xb_p + 8 * r, b = 8 * n + xb_b;
+            xb[n][s][r] = b < NB ? xw[(b * C::KP + k) / 2 + t] : 0u;
+          }
       constexpr int NR = P == 1 ? 2 : 1;  // rows of the lane's C elements: g, g + 8 (P = 1) or er
       constexpr int NS = STEP ? 2 : 1;    // scale blocks a quad
       __half2 so[NS][C::NMAT][NR];
@@ -930,15 +913,17 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
           for (int r = 0; r < NR; ++r)
             so[h][m][r] = pairs[(m * C::TR + slot * C::RPW + (P == 1 ? g + 8 * r : er)) * sps +
                                 (((q * 2 + h) * 8 * N * P) >> lg)];
-      float t1[NS][C::NMAT][4], t2[NS][C::NMAT][4];
+      float t1[NS][NG][C::NMAT][4], t2[NS][NG][C::NMAT][4];
 #pragma unroll
       for (int h = 0; h < NS; ++h)
 #pragma unroll
-        for (int m = 0; m < C::NMAT; ++m)
+        for (int n = 0; n < NG; ++n)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) t1[h][m][i] = t2[h][m][i] = 0.f;
-      step<C, N, 0>(cw, e, xb[0], t1[0], t2[0]);
-      step<C, N, 1>(cw, e, xb[1], t1[NS - 1], t2[NS - 1]);
+          for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) t1[h][n][m][i] = t2[h][n][m][i] = 0.f;
+      step<C, N, NG, 0>(cw, e, xb, t1[0], t2[0]);
+      step<C, N, NG, 1>(cw, e, xb, t1[NS - 1], t2[NS - 1]);
 #pragma unroll
       for (int h = 0; h < NS; ++h)
 #pragma unroll
@@ -949,11 +934,15 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
             const float off = fmaf(-Q4TC<T>::BASE, sc.x, sc.y);
             if constexpr (P == 1) {
 #pragma unroll
-              for (int i = 0; i < 2; ++i)
-                st.c[m][2 * r + i] = fmaf(sc.x, t1[h][m][2 * r + i], fmaf(off, t2[h][m][2 * r + i], st.c[m][2 * r + i]));
+              for (int n = 0; n < NG; ++n)
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                  float& c = st.c[n * C::NMAT + m][2 * r + i];
+                  c = fmaf(sc.x, t1[h][n][m][2 * r + i], fmaf(off, t2[h][n][m][2 * r + i], c));
+                }
             } else {
-              st.c[m][0] = fmaf(sc.x, Q4TC<T>::template part_of<P>(t1[h][m], ep),
-                                fmaf(off, Q4TC<T>::template part_of<P>(t2[h][m], ep), st.c[m][0]));
+              st.c[m][0] = fmaf(sc.x, Q4TC<T>::template part_of<P>(t1[h][0][m], ep),
+                                fmaf(off, Q4TC<T>::template part_of<P>(t2[h][0][m], ep), st.c[m][0]));
             }
           }
     }
@@ -962,8 +951,8 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, const S4Src& src, Acc<C>& st) {
     constexpr int P = Q4TC<T>::template parts<C>();
-    static_assert((C::RPW == 16 || C::RPW == 8) && C::TK % (64 * P) == 0 && P * NB <= 8,
-                  "sparse tensor-core INT4: 16 or 8 rows a warp, quads of 64 x 16/RPW columns, batch <= 8 / P");
+    static_assert((C::RPW == 16 || C::RPW == 8) && C::TK % (64 * P) == 0,
+                  "sparse tensor-core INT4: 16 or 8 rows a warp, quads of 64 x 16/RPW columns");
     const bool per_step = P > 1 && (1 << src.lg) < 16 * src.n * P;
     if (src.n == 2) {
       if (per_step) sparse_quads<C, 2, true>(buf, xs, ch, slot, wi, lane, src.lg, st);
