@@ -22,7 +22,8 @@ def test_gemv_matches_expanded_reference(n, out_f, in_f, group, sym):
 
     (q, idx, s, o), dense = packed_int4(out_f, in_f, n, group, sym, seed=out_f + in_f + n)
     cases = [(1, torch.float16, None), (8, torch.float16, None), (3, torch.bfloat16, None), (2, torch.float16, (1, 1, 16)),
-             (5, torch.float16, (1, 4, 4)), (4, torch.float16, (1, 2, 8))]
+             (5, torch.float16, (1, 4, 4)), (4, torch.float16, (1, 2, 8)), (16, torch.float16, None),
+             (11, torch.bfloat16, None), (9, torch.float16, (1, 3, 8))]
     for b, dtype, config in cases:
         x = torch.randn(b, in_f, device="cuda").to(dtype)  # fresh inputs every call
         ref = x.double() @ dense.T
@@ -59,8 +60,8 @@ def test_bad_input_is_rejected_clearly():
     from egt.sparsify.kernels import sparse_w4_gemv
 
     (q, idx, s, o), _ = packed_int4(64, 256, 2, 128, False, 0)
-    with pytest.raises(ValueError, match="1 <= B <= 8"):
-        sparse_w4_gemv(torch.randn(9, 256, device="cuda", dtype=torch.float16), q, idx, s, o, 2, 128)
+    with pytest.raises(ValueError, match="1 <= B <= 16"):
+        sparse_w4_gemv(torch.randn(17, 256, device="cuda", dtype=torch.float16), q, idx, s, o, 2, 128)
     with pytest.raises(ValueError, match="does not hold"):
         sparse_w4_gemv(torch.randn(1, 512, device="cuda", dtype=torch.float16), q, idx, s, o, 2, 128)
     with pytest.raises(ValueError, match="indices"):

@@ -5,7 +5,7 @@ Contract:
   warns once and makes it return False). CPU machines never build or load anything: importing this module does no
   CUDA work, and available() returns False before looking for nvcc.
 - `w4_gemv(x, qweight, indices, scales, offsets, n, group, config=None, pdl=False)` -> y [M, out] in x's dtype:
-  x [M, in] fp16/bf16 contiguous on CUDA, 1 <= M <= 16 (dense, n=4) or <= 8 (sparse, n=1/2); qweight int32
+  x [M, in] fp16/bf16 contiguous on CUDA, 1 <= M <= 16 (two mma n-tiles of 8 above 8 rows); qweight int32
   [out, ceil(kept/8)] in egt.quant.packing's 4-bit layout over the kept values (kept = in * n / 4); indices uint8
   [out, kept/4] (2-bit positions, four per byte, first in the low bits; None for dense); scales/offsets fp16
   [out, G] per group of `group` kept values (-1 = one group per row; offsets None = symmetric, code 8 is zero).
@@ -42,8 +42,7 @@ from pathlib import Path
 import torch
 
 SRC = Path(__file__).with_name("w4_gemv.cu")
-MAX_M_DENSE = 16
-MAX_M_SPARSE = 8
+MAX_M = 16  # decode batch rows: the mma's 8 B columns, one or two n-tiles
 WARPS = (4, 8, 16)  # warps per block the library is built for
 CHUNKS_PER_WARP = 2  # chunks (128 stored values of a row) per register stage of a warp (U in the .cu)
 SMEM_CAP = 96 * 1024  # bytes of activations one block stages (a given config gets more splits if needed)
@@ -153,8 +152,7 @@ def available() -> bool:
 
 def supports(in_features: int, n: int, rows: int) -> bool:
     kept = in_features * n // 4
-    max_m = MAX_M_DENSE if n == 4 else MAX_M_SPARSE
-    return n in MODE and 1 <= rows <= max_m and in_features % 8 == 0 and kept % 32 == 0
+    return n in MODE and 1 <= rows <= MAX_M and in_features % 8 == 0 and kept % 32 == 0
 
 
 def _num_sms(device: int) -> int:
@@ -252,9 +250,8 @@ def w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor | None
     if x.dim() != 2 or not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"x must be a 2-D fp16/bf16 CUDA tensor, got {tuple(x.shape)} {x.dtype} on {x.device}")
     m, in_f = x.shape
-    max_m = MAX_M_DENSE if n == 4 else MAX_M_SPARSE
-    if not 1 <= m <= max_m:
-        raise ValueError(f"x must have 1 <= M <= {max_m} rows, got {m}")
+    if not 1 <= m <= MAX_M:
+        raise ValueError(f"x must have 1 <= M <= {MAX_M} rows, got {m}")
     kept = in_f * n // 4
     out_f = qweight.shape[0]
     if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[1] != -(-kept // 8):

@@ -515,16 +515,12 @@ int launch_t(const Params& p, int nw, bool pdl, cudaStream_t stream) {
 template <typename T, int MODE>
 int launch_m(const Params& p, int sym, int rt, int nw, bool pdl, cudaStream_t s) {
   const bool two = p.M > 8;
-  if (MODE != 0 && two) return -2;
 #define EGT_W4_CASE(NT_, SYM_, RT_)                                                 \
   if ((NT_ == 2) == two && sym == SYM_ && rt == RT_)                                \
     return late ? launch_t<T, MODE, NT_, SYM_, RT_, MODE == 0>(p, nw, pdl, s) : launch_t<T, MODE, NT_, SYM_, RT_, false>(p, nw, pdl, s);
   const bool late = MODE == 0 && (p.gshift < 0 || p.gshift >= 7);  // every chunk lies inside one group
   if (nw != 4 && nw != 8 && nw != 16) return -4;
-  EGT_W4_CASE(1, 0, 1) EGT_W4_CASE(1, 1, 1)
-  if constexpr (MODE == 0) {
-    EGT_W4_CASE(2, 0, 1) EGT_W4_CASE(2, 1, 1)
-  }
+  EGT_W4_CASE(1, 0, 1) EGT_W4_CASE(1, 1, 1) EGT_W4_CASE(2, 0, 1) EGT_W4_CASE(2, 1, 1)
 #undef EGT_W4_CASE
   return -3;
 }

@@ -24,7 +24,7 @@ import torch
 
 from .. import kernels as _k
 
-MAX_M = _k.MAX_M_DENSE
+MAX_M = _k.MAX_M
 
 
 def available() -> bool:

@@ -1,11 +1,11 @@
-"""Sparse (2:4, 1:4) and dense W4A16 GEMV on CUDA, for decode batches of 1-8 rows.
+"""Sparse (2:4, 1:4) and dense W4A16 GEMV on CUDA, for decode batches of 1-16 rows.
 
 Contract:
 - `sparse_w4_gemv(x [B, in], qweight, indices, scales, offsets, n, group, config=None)` computes x @ W^T for the
   packed N:4 INT4 weight of `SparseQuantLinear` (kept-value codes in egt.quant's int32 layout, 2-bit in-group
   positions four per byte, fp16 scales and optional offsets per group of `group` kept values:
   w = scale * code + offset); `n=4` with `indices=None` is the dense INT4 kernel on a `QuantLinear` weight.
-- Output dtype = x dtype; fp32 accumulation. 1 <= B <= 8. `supports(in, n, rows)`: kept values per row a multiple
+- Output dtype = x dtype; fp32 accumulation. 1 <= B <= 16. `supports(in, n, rows)`: kept values per row a multiple
   of 32 (in % 64 for 2:4, % 128 for 1:4); `SparseQuantLinear` falls back to its reference path otherwise.
 - Checked against the dense-expanded dequantized weight in float32 (tests/test_sparsify_kernels.py, CUDA only).
 
@@ -27,13 +27,13 @@ def available() -> bool:
 
 
 def supports(in_features: int, n: int, rows: int) -> bool:
-    return rows <= _k.MAX_M_SPARSE and _k.supports(in_features, n, rows)
+    return _k.supports(in_features, n, rows)
 
 
 def sparse_w4_gemv(x: torch.Tensor, qweight: torch.Tensor, indices: torch.Tensor | None, scales: torch.Tensor,
                    offsets: torch.Tensor | None, n: int, group: int,
                    config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """y [B, out] = x [B, in] @ W^T; see the module docstring."""
-    if x.dim() != 2 or not 1 <= x.shape[0] <= _k.MAX_M_SPARSE:
-        raise ValueError(f"x must be [B, in] with 1 <= B <= {_k.MAX_M_SPARSE}, got {tuple(x.shape)}")
+    if x.dim() != 2 or not 1 <= x.shape[0] <= _k.MAX_M:
+        raise ValueError(f"x must be [B, in] with 1 <= B <= {_k.MAX_M}, got {tuple(x.shape)}")
     return _k.w4_gemv(x, qweight, indices, scales, offsets, n, group, config, pdl=_k.default_pdl())
