@@ -1,7 +1,10 @@
-"""Sparse (2:4, 1:4) vs dense INT4 GEMV at decode batches 1-8 (GPU only), same run, same card.
+"""Sparse (2:4, 1:4) vs dense INT4 GEMV at decode batches 1-16 (GPU only), same run, same card.
 
-    python bench/sparse_gemv.py [--batches 1,2,4,8]     (prints a table; the committed batch-1 figures come from
-                                                         bench/quant_kernels.py, which times every kernel in one run)
+    python bench/sparse_gemv.py [--batches 1,2,4,8,16]  (prints a table with fp16 cuBLAS beside; the committed
+                                                         batch-1 figures come from bench/quant_kernels.py, which
+                                                         times every kernel in one run)
+    python bench/sparse_gemv.py --sweep [--batches ...] (also every (1, splits, warps) config of each kernel, the
+                                                         heuristic's pick marked *, as JSON lines)
     ncu ... python bench/sparse_gemv.py --profile [--baseline-so PATH]
                                                         (one launch of each kernel at batch 1, plus fp16 cuBLAS and a
                                                          same-size copy, then the same launches of the baseline
@@ -19,14 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import copy_bandwidth, device_info  # noqa: E402
-from quant_kernels import Baseline, K, make, nbytes, time_kernel  # noqa: E402
+from quant_kernels import Baseline, K, make, nbytes, time_fp16, time_kernel  # noqa: E402
 
 SHAPES = [(8960, 1536), (1536, 8960), (1536, 1536)]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--batches", default="1,2,4,8,16")
+    ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--baseline-so", default=None)
     a = ap.parse_args()
@@ -35,8 +39,10 @@ def main() -> int:
     info = device_info()
     bw = copy_bandwidth()
     print(f"{info['card']} {info['date']}: copy bandwidth {bw:.0f} GB/s")
-    print("| batch | weight | dense us | 2:4 us | 2:4 vs dense | 1:4 us | 1:4 vs dense |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | weight | fp16 cuBLAS us | dense us | 2:4 us | 2:4 vs dense | 1:4 us | 1:4 vs dense |")
+    print("|---|---|---|---|---|---|---|---|")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sweep = []
     for b in map(int, a.batches.split(",")):
         for n_out, k_in in SHAPES:
             x = torch.randn(b, k_in, device="cuda", dtype=torch.float16)
@@ -45,9 +51,28 @@ def main() -> int:
                 if K.supports(k_in, n, b):
                     w = make(n_out, k_in, n, 128, False, n_out + n)
                     us[n] = time_kernel(x, w, n, 128)
+                    if a.sweep:
+                        pick = K.heuristic_config(n_out, k_in * n // 4, b, n, sms, 128)
+                        for splits in (1, 2, 3, 4, 6, 8):
+                            for warps in K.WARPS:
+                                t = time_kernel(x, w, n, 128, config=(1, splits, warps))
+                                r = {"batch": b, "N": n_out, "K": k_in, "n": n, "config": [1, splits, warps],
+                                     "us": round(t, 2), "pick": [1, splits, warps] == list(pick)}
+                                sweep.append(r)
+                                print("SWEEP", r, flush=True)
                     del w
-            print(f"| {b} | {n_out}x{k_in} | {us[4]:.2f} | {us[2]:.2f} | {us[4] / us[2]:.2f}x | {us[1]:.2f} | "
+            fp16 = time_fp16(x, n_out, k_in)
+            print(f"| {b} | {n_out}x{k_in} | {fp16:.2f} | {us[4]:.2f} | {us[2]:.2f} | {us[4] / us[2]:.2f}x | {us[1]:.2f} | "
                   f"{us[4] / us[1]:.2f}x |", flush=True)
+    if sweep:
+        print("| batch | weight | n | heuristic config | us | best config | us |")
+        print("|---|---|---|---|---|---|---|")
+        for key in dict.fromkeys((r["batch"], r["N"], r["K"], r["n"]) for r in sweep):
+            rs = [r for r in sweep if (r["batch"], r["N"], r["K"], r["n"]) == key]
+            pick = next(r for r in rs if r["pick"]) if any(r["pick"] for r in rs) else None
+            best = min(rs, key=lambda r: r["us"])
+            print(f"| {key[0]} | {key[1]}x{key[2]} | {key[3]} | {pick and pick['config']} | {pick and pick['us']} | "
+                  f"{best['config']} | {best['us']} |")
     return 0
 
 

@@ -193,14 +193,23 @@ def heuristic_config(out_f: int, kept: int, m: int, n: int, sms: int, group: int
     should be resident at once (one wave), many row tiles (>= 2 per SM) -> blocks of 4 warps, several per SM; few
     row tiles -> 8 or 16 warps per block to share out the chunks; K split across blocks only where the activation
     slice would not fit in shared memory (the fp32 partials and the last-block reduction cost about a
-    microsecond). Checked against the config sweep in bench/results/quant_kernels.md."""
+    microsecond). Checked against the config sweep in bench/results/quant_kernels.md (M=1, H100).
+    From 8 rows a chunk costs a warp a whole n-tile (8 rows) of mma and activation loads, or two above 8, and more
+    warps in flight pay: 16 a block where the row has few chunks, a 4-way K split where row tiles are few and
+    chunks many, and blocks of 8 warps above 8 rows. From the sweep of every config at 8 and 16 rows on an H200
+    (bench/results/megakernel/session19/run4_gemv_sweep.log): 1.1-1.4x over the rule below 8 rows on the 1.5B shapes."""
     nchunks = -(-kept // 128)
     row_blocks = -(-out_f // 16)
+    splits = 1
     if row_blocks >= 2 * sms:
-        warps = 4
-    else:
+        warps = 8 if m > 8 else 4
+    elif m < 8:
         warps = 8 if nchunks <= 16 else 16
-    splits, _ = _fit_splits(m, n, kept, group, 1, warps)
+    elif nchunks <= 16:
+        warps = 16
+    else:
+        splits, warps = 4, (8 if m > 8 else 4)
+    splits, _ = _fit_splits(m, n, kept, group, splits, warps)
     return 1, splits, warps
 
 
