@@ -197,7 +197,9 @@ def heuristic_config(out_f: int, kept: int, m: int, n: int, sms: int, group: int
     From 8 rows a chunk costs a warp a whole n-tile (8 rows) of mma and activation loads, or two above 8, and more
     warps in flight pay: 16 a block where the row has few chunks, a 4-way K split where row tiles are few and
     chunks many, and blocks of 8 warps above 8 rows. From the sweep of every config at 8 and 16 rows on an H200
-    (bench/results/megakernel/session19/run4_gemv_sweep.log): 1.1-1.4x over the rule below 8 rows on the 1.5B shapes."""
+    (bench/results/megakernel/session19/run4_gemv_sweep.log): where these picks differ from the rule below 8 rows
+    they were 1.04-1.37x faster on the 1.5B shapes in the same run; still slower than fp16 cuBLAS on 1536 x 8960 and
+    8960 x 1536 from 8 rows (session19/README.md)."""
     nchunks = -(-kept // 128)
     row_blocks = -(-out_f // 16)
     splits = 1

@@ -11,7 +11,7 @@ Contract:
 - Both are constructible empty from `(LinearPlan, out_features, in_features, bias)` and hold all their data in
   buffers, so `egt.format.load_compressed` fills them with `load_state_dict`. Both register with
   `egt.modules.register_kind` at import.
-- forward: on CUDA, 4 bits, fp16/bf16, at most 8 rows, `SparseQuantLinear` runs the sparse W4A16 GEMV kernel;
+- forward: on CUDA, 4 bits, fp16/bf16, at most 16 rows, `SparseQuantLinear` runs the sparse W4A16 GEMV kernel;
   everywhere else (and always for `SparseLinear`) the reference path expands to a dense weight and calls
   `F.linear`, so sparse models run on any device.
 """
