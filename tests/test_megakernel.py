@@ -11,7 +11,7 @@ from egt.megakernel.codegen import generate_source, scratch_layout
 from egt.megakernel.dag import build_dag, check_phases
 from egt.megakernel.profiles import PROFILES
 from egt.megakernel.schedule import AttnSchedule, MatvecSchedule, MegaPlan
-from egt.megakernel.search import PlanStore, predict_ms, search, spearman
+from egt.megakernel.search import DENSE_TC_FROM, PlanStore, predict_ms, search, spearman
 from egt.models import SHAPES
 from egt.plan import CompressionPlan
 
@@ -137,6 +137,11 @@ def test_committed_plans_fit_their_profiles_and_are_found():
         formats = {k: model_kind(v) for k, v in plan.weights.items()}
         found = plan_for(plan.model, plan.batch, prof, plan.dtype, store=store, weights=formats)
         assert found.plan_hash() == plan.plan_hash(), f.name
+        # a stored plan overrides the search, so it must not undo a kernel-path rule: dense ops on tensor cores
+        # from batch DENSE_TC_FROM (the H100's CUDA-core plans of batch 4-16 were 1.18-1.82x slower on an H200,
+        # bench/results/megakernel/ab_h200_batches.md, session 19)
+        if plan.batch >= DENSE_TC_FROM:  # a dense op on CUDA cores has no entry in `weights`, or its CUDA-core kind
+            assert not any(plan.weights.get(op) in (None, "dense-bf16", "dense-fp16") for op in plan.ops), f.name
 
 
 def test_generated_source_bakes_the_schedule():
