@@ -199,7 +199,7 @@ def heuristic_config(out_f: int, kept: int, m: int, n: int, sms: int, group: int
     chunks many, and blocks of 8 warps above 8 rows. From the sweep of every config at 8 and 16 rows on an H200
     (bench/results/megakernel/session19/run4_gemv_sweep.log): where these picks differ from the rule below 8 rows
     they were 1.04-1.37x faster on the 1.5B shapes in the same run; still slower than fp16 cuBLAS on 1536 x 8960 and
-    8960 x 1536 from 8 rows (session19/README.md)."""
+    8960 x 1536 from 8 rows (bench/results/megakernel/session19/README.md)."""
     nchunks = -(-kept // 128)
     row_blocks = -(-out_f // 16)
     splits = 1

@@ -247,7 +247,7 @@ def deepen_int4_rings(plan: MegaPlan, smem_limit: int) -> MegaPlan:
 
 def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: str | None = None) -> dict[str, str]:
     """Kernel variant of each INT4 or N:4 sparse INT4 op: `cuda-core` (any batch), `tensor-core` (where it can run:
-    bf16, batch <= 16 for INT4, 8 for N:4), or `auto`: up to batch INT4_RANKED_UPTO marked "auto:<kind>" (the
+    bf16, batch <= 16), or `auto`: up to batch INT4_RANKED_UPTO marked "auto:<kind>" (the
     search ranks both per op), above that the tensor-core kind. Default: $EGT_MK_INT4 or auto. At batch 1 auto's plan
     took 1-14% less time a step than the CUDA-core one at every INT4 key of the four shapes on an H200
     (bench/results/megakernel/ab_h200.md run 58), and the stored H100 plans, chosen by measurement, run most ops on
