@@ -159,10 +159,13 @@ def cost_attention(shape: ModelShape, a: AttnSchedule, batch: int, prof: GpuProf
         return per_block * t_item
     if a.fold:
         # every O block combines the partials while staging: one L2 round trip (~1 us) when the se splits fit in
-        # registers at once (4 at <= 256 threads, 2 above), else a pass for the maxima and one per 4 splits
+        # registers at once (4 at <= 256 threads, 2 above), else a pass for the maxima and one per 4 splits; and
+        # that for every batch row (qwen2.5-1.5b w4a16, H200: the fold's step 1.11x slower than the last-arriver
+        # combine at batch 16 and equal at 8, context 140; 1.23x and 1.17x slower at 1000;
+        # bench/results/megakernel/ab_h200_batches.md, session 19 run 8)
         rj = 4 if threads <= 256 else 2
         trips = 1 if se <= rj else ceil_div(se, 8) + ceil_div(se, 4)
-        return per_block * t_item + 1.0 * trips
+        return per_block * t_item + 1.0 * trips * batch
     # last-arriver combine: an atomic, two dependent L2 round trips and a wake-up on the critical path
     return per_block * t_item + 2.5
 
