@@ -586,6 +586,10 @@ def test_int4_path_choice():
     assert int4_variants(W4, 1, "fp16", "tensor-core") == W4
     with pytest.raises(ValueError):
         int4_variants(W4, 1, "bf16", "fastest")
+    # auto falls back to CUDA cores where no tensor-core plan fits: batch 16 in ada-l20's 99 KB; asked for, none
+    assert not search(SHAPES["qwen2.5-1.5b"], 16, "ada-l20", weights=W4, max_plans=1, int4_path="tensor-core")
+    fallback = search(SHAPES["qwen2.5-1.5b"], 16, "ada-l20", weights=W4, max_plans=1)
+    assert fallback and set(fallback[0].weights.values()) == {"int4"}
 
 
 def test_dense_tensor_core_kind(monkeypatch):

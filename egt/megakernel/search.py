@@ -288,15 +288,23 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
            attn_slices: bool = False, bulk_copy: bool = False, dense: str | None = None) -> list[MegaPlan]:
     """Candidate plans, best predicted first; each carries predicted_ms and its smem report.
     weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops).
-    int4_path: how INT4 ops run (see `int4_variants`); dense: how dense ops run (see `dense_path`; `auto` falls back
-    to CUDA cores where no tensor-core plan fits, as at batch 16 in ada-l20's 99 KB). A/B options: attn_filter keeps
-    only the attention schedules it accepts; attn_slices offers head slices (`_attn_options`); bulk_copy sets the
-    plan's copy path."""
-    args = dict(locals())  # the parameters, passed on to _search with `dense` resolved
+    int4_path: how INT4 ops run (see `int4_variants`); dense: how dense ops run (see `dense_path`). Where either is
+    `auto` and no plan with its tensor-core kinds fits, the search falls back to CUDA cores for that format (at
+    batch 16 in ada-l20's 99 KB: dense bf16, and INT4 of qwen2.5-1.5b). A/B options: attn_filter keeps only the
+    attention schedules it accepts; attn_slices offers head slices (`_attn_options`); bulk_copy sets the plan's copy
+    path."""
+    args = dict(locals())  # the parameters, passed on to _search with `dense` and `int4_path` resolved
     core = dense_path(batch, args.pop("dense"))
-    if core == "tensor-core" and (dense or os.environ.get("EGT_MK_DENSE", "auto")) == "auto":
-        return _search(**args, dense=core) or _search(**args, dense="cuda-core")
-    return _search(**args, dense=core)
+    int4 = args.pop("int4_path") or os.environ.get("EGT_MK_INT4", "auto")
+    auto_dense = core == "tensor-core" and (dense or os.environ.get("EGT_MK_DENSE", "auto")) == "auto"
+    tries = [(int4, core)] + ([(int4, "cuda-core")] if auto_dense else [])
+    if int4 == "auto":
+        tries.append(("cuda-core", "cuda-core" if auto_dense else core))
+    for int4, core in tries:
+        plans = _search(**args, int4_path=int4, dense=core)
+        if plans:
+            return plans
+    return []
 
 
 def _search(shape, batch, profile, dtype, keep_per_op, max_plans, thread_options, weights, int4_path, attn_filter,
