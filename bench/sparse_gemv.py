@@ -3,8 +3,9 @@
     python bench/sparse_gemv.py [--batches 1,2,4,8,16]  (prints a table with fp16 cuBLAS beside; the committed
                                                          batch-1 figures come from bench/quant_kernels.py, which
                                                          times every kernel in one run)
-    python bench/sparse_gemv.py --sweep [--batches ...] (also every (1, splits, warps) config of each kernel, the
-                                                         heuristic's pick marked *, as JSON lines)
+    python bench/sparse_gemv.py --sweep [--batches ...] (also times every (1, splits, warps) config of each kernel:
+                                                         SWEEP lines with the heuristic's pick flagged, then a
+                                                         table of its pick against the best)
     ncu ... python bench/sparse_gemv.py --profile [--baseline-so PATH]
                                                         (one launch of each kernel at batch 1, plus fp16 cuBLAS and a
                                                          same-size copy, then the same launches of the baseline

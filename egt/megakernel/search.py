@@ -300,8 +300,8 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     tries = [(int4, core)] + ([(int4, "cuda-core")] if auto_dense else [])
     if int4 == "auto":
         tries.append(("cuda-core", "cuda-core" if auto_dense else core))
-    for int4, core in tries:
-        plans = _search(**args, int4_path=int4, dense=core)
+    for int4_try, dense_try in tries:
+        plans = _search(**args, int4_path=int4_try, dense=dense_try)
         if plans:
             return plans
     return []
