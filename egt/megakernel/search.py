@@ -254,10 +254,9 @@ def int4_variants(weights: dict[str, str], batch: int, dtype: str, int4_path: st
     search ranks both per op), above that the tensor-core kind. Default: $EGT_MK_INT4 or auto. At batch 1 auto's plan
     took 1-14% less time a step than the CUDA-core one at every INT4 key of the four shapes on an H200
     (bench/results/megakernel/ab_h200.md run 58), and the stored H100 plans, chosen by measurement, run most ops on
-    tensor cores. Above batch 2 every op
-    on tensor cores was 1.7-2.6x faster than every op on CUDA cores (qwen2.5-1.5b w4a16 and w4a16-mix, batch 4-16,
-    H200: ab_h200_batches.md), and the cost model's per-op choice at batch 8 of w4a16-mix (some N:4 ops on CUDA cores)
-    took 1.48x the time of the all-tensor-core plan."""
+    tensor cores. Above batch 2 every op on tensor cores was 1.7-2.6x faster than every op on CUDA cores
+    (qwen2.5-1.5b w4a16 and w4a16-mix, batch 4-16, H200: ab_h200_batches.md), and the cost model's per-op choice at
+    batch 8 of w4a16-mix (some N:4 ops on CUDA cores) took 1.48x the time of the all-tensor-core plan."""
     path = int4_path or os.environ.get("EGT_MK_INT4", "auto")
     if path not in CORE_PATHS:
         raise ValueError(f"INT4 path must be one of {CORE_PATHS}, got {path!r}")
@@ -281,6 +280,7 @@ def dense_path(batch: int, path: str | None = None) -> str:
     if batch > TC_MAX_BATCH[DENSE_TC["dense-bf16"]] or (path == "auto" and batch < DENSE_TC_FROM):
         return "cuda-core"
     return "tensor-core" if path == "auto" else path
+
 
 def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100", dtype: str = "bf16",
            keep_per_op: int = 3, max_plans: int = 8, thread_options=None,
