@@ -205,8 +205,8 @@ def matvec_page_bytes(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int,
     rpw = s.rows_per_warp(threads)
     nt = ceil_div(op.n, s.tr)
     maxt = ceil_div(nt, blocks)
-    xs = batch * (op.k // s.ksplit) // 8 * 16
     kp = op.k // s.ksplit
+    xs = batch * (kp // 8 + (batch > 1)) * 16  # a staged row: kp columns, one 16-byte pad above batch 1 (csrc XR)
     extra = 0  # the policy's floats after the staged part: Q4TC (and S4TC) sum x per 32 columns, S4W a padded copy
     if op.weight_kind in (INT4_TC, INT4_NM_TC):
         extra = batch * kp // 32

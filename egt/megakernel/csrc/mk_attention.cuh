@@ -241,7 +241,7 @@ MK_COLD_LOOP
         if (se[b] == 1) {
           const uint4* src = reinterpret_cast<const uint4*>(att + (long long)b * K + kp * KP);
 MK_COLD_LOOP
-          for (int c = threadIdx.x; c < VP; c += NTHR) xs[b * VP + c] = __ldcg(src + c);
+          for (int c = threadIdx.x; c < VP; c += NTHR) xs[b * XR<KP> + c] = __ldcg(src + c);
           continue;
         }
         const int nse = se[b];
@@ -290,7 +290,7 @@ MK_COLD_LOOP
             wd[i] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&lo)) |
                     ((uint32_t)(*reinterpret_cast<const unsigned short*>(&hi)) << 16);
           }
-          xs[b * VP + c] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+          xs[b * XR<KP> + c] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
         }
       }
       __syncthreads();

@@ -21,6 +21,11 @@ template <> __device__ __forceinline__ __half from_f<__half>(float x) { return _
 // those rounding points keeps our logits within a few ulps of it instead of drifting layer by layer.
 template <typename T> __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
 
+// A staged activation part of KP columns: batch row b starts at vector b * XR<KP> (16-byte vectors). Above batch 1
+// one vector of padding a row: a tensor-core B fragment reads the same columns of 8 batch rows, which at a row stride
+// that is a multiple of 128 bytes would all fall in one bank (8-way conflicts); 16 more bytes put them 4 banks apart.
+template <int KP> constexpr int XR = KP / 8 + (NB > 1 ? 1 : 0);
+
 template <typename T> __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]);
 template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4& v, float (&f)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};

@@ -147,8 +147,10 @@ constexpr int GU_EARLY = (!EARLY_GU || MK_BULK) ? 0 : (GU_FIT < Matvec<MvGU, WGU
 // ---- activation stagers --------------------------------------------------------------------------------------
 // L2 -> shared copy of N 16-byte vectors (`at(v)`: vector v's address), all of a thread's loads in flight before
 // its stores (up to 6): a long activation (qwen2.5-1.5b down's 8960 columns: 4.4 vectors a thread) then costs one
-// L2 round trip, not two, while the loop itself stays rolled in compact code.
-template <int N, class AT> __device__ __forceinline__ void stage_vecs(uint4* dst, const AT& at) {
+// L2 round trip, not two, while the loop itself stays rolled in compact code. Vector v is column vector v % VP of
+// batch row v / VP, stored at the row's XR stride.
+template <int N, int VP, class AT> __device__ __forceinline__ void stage_vecs(uint4* dst, const AT& at) {
+  constexpr int XRV = XR<VP * 8>;
   constexpr int U = (N + NTHR - 1) / NTHR < 6 ? (N + NTHR - 1) / NTHR : 6;
 MK_COLD_LOOP
   for (int v0 = threadIdx.x; v0 < N; v0 += U * NTHR) {
@@ -157,8 +159,10 @@ MK_COLD_LOOP
     for (int u = 0; u < U; ++u)
       if (v0 + u * NTHR < N) r[u] = __ldcg(at(v0 + u * NTHR));
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (v0 + u * NTHR < N) dst[v0 + u * NTHR] = r[u];
+    for (int u = 0; u < U; ++u) {
+      const int v = v0 + u * NTHR;
+      if (v < N) dst[XRV == VP ? v : (v / VP) * XRV + v % VP] = r[u];
+    }
   }
 }
 
@@ -199,8 +203,8 @@ MK_COLD_LOOP
   }
   // KS == 1: stage raw x, reduce the squares from shared memory (fixed order), normalise in place; one trip to L2.
   __device__ void fused(uint4* xs) const {
-    constexpr int VP = K / 8;
-    stage_vecs<NB * VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(row(v / VP)) + v % VP; });
+    constexpr int VP = K / 8, XRV = XR<K>;
+    stage_vecs<NB * VP, VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(row(v / VP)) + v % VP; });
     __syncthreads();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 MK_COLD_LOOP
@@ -209,7 +213,7 @@ MK_COLD_LOOP
 MK_COLD_LOOP
       for (int c = lane; c < VP; c += 32) {
         float f[8];
-        unpack8<mk_t>(xs[b * VP + c], f);
+        unpack8<mk_t>(xs[b * XRV + c], f);
 #pragma unroll
         for (int e = 0; e < 8; ++e) ss = fmaf(f[e], f[e], ss);
       }
@@ -219,14 +223,14 @@ MK_COLD_LOOP
     __syncthreads();
 MK_COLD_LOOP
     for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
-      const int b = v / VP, c = v - b * VP;
+      const int b = v / VP, c = v - b * VP, i = XRV == VP ? v : b * XRV + c;
       float xf[8], wf[8], o[8];
-      unpack8<mk_t>(xs[v], xf);
+      unpack8<mk_t>(xs[i], xf);
       unpack8<mk_t>(wvec(c), wf);
       const float r = rstd[b];
 #pragma unroll
       for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
-      xs[v] = pack8(o);
+      xs[i] = pack8(o);
     }
     __syncthreads();
   }
@@ -246,7 +250,7 @@ MK_COLD_LOOP
       const float r = rstd[b];
 #pragma unroll
       for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
-      xs[v] = pack8(o);
+      xs[b * XR<KP> + c] = pack8(o);
     }
     __syncthreads();
   }
@@ -256,7 +260,7 @@ template <int K, int KS> struct PlainStage {
   const mk_t* x;  // [NB, K]
   __device__ void operator()(uint4* xs, int kp) const {
     constexpr int KP = K / KS, VP = KP / 8;
-    stage_vecs<NB * VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(x + (long long)(v / VP) * K + kp * KP) + v % VP; });
+    stage_vecs<NB * VP, VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(x + (long long)(v / VP) * K + kp * KP) + v % VP; });
     __syncthreads();
   }
 };

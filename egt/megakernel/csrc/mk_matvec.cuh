@@ -126,7 +126,7 @@ MK_COLD_LOOP
       if (VPT * C::TPR == VPR || c < VPR) {
         float xf[NB][8];
 #pragma unroll
-        for (int b = 0; b < NB; ++b) unpack8<T>(xs[b * (C::KP / 8) + ch * VPR + c], xf[b]);
+        for (int b = 0; b < NB; ++b) unpack8<T>(xs[b * XR<C::KP> + ch * VPR + c], xf[b]);
 #pragma unroll
         for (int j = 0; j < C::RPW; ++j) {
           const int r = slot * C::RPW + j;
@@ -253,7 +253,7 @@ MK_VEC_LOOP
         float xf[NB][8];
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
-          unpack8<T>(xs[b * (C::KP / 8) + ch * (C::TK / 8) + c * 4 + i], xf[b]);
+          unpack8<T>(xs[b * XR<C::KP> + ch * (C::TK / 8) + c * 4 + i], xf[b]);
 #pragma unroll
           for (int e = 0; e < 8; ++e) xsum[b] += xf[b][e];
         }
@@ -393,7 +393,7 @@ MK_COLD_LOOP
 #pragma unroll
       for (int v = 0; v < 4; ++v) {
         float f[8];
-        unpack8<T>(xs[b * (C::KP / 8) + c * 4 + v], f);
+        unpack8<T>(xs[b * XR<C::KP> + c * 4 + v], f);
 #pragma unroll
         for (int e = 0; e < 8; ++e) sum += f[e];
       }
@@ -447,7 +447,7 @@ MK_COLD_LOOP
     const int sps = C::TK >> lg;
     const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
-    const float* xsum = reinterpret_cast<const float*>(xs + NB * C::KP / 8);
+    const float* xsum = reinterpret_cast<const float*>(xs + NB * XR<C::KP>);
 #pragma unroll 1
     for (int q = wi; q < QUADS; q += C::WPR) {
       // every shared-memory operand of the quad first: codes, B fragments of its 4 k-steps, scale pairs, sums of x
@@ -460,8 +460,8 @@ MK_COLD_LOOP
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int k = ch * C::TK + q * 64 + i * 16, b = 8 * h + g;  // column of k-step i within the K part
-          xb[h][2 * i] = b < NB ? xw[(b * C::KP + k) / 2 + t] : 0u;
-          xb[h][2 * i + 1] = b < NB ? xw[(b * C::KP + k) / 2 + t + 4] : 0u;
+          xb[h][2 * i] = b < NB ? xw[(b * 8 * XR<C::KP> + k) / 2 + t] : 0u;
+          xb[h][2 * i + 1] = b < NB ? xw[(b * 8 * XR<C::KP> + k) / 2 + t + 4] : 0u;
         }
       __half2 so[NH][C::NMAT][2];  // [scale block][matrix][row g, g+8]
 #pragma unroll
@@ -532,7 +532,7 @@ MK_COLD_LOOP
     const int sps = C::TK >> lg;
     const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
-    const float* xsum = reinterpret_cast<const float*>(xs + NB * C::KP / 8);
+    const float* xsum = reinterpret_cast<const float*>(xs + NB * XR<C::KP>);
     const int xb_b = g / P, xb_p = g % P;  // B column g: part xb_p of batch xb_b
     const int er = P == 2 ? g : (g & 3), eb = P == 2 ? t : (t >> 1), ep = P == 2 ? 0 : (t & 1) * 2 + (g >> 2);
     const bool xon = eb < NB && (ep & 1) == 0;
@@ -547,8 +547,8 @@ MK_COLD_LOOP
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int k = k0 + i * KW + 16 * xb_p;
-        xb[2 * i] = xb_b < NB ? xw[(xb_b * C::KP + k) / 2 + t] : 0u;
-        xb[2 * i + 1] = xb_b < NB ? xw[(xb_b * C::KP + k) / 2 + t + 4] : 0u;
+        xb[2 * i] = xb_b < NB ? xw[(xb_b * 8 * XR<C::KP> + k) / 2 + t] : 0u;
+        xb[2 * i + 1] = xb_b < NB ? xw[(xb_b * 8 * XR<C::KP> + k) / 2 + t + 4] : 0u;
       }
       __half2 so[NSB][C::NMAT];
       float xr[NSB];
@@ -666,8 +666,8 @@ template <typename T> struct DenseTC : DenseW<T, 1> {
 #pragma unroll
       for (int n = 0; n < NG; ++n) {
         const int b = 8 * n + g;
-        b0[n] = b < NB ? xw[(b * C::KP + k) / 2 + t] : 0u;
-        b1[n] = b < NB ? xw[(b * C::KP + k) / 2 + t + 4] : 0u;
+        b0[n] = b < NB ? xw[(b * 8 * XR<C::KP> + k) / 2 + t] : 0u;
+        b1[n] = b < NB ? xw[(b * 8 * XR<C::KP> + k) / 2 + t + 4] : 0u;
       }
 #pragma unroll
       for (int m = 0; m < C::NMAT; ++m) {
@@ -724,7 +724,7 @@ MK_COLD_LOOP
     for (int i = threadIdx.x; i < NB * C::KP / 8; i += NTHR) {
       const int b = i / (C::KP / 8), col = (i - b * (C::KP / 8)) * 8;
       float f[8];
-      unpack8<T>(xs[i], f);
+      unpack8<T>(xs[b * XR<C::KP> + col / 8], f);
 #pragma unroll
       for (int e = 0; e < 8; ++e) xp[b * xps<C>() + col + e + ((col + e) >> sh)] = f[e];
     }
@@ -777,7 +777,7 @@ MK_VEC_LOOP
   template <class C>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, const S4Src& src, LaneAcc<C>& st) {
-    const float* xp = reinterpret_cast<const float*>(xs + NB * C::KP / 8);  // the policy's floats follow xs
+    const float* xp = reinterpret_cast<const float*>(xs + NB * XR<C::KP>);  // the policy's floats follow xs
     if (src.n == 2) sparse<2, C>(buf, xp, ch, slot, wi, lane, src.lg, st);
     else if (src.n == 1) sparse<1, C>(buf, xp, ch, slot, wi, lane, src.lg, st);
     else Q4W<T>::template accumulate<C>(buf, xs, ch, slot, wi, lane, src, st);
@@ -900,7 +900,7 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
           for (int r = 0; r < 4; ++r) {
             // column of register r's rows 2t, 2t+1 (K part)
             const int k = ch * C::TK + (q * 2 + s) * 32 * P + 32 * xb_p + 8 * r, b = 8 * n + xb_b;
-            xb[n][s][r] = b < NB ? xw[(b * C::KP + k) / 2 + t] : 0u;
+            xb[n][s][r] = b < NB ? xw[(b * 8 * XR<C::KP> + k) / 2 + t] : 0u;
           }
       constexpr int NR = P == 1 ? 2 : 1;  // rows of the lane's C elements: g, g + 8 (P = 1) or er
       constexpr int NS = STEP ? 2 : 1;    // scale blocks a quad
@@ -1002,7 +1002,7 @@ template <class C, class WF> struct Matvec {
   static constexpr int NT = (C::N + C::TR - 1) / C::TR;
   static constexpr int STAGE_VEC = WF::template stage_vec<C>();
   static constexpr int MAXT = (NT + NBLK - 1) / NBLK;
-  static constexpr int XVEC = NB * KP / 8;
+  static constexpr int XVEC = NB * XR<KP>;
   static constexpr int RING_BYTES = C::ST * STAGE_VEC * 16;
   // The ring bytes this op's stages can occupy: the busiest block's stage count, at most ST slots.
   static constexpr int FOOT_BYTES = (MAXT * C::KS * CP < C::ST ? MAXT * C::KS * CP : C::ST) * STAGE_VEC * 16;
