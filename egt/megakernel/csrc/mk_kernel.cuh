@@ -149,9 +149,13 @@ constexpr int GU_EARLY = (!EARLY_GU || MK_BULK) ? 0 : (GU_FIT < Matvec<MvGU, WGU
 // its stores (up to 6): a long activation (qwen2.5-1.5b down's 8960 columns: 4.4 vectors a thread) then costs one
 // L2 round trip, not two, while the loop itself stays rolled in compact code. Vector v is column vector v % VP of
 // batch row v / VP, stored at the row's XR stride.
+#ifndef EGT_MK_STAGE_INFLIGHT
+#define EGT_MK_STAGE_INFLIGHT 12
+#endif
+constexpr int STAGE_INFLIGHT = EGT_MK_STAGE_INFLIGHT;
 template <int N, int VP, class AT> __device__ __forceinline__ void stage_vecs(uint4* dst, const AT& at) {
   constexpr int XRV = XR<VP * 8>;
-  constexpr int U = (N + NTHR - 1) / NTHR < 6 ? (N + NTHR - 1) / NTHR : 6;
+  constexpr int U = (N + NTHR - 1) / NTHR < STAGE_INFLIGHT ? (N + NTHR - 1) / NTHR : STAGE_INFLIGHT;
 MK_COLD_LOOP
   for (int v0 = threadIdx.x; v0 < N; v0 += U * NTHR) {
     uint4 r[U];
@@ -182,17 +186,41 @@ template <int K, int KS> struct NormStage {
     if (threadIdx.x < K / 8) w0 = __ldg(reinterpret_cast<const uint4*>(w) + threadIdx.x);
   }
   __device__ uint4 wvec(int c) const { return c == (int)threadIdx.x ? w0 : __ldg(reinterpret_cast<const uint4*>(w) + c); }
+  // One staged column vector, every batch row (row stride xrv vectors): x <- w * rnd(x * rstd). A thread a column
+  // vector, so the norm weight is loaded once for all rows (one per row was one more L2 trip a row above batch 1).
+  __device__ void norm_column(uint4* col, int xrv, const uint4& wv) const {
+    float wf[8];
+    unpack8<mk_t>(wv, wf);
+MK_COLD_LOOP
+    for (int b = 0; b < NB; ++b) {
+      float xf[8], o[8];
+      unpack8<mk_t>(col[b * xrv], xf);
+      const float r = rstd[b];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
+      col[b * xrv] = pack8(o);
+    }
+  }
+  // KS > 1: the rms of each row from L2 before the parts are staged, a warp a row. A lane's loads are all issued
+  // before its sum (the order of the sum is unchanged): rolled, each load was one more L2 round trip (at batch 16,
+  // 12 in a row, ~6 us of gate/up's staging; H200 trace, bench/results/megakernel/session20).
   __device__ void prepare() const {
     if constexpr (KS == 1) return;  // the fused path computes rstd while staging
+    constexpr int VP = K / 8, PER = (VP + 31) / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 MK_COLD_LOOP
     for (int b = warp; b < NB; b += NTHR / 32) {
       const uint4* r = reinterpret_cast<const uint4*>(row(b));
+      uint4 u[PER];
+#pragma unroll
+      for (int i = 0; i < PER; ++i)
+        if (lane + 32 * i < VP) u[i] = __ldcg(r + lane + 32 * i);
       float ss = 0.f;
-MK_COLD_LOOP
-      for (int c = lane; c < K / 8; c += 32) {
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        if (lane + 32 * i >= VP) break;
         float f[8];
-        unpack8<mk_t>(__ldcg(r + c), f);
+        unpack8<mk_t>(u[i], f);
 #pragma unroll
         for (int e = 0; e < 8; ++e) ss = fmaf(f[e], f[e], ss);
       }
@@ -222,16 +250,7 @@ MK_COLD_LOOP
     }
     __syncthreads();
 MK_COLD_LOOP
-    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
-      const int b = v / VP, c = v - b * VP, i = XRV == VP ? v : b * XRV + c;
-      float xf[8], wf[8], o[8];
-      unpack8<mk_t>(xs[i], xf);
-      unpack8<mk_t>(wvec(c), wf);
-      const float r = rstd[b];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
-      xs[i] = pack8(o);
-    }
+    for (int c = threadIdx.x; c < VP; c += NTHR) norm_column(xs + c, XRV, wvec(c));
     __syncthreads();
   }
   __device__ void operator()(uint4* xs, int kp) const {
@@ -239,19 +258,16 @@ MK_COLD_LOOP
       fused(xs);
       return;
     }
-    constexpr int KP = K / KS, VP = KP / 8;
-MK_COLD_LOOP
-    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
-      const int b = v / VP, c = v - b * VP;
-      const int k0 = kp * KP + c * 8;
-      float xf[8], wf[8], o[8];
-      unpack8<mk_t>(__ldcg(reinterpret_cast<const uint4*>(row(b) + k0)), xf);
-      unpack8<mk_t>(wvec(k0 / 8), wf);
-      const float r = rstd[b];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
-      xs[b * XR<KP> + c] = pack8(o);
-    }
+    // part kp: raw x staged with every load in flight (one L2 trip, with this thread's norm weight vector issued
+    // first), then normalised in place, a thread a column vector over the batch rows
+    constexpr int KP = K / KS, VP = KP / 8, XRV = XR<KP>;
+    static_assert(VP <= NTHR, "a thread per column vector of a part");
+    const int c = threadIdx.x;
+    uint4 wv = {};
+    if (c < VP) wv = wvec(kp * VP + c);
+    stage_vecs<NB * VP, VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(row(v / VP) + kp * KP) + v % VP; });
+    __syncthreads();
+    if (c < VP) norm_column(xs + c, XRV, wv);
     __syncthreads();
   }
 };
