@@ -149,13 +149,9 @@ constexpr int GU_EARLY = (!EARLY_GU || MK_BULK) ? 0 : (GU_FIT < Matvec<MvGU, WGU
 // its stores (up to 6): a long activation (qwen2.5-1.5b down's 8960 columns: 4.4 vectors a thread) then costs one
 // L2 round trip, not two, while the loop itself stays rolled in compact code. Vector v is column vector v % VP of
 // batch row v / VP, stored at the row's XR stride.
-#ifndef EGT_MK_STAGE_INFLIGHT
-#define EGT_MK_STAGE_INFLIGHT 12
-#endif
-constexpr int STAGE_INFLIGHT = EGT_MK_STAGE_INFLIGHT;
 template <int N, int VP, class AT> __device__ __forceinline__ void stage_vecs(uint4* dst, const AT& at) {
   constexpr int XRV = XR<VP * 8>;
-  constexpr int U = (N + NTHR - 1) / NTHR < STAGE_INFLIGHT ? (N + NTHR - 1) / NTHR : STAGE_INFLIGHT;
+  constexpr int U = (N + NTHR - 1) / NTHR < 6 ? (N + NTHR - 1) / NTHR : 6;
 MK_COLD_LOOP
   for (int v0 = threadIdx.x; v0 < N; v0 += U * NTHR) {
     uint4 r[U];
@@ -186,21 +182,6 @@ template <int K, int KS> struct NormStage {
     if (threadIdx.x < K / 8) w0 = __ldg(reinterpret_cast<const uint4*>(w) + threadIdx.x);
   }
   __device__ uint4 wvec(int c) const { return c == (int)threadIdx.x ? w0 : __ldg(reinterpret_cast<const uint4*>(w) + c); }
-  // One staged column vector, every batch row (row stride xrv vectors): x <- w * rnd(x * rstd). A thread a column
-  // vector, so the norm weight is loaded once for all rows (one per row was one more L2 trip a row above batch 1).
-  __device__ void norm_column(uint4* col, int xrv, const uint4& wv) const {
-    float wf[8];
-    unpack8<mk_t>(wv, wf);
-MK_COLD_LOOP
-    for (int b = 0; b < NB; ++b) {
-      float xf[8], o[8];
-      unpack8<mk_t>(col[b * xrv], xf);
-      const float r = rstd[b];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
-      col[b * xrv] = pack8(o);
-    }
-  }
   // KS > 1: the rms of each row from L2 before the parts are staged, a warp a row. A lane's loads are all issued
   // before its sum (the order of the sum is unchanged): rolled, each load was one more L2 round trip (at batch 16,
   // 12 in a row, ~6 us of gate/up's staging; H200 trace, bench/results/megakernel/session20).
@@ -250,7 +231,16 @@ MK_COLD_LOOP
     }
     __syncthreads();
 MK_COLD_LOOP
-    for (int c = threadIdx.x; c < VP; c += NTHR) norm_column(xs + c, XRV, wvec(c));
+    for (int v = threadIdx.x; v < NB * VP; v += NTHR) {
+      const int b = v / VP, c = v - b * VP, i = XRV == VP ? v : b * XRV + c;
+      float xf[8], wf[8], o[8];
+      unpack8<mk_t>(xs[i], xf);
+      unpack8<mk_t>(wvec(c), wf);
+      const float r = rstd[b];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
+      xs[i] = pack8(o);
+    }
     __syncthreads();
   }
   __device__ void operator()(uint4* xs, int kp) const {
@@ -259,7 +249,9 @@ MK_COLD_LOOP
       return;
     }
     // part kp: raw x staged with every load in flight (one L2 trip, with this thread's norm weight vector issued
-    // first), then normalised in place, a thread a column vector over the batch rows
+    // first), then normalised in place, a thread a column vector over the batch rows, so the weight is loaded once
+    // (a thread a vector, as `fused` does, loaded it again for each row: one more L2 trip a row). The fused path
+    // keeps a thread a vector: a column a thread there was 1.5% slower at batch 8 (H200, session 20 run 5).
     constexpr int KP = K / KS, VP = KP / 8, XRV = XR<KP>;
     static_assert(VP <= NTHR, "a thread per column vector of a part");
     const int c = threadIdx.x;
@@ -267,7 +259,19 @@ MK_COLD_LOOP
     if (c < VP) wv = wvec(kp * VP + c);
     stage_vecs<NB * VP, VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(row(v / VP) + kp * KP) + v % VP; });
     __syncthreads();
-    if (c < VP) norm_column(xs + c, XRV, wv);
+    if (c < VP) {
+      float wf[8];
+      unpack8<mk_t>(wv, wf);
+MK_COLD_LOOP
+      for (int b = 0; b < NB; ++b) {
+        float xf[8], o[8];
+        unpack8<mk_t>(xs[b * XRV + c], xf);
+        const float r = rstd[b];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
+        xs[b * XRV + c] = pack8(o);
+      }
+    }
     __syncthreads();
   }
 };
