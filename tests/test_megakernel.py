@@ -510,7 +510,9 @@ def test_sparse_int4_kind_in_a_mixed_model_plan_and_codegen():
 def test_int4_tensor_core_layout_matches_the_fragment_spec(rpw, tr, tk):
     """Independent of q4_dequant: every nibble of the "tc" chunks sits where csrc Q4TC's mma A fragment reads it.
     With rpw rows a warp, fragment row m = p * rpw + r holds row r's columns 16p .. 16p+15 of a 16 * 16/rpw-column
-    k-step."""
+    k-step. At 16 and 4 rows a warp the quad's columns are reordered so that lane t's B fragments of part p of
+    k-steps 2hh and 2hh+1 are 8 consecutive columns (one vector load): k-step 2 hh + j, part p, fragment column
+    8c + 2t + e is column 32 (P hh + p) + 8t + 4j + 2c + e of the quad."""
     import random
 
     from egt.megakernel.operands import q4_chunks, q4_dequant
@@ -530,7 +532,11 @@ def test_int4_tensor_core_layout_matches_the_fragment_spec(rpw, tr, tk):
                 for h in range(2):
                     p, r = divmod(h * 8 + g, rpw)
                     row = tile * tr + rg * rpw + r
-                    col = c * tk + q * 64 * parts + i * 16 * parts + 16 * p + half * 8 + 2 * t + e
+                    if parts != 2:
+                        col = (c * tk + q * 64 * parts + 32 * (parts * (i >> 1) + p) + 8 * t + 4 * (i & 1)
+                               + 2 * half + e)
+                    else:
+                        col = c * tk + q * 64 * parts + i * 16 * parts + 16 * p + half * 8 + 2 * t + e
                     want = int(codes[row, col]) if row < 45 else 0
                     assert (word >> (4 * (e * 4 + half * 2 + h))) & 0xF == want
     import torch
@@ -586,9 +592,13 @@ def test_int4_path_choice():
     assert int4_variants(W4, 1, "fp16", "tensor-core") == W4
     with pytest.raises(ValueError):
         int4_variants(W4, 1, "bf16", "fastest")
-    # auto falls back to CUDA cores where no tensor-core plan fits: batch 16 in ada-l20's 99 KB; asked for, none
-    assert not search(SHAPES["qwen2.5-1.5b"], 16, "ada-l20", weights=W4, max_plans=1, int4_path="tensor-core")
-    fallback = search(SHAPES["qwen2.5-1.5b"], 16, "ada-l20", weights=W4, max_plans=1)
+    # auto falls back to CUDA cores where no tensor-core plan fits: batch 16 in 96 KB a block (ada-l20's 99 KB fit a
+    # tensor-core plan with K-split 4-8); asked for, none
+    import dataclasses
+    from egt.megakernel.profiles import get_profile
+    small = dataclasses.replace(get_profile("ada-l20"), smem_per_block=96 * 1024)
+    assert not search(SHAPES["qwen2.5-1.5b"], 16, small, weights=W4, max_plans=1, int4_path="tensor-core")
+    fallback = search(SHAPES["qwen2.5-1.5b"], 16, small, weights=W4, max_plans=1)
     assert fallback and set(fallback[0].weights.values()) == {"int4"}
 
 

@@ -82,13 +82,30 @@ def _matrix(parts, lg: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(words), torch.cat(pairs)
 
 
+def _quad_columns(k: int, rpw: int) -> torch.Tensor:
+    """The order in which a "tc" chunk takes a row's K columns: fragment position (k-step i, part p, column
+    8c + 2t + e of the part) of each quad of 64 P columns (P = 16 / rpw) -> column of the row. 16 and 4 rows a warp:
+    32 (P (i >> 1) + p) + 8t + 4 (i & 1) + 2c + e, so the B fragments of lane t for part p of k-steps 2hh and 2hh+1
+    are the 8 consecutive columns 32 (P hh + p) + 8t .. of x (one 16-byte shared-memory load, csrc Q4TC `quads` and
+    `frag_quads`), and each of those halves lies inside one 32-column scale block. 8 rows a warp: the natural order
+    (its lane adds both parts of a k-step before the scale, so they must share a block)."""
+    parts = 16 // rpw
+    if parts == 2:
+        return torch.arange(k)
+    i, p, c, t, e = torch.meshgrid(*(torch.arange(n) for n in (4, parts, 2, 4, 2)), indexing="ij")
+    quad = (32 * (parts * (i >> 1) + p) + 8 * t + 4 * (i & 1) + 2 * c + e).reshape(-1)
+    return (torch.arange(0, k, 64 * parts).unsqueeze(1) + quad).reshape(-1)
+
+
 def _tc_words(codes: torch.Tensor, nmat: int, nt: int, tr: int, ksplit: int, cp: int, tk: int, rpw: int) -> torch.Tensor:
     """Codes [nmat, nt*tr, K] -> words [chunks, nmat*tr*tk/8] in mma.m16n8k16 A-fragment order (csrc Q4TC): per
     (matrix, group of rpw rows, quad of 4 k-steps) 32 lanes x 4 words. A k-step covers 16 P columns (P = 16 / rpw)
-    of rpw rows, and its fragment row m = p*rpw + r holds row r's columns 16p .. 16p+15. Lane (g, t), word i (k-step)
-    holds fragment rows g, g+8 x columns 2t, 2t+1, 2t+8, 2t+9, nibble e*4 + c*2 + h = (row h*8+g, column c*8+2t+e)."""
+    of rpw rows (taken in `_quad_columns` order), and its fragment row m = p*rpw + r holds row r's columns
+    16p .. 16p+15. Lane (g, t), word i (k-step) holds fragment rows g, g+8 x columns 2t, 2t+1, 2t+8, 2t+9, nibble
+    e*4 + c*2 + h = (row h*8+g, column c*8+2t+e)."""
     parts, rg = 16 // rpw, tr // rpw
     quads = tk // (64 * parts)
+    codes = codes[..., _quad_columns(codes.shape[-1], rpw).to(codes.device)]
     a = codes.view(nmat, nt, rg, rpw, ksplit, cp, quads, 4, parts, 16)  # m nt rg r ks cp q i p col
     a = a.permute(0, 1, 2, 4, 5, 6, 7, 8, 3, 9)                           # m nt rg ks cp q i p r col
     v = a.reshape(nmat, nt, rg, ksplit, cp, quads, 4, 2, 8, 2, 4, 2)      # m nt rg ks cp q i h g c t e
@@ -149,6 +166,7 @@ def q4_dequant(chunks: torch.Tensor, lg: int, n: int, k: int, nmat: int, tr: int
         v = v.permute(3, 0, 4, 1, 2, 5, 8, 11, 6, 10, 7, 9)                 # m nt rg ks cp q i h g c t e
         v = v.reshape(nmat, nt, rg, ksplit, cp, quads, 4, parts, rpw, 16)   # m nt rg ks cp q i p r col
         codes = v.permute(0, 1, 2, 8, 3, 4, 5, 6, 7, 9).reshape(nmat, nt * tr, k).float()
+        codes[..., _quad_columns(k, rpw).to(codes.device)] = codes.clone()
     else:
         words = nib.reshape(nt, ksplit, cp, nmat, tr, tk)
         codes = words.permute(3, 0, 4, 1, 2, 5).reshape(nmat, nt * tr, k).float()

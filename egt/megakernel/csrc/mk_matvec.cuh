@@ -313,7 +313,9 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
 // RPW = 16 / P.
 // Chunk codes (operands.py, layout "tc"): [NMAT][TR/16][TK/64 quads][32 lanes] x uint4; word i of a lane holds the
 // 8 codes of its A-fragment registers for k-step 4q+i, nibble p = low and p+4 = high half of register p, so one
-// shift and one LOP3 (mask | OR of 0x4300, bf16 128) yield bf16x2 (128+lo, 128+hi), exact.
+// shift and one LOP3 (mask | OR of 0x4300, bf16 128) yield bf16x2 (128+lo, 128+hi), exact. At 16 rows a warp the
+// chunks take a quad's columns in the order of operands.py `_quad_columns`, so that lane t's B fragments of two
+// k-steps are 8 consecutive columns of x: one 16-byte load where the natural order needs four 4-byte ones.
 // Late scaling: the MMA accumulates T = sum (128 + q) x over a quad (over each half where a scale block is 32
 // columns) into temporary fragments, and T is folded in float32 as s*T + (o - 128 s) * sum x (w = s q + o). That is one LOP3 (+ shift) per
 // two weights instead of a dequantization to bf16 per weight; sum x per 32 columns is computed once per staged
@@ -326,6 +328,10 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
 // Pairs region as in Q4W.
 template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
   static constexpr float BASE = 128.f;
+  // Quads a warp keeps in flight (loop unrolling) up to batch 4: the loop is latency-bound there (two warps a
+  // scheduler); two quads in flight made qwen2.5-1.5b w4a16's step 1.035x faster at batch 1, 1.02-1.03x at 2 and
+  // 1.01x at 4 (H200, session 21); at batch 8 and 16 it was 0.3-0.8% slower.
+  static constexpr int QUAD_UNROLL = NB <= 4 ? 2 : 1;
   // Column parts of one A fragment: 16 rows a warp (P = 1), or RPW = 8 / 4 rows whose fragment rows p*RPW + r hold
   // row r's columns 16p .. 16p+15 of a k-step of 16 P columns (operands.py `_tc_words`); the B fragment's column
   // n = P b + p holds those columns of x[b], so C[p*RPW + r][P b + p] is part p of row r. Same MMAs per weight;
@@ -446,22 +452,31 @@ MK_COLD_LOOP
     const int g = lane >> 2, t = lane & 3;
     const int sps = C::TK >> lg;
     const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>());
-    const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
     const float* xsum = reinterpret_cast<const float*>(xs + NB * XR<C::KP>);
-#pragma unroll 1
+    // A B-fragment column (batch row) past NB only feeds C columns that no one reads, so those lanes load the last
+    // batch row instead of branching: no predicates, no zeroing, and at batch 1 one broadcast address a group.
+    const uint4* xq[NG];  // lane's x vector of quad 0 in column group h: batch row 8h + g
+#pragma unroll
+    for (int h = 0; h < NG; ++h) xq[h] = xs + min(8 * h + g, NB - 1) * XR<C::KP> + ch * (C::TK / 8) + t;
+    const uint4* wq = buf + slot * QUADS * 32 + lane;  // lane's code vector of quad 0, matrix 0
+#pragma unroll(QUAD_UNROLL)
     for (int q = wi; q < QUADS; q += C::WPR) {
       // every shared-memory operand of the quad first: codes, B fragments of its 4 k-steps, scale pairs, sums of x
       uint4 wv[C::NMAT];
 #pragma unroll
-      for (int m = 0; m < C::NMAT; ++m) wv[m] = buf[((m * (C::TR / 16) + slot) * QUADS + q) * 32 + lane];
+      for (int m = 0; m < C::NMAT; ++m) wv[m] = wq[(m * (C::TR / 16) * QUADS + q) * 32];
+      // B fragments (b0, b1) of k-steps 2hh and 2hh+1: x[b][32 hh + 8t .. +7] of the quad in the chunks' column
+      // order (operands.py `_quad_columns`), one 16-byte load a half
       uint32_t xb[NG][8];
 #pragma unroll
       for (int h = 0; h < NG; ++h)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int k = ch * C::TK + q * 64 + i * 16, b = 8 * h + g;  // column of k-step i within the K part
-          xb[h][2 * i] = b < NB ? xw[(b * 8 * XR<C::KP> + k) / 2 + t] : 0u;
-          xb[h][2 * i + 1] = b < NB ? xw[(b * 8 * XR<C::KP> + k) / 2 + t + 4] : 0u;
+        for (int hh = 0; hh < 2; ++hh) {
+          const uint4 v = xq[h][q * 8 + hh * 4];
+          xb[h][4 * hh] = v.x;
+          xb[h][4 * hh + 1] = v.y;
+          xb[h][4 * hh + 2] = v.z;
+          xb[h][4 * hh + 3] = v.w;
         }
       __half2 so[NH][C::NMAT][2];  // [scale block][matrix][row g, g+8]
 #pragma unroll
@@ -479,8 +494,7 @@ MK_COLD_LOOP
         for (int h = 0; h < 2; ++h)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int b = 8 * n + 2 * t + e;
-            xr[n][h][e] = b < NB ? xsum[b * (C::KP / 32) + c32 + h] : 0.f;
+            xr[n][h][e] = xsum[min(8 * n + 2 * t + e, NB - 1) * (C::KP / 32) + c32 + h];
           }
       float ta[NG][C::NMAT][4], tb[NG][C::NMAT][4];
 #pragma unroll
@@ -517,15 +531,80 @@ MK_COLD_LOOP
       }
     }
   }
-  // The quads of one stage with P = 2 or 4 column parts (8 or 4 rows a warp). A quad is 4 k-steps of 16 P columns;
-  // the lane's C element covers its part's columns, so its (scale, offset) is that of its part's scale block. NSB
-  // scale blocks a quad for the lane (64 P >> lg, at most 4): one MMA chain each (two alternating chains for one
-  // block), folded per block. The (o - 128 s) * sum x term is added once a row and 32 columns: P = 2, the lane's
-  // element spans the whole k-step; P = 4, the lanes of parts 0 and 2 add the sums of parts 0-1 and 2-3.
+  // The quads of one stage with P = 4 column parts (4 rows a warp), in the chunks' column order (operands.py
+  // `_quad_columns`): part p of k-steps 2hh and 2hh+1 is the 32-column block 4hh + p of the 256-column quad, so lane
+  // t's B fragments of both are 8 consecutive columns (one 16-byte load), and each half of the quad is one MMA chain
+  // inside one 32-column block, folded with that block's (scale, offset) and sum of x whatever the granularity.
+  // The lane's C element is part ep of row er, batch eb (`part_of`); `each` adds a row's four parts.
+  template <class C>
+  __device__ static __forceinline__ void frag_quads(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
+                                                    int lane, int lg, Acc<C>& st) {
+    constexpr int P = 4, QW = 256, QUADS = C::TK / QW;
+    const int g = lane >> 2, t = lane & 3;
+    const int er = g & 3, eb = t >> 1, ep = (t & 1) * 2 + (g >> 2);
+    const int sps = C::TK >> lg;
+    const __half2* pairs = reinterpret_cast<const __half2*>(buf + code_vec<C>()) + (slot * C::RPW + er) * sps;
+    // batch rows past NB (B columns and sums no one reads, as in `quads`) take the last row
+    const float* xsq = reinterpret_cast<const float*>(xs + NB * XR<C::KP>) + min(eb, NB - 1) * (C::KP / 32) +
+                       ch * (C::TK / 32) + ep;                    // sum of x over the lane's block of quad 0, half 0
+    const uint4* xq = xs + min(g / P, NB - 1) * XR<C::KP> + ch * (C::TK / 8) + (g % P) * 4 + t;  // B column g
+    const uint4* wq = buf + slot * QUADS * 32 + lane;
+#pragma unroll(QUAD_UNROLL)
+    for (int q = wi; q < QUADS; q += C::WPR) {
+      uint4 wv[C::NMAT];
+#pragma unroll
+      for (int m = 0; m < C::NMAT; ++m) wv[m] = wq[(m * (C::TR / C::RPW) * QUADS + q) * 32];
+      uint32_t xb[8];  // (b0, b1) of k-step i at 2i, 2i + 1
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const uint4 v = xq[q * 32 + hh * 16];
+        xb[4 * hh] = v.x;
+        xb[4 * hh + 1] = v.y;
+        xb[4 * hh + 2] = v.z;
+        xb[4 * hh + 3] = v.w;
+      }
+      __half2 so[2][C::NMAT];
+      float xr[2];
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) so[hh][m] = pairs[m * C::TR * sps + ((q * QW + 32 * (P * hh + ep)) >> lg)];
+        xr[hh] = xsq[q * 8 + hh * 4];
+      }
+      float tc[2][C::NMAT][4];
+#pragma unroll
+      for (int c = 0; c < 2; ++c)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) tc[c][m][e] = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int i = (j >> 1) | ((j & 1) << 1);  // issue order 0 2 1 3 alternates the chains (halves)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) {
+          const uint32_t word = i == 0 ? wv[m].x : (i == 1 ? wv[m].y : (i == 2 ? wv[m].z : wv[m].w));
+          mma_codes(tc[i >> 1][m], word, xb[2 * i], xb[2 * i + 1]);
+        }
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+        for (int m = 0; m < C::NMAT; ++m) {
+          const float2 so2 = __half22float2(so[hh][m]);
+          st.c[m][0] = fmaf(so2.x, part_of<P>(tc[hh][m], ep), fmaf(fmaf(-BASE, so2.x, so2.y), xr[hh], st.c[m][0]));
+        }
+    }
+  }
+  // The quads of one stage with P = 2 column parts (8 rows a warp), natural column order. A quad is 4 k-steps of
+  // 32 columns; the lane's C element (row g, batch t) adds both parts of a k-step, one 32-column block. NSB
+  // scale blocks a quad (128 >> lg, at most 4): one MMA chain each (two alternating chains for one block), folded
+  // per block with the (o - 128 s) * sum x term of the block.
   template <class C, int NSB>
   __device__ static __forceinline__ void part_quads(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
                                                     int lane, int lg, Acc<C>& st) {
     constexpr int P = parts<C>(), KW = 16 * P, QW = 4 * KW, QUADS = C::TK / QW;
+    static_assert(P == 2, "4 rows a warp: frag_quads");
     constexpr int SPB = 4 / NSB;               // k-steps a scale block
     constexpr int NCH = NSB == 1 ? 2 : NSB;    // MMA chains a matrix
     const int g = lane >> 2, t = lane & 3;
@@ -534,9 +613,8 @@ MK_COLD_LOOP
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
     const float* xsum = reinterpret_cast<const float*>(xs + NB * XR<C::KP>);
     const int xb_b = g / P, xb_p = g % P;  // B column g: part xb_p of batch xb_b
-    const int er = P == 2 ? g : (g & 3), eb = P == 2 ? t : (t >> 1), ep = P == 2 ? 0 : (t & 1) * 2 + (g >> 2);
-    const bool xon = eb < NB && (ep & 1) == 0;
-    const int prow = slot * C::RPW + er;
+    const bool xon = t < NB;
+    const int prow = slot * C::RPW + g;
 #pragma unroll 1
     for (int q = wi; q < QUADS; q += C::WPR) {
       uint4 wv[C::NMAT];
@@ -555,11 +633,11 @@ MK_COLD_LOOP
 #pragma unroll
       for (int h = 0; h < NSB; ++h) {
 #pragma unroll
-        for (int m = 0; m < C::NMAT; ++m) so[h][m] = pairs[(m * C::TR + prow) * sps + ((q * QW + h * SPB * KW + 16 * ep) >> lg)];
+        for (int m = 0; m < C::NMAT; ++m) so[h][m] = pairs[(m * C::TR + prow) * sps + ((q * QW + h * SPB * KW) >> lg)];
         xr[h] = 0.f;
 #pragma unroll
         for (int i = h * SPB; i < (h + 1) * SPB; ++i)
-          xr[h] += xon ? xsum[eb * (C::KP / 32) + ((k0 + i * KW + 16 * ep) >> 5)] : 0.f;
+          xr[h] += xon ? xsum[t * (C::KP / 32) + ((k0 + i * KW) >> 5)] : 0.f;
       }
       float tc[NCH][C::NMAT][4];
 #pragma unroll
@@ -583,8 +661,8 @@ MK_COLD_LOOP
 #pragma unroll
         for (int m = 0; m < C::NMAT; ++m) {
           float tsum;
-          if constexpr (NSB == 1) tsum = part_of<P>(tc[0][m], ep) + part_of<P>(tc[1][m], ep);
-          else tsum = part_of<P>(tc[h][m], ep);
+          if constexpr (NSB == 1) tsum = part_of<P>(tc[0][m], 0) + part_of<P>(tc[1][m], 0);
+          else tsum = part_of<P>(tc[h][m], 0);
           const float2 so2 = __half22float2(so[h][m]);
           st.c[m][0] = fmaf(so2.x, tsum, fmaf(fmaf(-BASE, so2.x, so2.y), xr[h], st.c[m][0]));
         }
@@ -607,7 +685,8 @@ MK_COLD_LOOP
       else quads<C, false>(buf, xs, ch, slot, wi, lane, src.lg, st);
     } else {
       const int nsb = (64 * P) >> src.lg;
-      if (nsb >= 4) part_quads<C, 4>(buf, xs, ch, slot, wi, lane, src.lg, st);
+      if constexpr (P == 4) frag_quads<C>(buf, xs, ch, slot, wi, lane, src.lg, st);
+      else if (nsb >= 4) part_quads<C, 4>(buf, xs, ch, slot, wi, lane, src.lg, st);
       else if (nsb == 2) part_quads<C, 2>(buf, xs, ch, slot, wi, lane, src.lg, st);
       else part_quads<C, 1>(buf, xs, ch, slot, wi, lane, src.lg, st);
     }
