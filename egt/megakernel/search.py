@@ -134,7 +134,12 @@ def cost_matvec(op: MatvecOp, s: MatvecSchedule, batch: int, threads: int, prof:
         ops_per_elem = (code_ops + batch + 2 * batch / (rpw * op.nmat)) / util
     t_compute = elems * ops_per_elem / FMA_PER_SM_PER_US / (threads / 512) ** 0.25
     steps = tiles * s.ksplit * ((op.k // s.ksplit) // s.tk)
-    t_steps = steps * 0.04 + tiles * (0.25 if s.wpr > 1 else 0.08) * max(1, batch // 4)
+    # Fixed costs a stage and a (tile, K part): above batch 1 a stage's prologue and barriers grow with the batch
+    # and every K part of a tile ends in its own cross-warp reduction. Fitted to eleven batch-16 plans of
+    # qwen2.5-1.5b w4a16 on an H200 (about 0.5 us a stage and 1 us a tile part, session 21; the old per-tile form
+    # ranked gate/up's 16 x 384 stages in two K parts first, 1.18x slower than 16 x 1536 in one).
+    t_steps = (steps * (0.04 + 0.03 * (batch - 1))
+               + tiles * s.ksplit * (0.25 if s.wpr > 1 else 0.08) * max(1, batch // 4))
     x_bytes = batch * op.k * 2
     t_stage = s.ksplit * 0.5 + x_bytes / (prof.l2_bw_per_sm_gbs * 1e3)
     return max(t_stream, t_compute) + t_steps + t_stage
@@ -290,7 +295,7 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops).
     int4_path: how INT4 ops run (see `int4_variants`); dense: how dense ops run (see `dense_path`). Where either is
     `auto` and no plan with its tensor-core kinds fits, the search falls back to CUDA cores for that format (at
-    batch 16 in ada-l20's 99 KB: dense bf16, and INT4 of qwen2.5-1.5b). A/B options: attn_filter keeps only the
+    batch 16 in ada-l20's 99 KB: dense bf16). A/B options: attn_filter keeps only the
     attention schedules it accepts; attn_slices offers head slices (`_attn_options`); bulk_copy sets the plan's copy
     path."""
     args = dict(locals())  # the parameters, passed on to _search with `dense` and `int4_path` resolved
