@@ -15,7 +15,8 @@ look-ahead and early gate/up prefill (MegaPlan.early_gateup), and with
 AttnSchedule fields `hpi` (0 = the whole GQA group), `splits`, `sub`, `min_chunk`, `qk_lanes`, `fold` (an exact
 value, or `>=N` / `<=N`). A variant's plan is the cost model's best among the schedules that satisfy its constraints;
 with `from=NAME` it is instead the plan of the earlier variant NAME (same shape and weights) with the given
-AttnSchedule fields set to exact values, everything else unchanged (a one-option A/B). `csrc=DIR` builds the
+AttnSchedule fields set to exact values and `OP=tr/tk/stages/ksplit/wpr` op schedules, everything else unchanged
+(a one-option A/B). `csrc=DIR` builds the
 variant's kernel from the opcode headers in DIR (another code state's egt/megakernel/csrc, e.g. exported with
 `git archive`), so a kernel change is A/B-tested in one run on one card: `base:csrc=DIR;new:` (same plan).
 `--trace NAMES` also runs a traced build of those variants (layer 2, context 140) and prints where the layer's
@@ -84,7 +85,10 @@ def variant_plan(shape, weights_label: str, kv: dict, prof, batch: int = 1, earl
         if src is None:
             return None
         attn = dataclasses.replace(src.attn, **{k: int(kv[k]) for k in ATTN_FIELDS if k in kv})
-        plan = MegaPlan(**{**src.__dict__, "attn": attn, "smem": {}, "predicted_ms": None, "measured_ms": None})
+        ops = {name: MatvecSchedule(*map(int, kv[name].split("/")), s.rot) if name in kv else s
+               for name, s in src.ops.items()}
+        plan = MegaPlan(**{**src.__dict__, "attn": attn, "ops": ops, "smem": {}, "predicted_ms": None,
+                           "measured_ms": None})
         errs = plan.check(prof.smem_per_block)
         if errs:
             raise ValueError(f"{kv}: {errs}")
