@@ -543,6 +543,27 @@ def test_int4_tensor_core_layout_matches_the_fragment_spec(rpw, tr, tk):
     assert torch.equal(q4_dequant(chunks, lg, 45, 1024, 1, tr, tk, 1, "tc", rpw)[0], m.dequantize())
 
 
+@pytest.mark.parametrize("rpw", [16, 8, 4])
+def test_int4_tensor_core_column_order_keeps_scale_blocks(rpw):
+    """The "tc" chunks' column order permutes each quad's columns among themselves, and every k-step's part of a
+    fragment (the columns one MMA chain sums before the scale is applied) lies in one 32-column block, so scale
+    groups of 32 and more and the kernel's per-32-column sums of x stay valid."""
+    import torch
+
+    from egt.megakernel.operands import _quad_columns
+    parts = 16 // rpw
+    k = 64 * parts * 3
+    order = _quad_columns(k, rpw)
+    assert torch.equal(order.sort().values, torch.arange(k))
+    quads = order.view(3, 4, parts, 16)                             # quad, k-step, part, fragment column
+    assert torch.equal(quads // (64 * parts), torch.arange(3).view(3, 1, 1, 1).expand_as(quads))
+    per_part = quads // 32                                          # 32-column block of every column
+    if parts == 2:  # 8 rows a warp: the lane adds both parts of a k-step, so the whole k-step is one block
+        assert (per_part == per_part[:, :, :1, :1]).all()
+    else:
+        assert (per_part == per_part[..., :1]).all()
+
+
 def test_int4_tensor_core_row_tiles():
     """int4-tc takes 16, 8 or 4 rows a warp, int4-nm-tc 16 or 8, with stages of whole quads (64 x 16/rows columns)."""
     from egt.megakernel.operands import q4_chunks
