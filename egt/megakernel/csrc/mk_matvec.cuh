@@ -950,16 +950,22 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
     const uint32_t* words = reinterpret_cast<const uint32_t*>(base);
     const unsigned char* meta = base + 4 * N * lanes<C>();
     const __half2* pairs = reinterpret_cast<const __half2*>(base + 6 * N * lanes<C>());
-    const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);  // bf16 pairs of x[b][k]
     const int xb_b = g / P, xb_p = g % P;  // B column g of group n: part xb_p of batch 8 n + xb_b
     const int er = P == 2 ? g : (g & 3), ep = P == 2 ? 0 : (t & 1) * 2 + (g >> 2);  // P > 1: the lane's element
+    // the lane's x words of quad 0 per column group; a batch row past NB (whose C columns no one reads) takes the
+    // last row, as in Q4TC::quads
+    const uint32_t* xw[NG];
+#pragma unroll
+    for (int n = 0; n < NG; ++n)
+      xw[n] = reinterpret_cast<const uint32_t*>(xs + min(8 * n + xb_b, NB - 1) * XR<C::KP>) +
+              (ch * C::TK + 32 * xb_p) / 2 + t;
 #pragma unroll 1
     for (int q = wi; q < QUADS; q += C::WPR) {
       // every shared-memory operand of the quad first: codes, metadata, B fragments of both steps, scale pairs
       uint32_t cw[C::NMAT][N], e[C::NMAT];
 #pragma unroll
       for (int m = 0; m < C::NMAT; ++m) {
-        const int li = ((m * RG + slot) * QUADS + q) * 32 + lane;
+        const int li = (m * RG * QUADS + q) * 32 + slot * QUADS * 32 + lane;
         if constexpr (N == 2) {
           const uint2 v = reinterpret_cast<const uint2*>(words)[li];
           cw[m][0] = v.x;
@@ -976,11 +982,7 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
 #pragma unroll
         for (int s = 0; s < 2; ++s)
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            // column of register r's rows 2t, 2t+1 (K part)
-            const int k = ch * C::TK + (q * 2 + s) * 32 * P + 32 * xb_p + 8 * r, b = 8 * n + xb_b;
-            xb[n][s][r] = b < NB ? xw[(b * 8 * XR<C::KP> + k) / 2 + t] : 0u;
-          }
+          for (int r = 0; r < 4; ++r) xb[n][s][r] = xw[n][(q * 2 + s) * 16 * P + 4 * r];  // rows 8r + 2t, +1
       constexpr int NR = P == 1 ? 2 : 1;  // rows of the lane's C elements: g, g + 8 (P = 1) or er
       constexpr int NS = STEP ? 2 : 1;    // scale blocks a quad
       __half2 so[NS][C::NMAT][NR];
