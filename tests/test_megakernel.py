@@ -613,14 +613,19 @@ def test_int4_path_choice():
     assert int4_variants(W4, 1, "fp16", "tensor-core") == W4
     with pytest.raises(ValueError):
         int4_variants(W4, 1, "bf16", "fastest")
-    # auto falls back to CUDA cores where no tensor-core plan fits: batch 16 in 96 KB a block (ada-l20's 99 KB fit a
-    # tensor-core plan with K-split 4-8); asked for, none
+    # auto falls back to CUDA cores where no tensor-core plan fits (batch 16 in 96 KB a block; asked for, none) and
+    # where the one that fits is predicted slower (ada-l20's 99 KB: tensor cores only with K-split 4-8)
     import dataclasses
     from egt.megakernel.profiles import get_profile
     small = dataclasses.replace(get_profile("ada-l20"), smem_per_block=96 * 1024)
     assert not search(SHAPES["qwen2.5-1.5b"], 16, small, weights=W4, max_plans=1, int4_path="tensor-core")
-    fallback = search(SHAPES["qwen2.5-1.5b"], 16, small, weights=W4, max_plans=1)
-    assert fallback and set(fallback[0].weights.values()) == {"int4"}
+    for prof in (small, "ada-l20"):
+        fallback = search(SHAPES["qwen2.5-1.5b"], 16, prof, weights=W4, max_plans=1)
+        assert fallback and set(fallback[0].weights.values()) == {"int4"}
+    tc = search(SHAPES["qwen2.5-1.5b"], 16, "ada-l20", weights=W4, max_plans=1, int4_path="tensor-core")
+    assert tc and tc[0].predicted_ms > fallback[0].predicted_ms
+    # where tensor cores are predicted faster (the H200 at batch 16), auto keeps them
+    assert set(search(SHAPES["qwen2.5-1.5b"], 16, "h200", weights=W4, max_plans=1)[0].weights.values()) == {"int4-tc"}
 
 
 def test_dense_tensor_core_kind(monkeypatch):

@@ -295,7 +295,8 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     weights: op -> weight kind where not dense (e.g. {"qkv": "int4", ...}, see schedule.matvec_ops).
     int4_path: how INT4 ops run (see `int4_variants`); dense: how dense ops run (see `dense_path`). Where either is
     `auto` and no plan with its tensor-core kinds fits, the search falls back to CUDA cores for that format (at
-    batch 16 in ada-l20's 99 KB: dense bf16). A/B options: attn_filter keeps only the
+    batch 16 in ada-l20's 99 KB: dense bf16); INT4 also where the all-CUDA-core plan is predicted faster (ada-l20,
+    qwen2.5-1.5b at batch 8-16). A/B options: attn_filter keeps only the
     attention schedules it accepts; attn_slices offers head slices (`_attn_options`); bulk_copy sets the plan's copy
     path."""
     args = dict(locals())  # the parameters, passed on to _search with `dense` and `int4_path` resolved
@@ -308,8 +309,17 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
     for int4_try, dense_try in tries:
         plans = _search(**args, int4_path=int4_try, dense=dense_try)
         if plans:
-            return plans
-    return []
+            break
+    else:
+        return []
+    if int4 == "auto" and int4_try == "auto" and batch > INT4_RANKED_UPTO and weights:
+        # above INT4_RANKED_UPTO `auto` means tensor cores for every INT4 op; where shared memory forces that plan
+        # into deep K-splits (ada-l20's 99 KB at batch 8-16), the all-CUDA-core plan is predicted faster and is taken
+        # (on the H100 and H200 profiles the tensor-core plan is predicted faster at every key, as measured)
+        cores = _search(**args, int4_path="cuda-core", dense=dense_try)
+        if cores and cores[0].predicted_ms < plans[0].predicted_ms:
+            return cores
+    return plans
 
 
 def _search(shape, batch, profile, dtype, keep_per_op, max_plans, thread_options, weights, int4_path, attn_filter,
