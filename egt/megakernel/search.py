@@ -312,10 +312,11 @@ def search(shape: ModelShape, batch: int = 1, profile: str | GpuProfile = "h100"
             break
     else:
         return []
-    if int4 == "auto" and int4_try == "auto" and batch > INT4_RANKED_UPTO and weights:
+    if int4_try == "auto" and batch > INT4_RANKED_UPTO and weights:
         # above INT4_RANKED_UPTO `auto` means tensor cores for every INT4 op; where shared memory forces that plan
         # into deep K-splits (ada-l20's 99 KB at batch 8-16), the all-CUDA-core plan is predicted faster and is taken
-        # (on the H100 and H200 profiles the tensor-core plan is predicted faster at every key, as measured)
+        # (on the H100 and H200 profiles the tensor-core plan is predicted faster for w4a16 and w4a16-mix of every
+        # shape at batch 4-16, as measured on the H200)
         cores = _search(**args, int4_path="cuda-core", dense=dense_try)
         if cores and cores[0].predicted_ms < plans[0].predicted_ms:
             return cores
