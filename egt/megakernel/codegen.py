@@ -56,7 +56,7 @@ def scratch_layout(plan: MegaPlan) -> dict[str, int]:
     m, b = plan.model, plan.batch
     g = m.heads // m.kv_heads
     nqkv = (m.heads + 2 * m.kv_heads) * m.head_dim
-    sizes = [("XA", b * m.hidden * 2), ("XM", b * m.hidden * 2), ("QKV", b * nqkv * 2),
+    sizes = [("XA", b * m.hidden * 2), ("XM", b * m.hidden * 2), ("QKV", b * nqkv * 4),  # QKV: flagged words
              ("ATT", b * m.heads * m.head_dim * 2), ("H", b * m.intermediate * 2),
              ("PO", b * m.kv_heads * plan.attn.splits * g * m.head_dim * 4),
              ("PML", b * m.kv_heads * plan.attn.splits * g * 2 * 4),
@@ -71,7 +71,7 @@ def scratch_layout(plan: MegaPlan) -> dict[str, int]:
 
 def counter_layout(plan: MegaPlan) -> dict[str, int]:
     L = plan.model.layers
-    out = {"QKV": 0, "ATT": L, "O": 2 * L, "GU": 3 * L, "DN": 4 * L, "LM": 5 * L, "ARR": 5 * L + 1}
+    out = {"ATT": 0, "O": L, "GU": 2 * L, "DN": 3 * L, "LM": 4 * L, "ARR": 4 * L + 1}  # QKV: flagged words
     out["TOTAL"] = out["ARR"] + L * plan.attn.pairs(plan.model, plan.batch)
     return out
 

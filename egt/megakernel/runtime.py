@@ -261,9 +261,7 @@ class MegaKernelDecoder:
             raise MegaKernelError("empty cache")
         if self._launches >= (1 << 20):  # keep the cumulative counters far from 32-bit overflow
             torch.cuda.current_stream(self.device).synchronize()
-            self.counters.zero_()
-            self.ctl.zero_()
-            self._launches = 0
+            self._reset_epoch()
         p = self._params(cache, logits, advance)
         buf = ctypes.create_string_buffer(p, len(p))
         stream = torch.cuda.current_stream(self.device).cuda_stream
@@ -273,6 +271,14 @@ class MegaKernelDecoder:
         if r:
             raise MegaKernelError(f"launch failed: {self.lib.egt_mk_error_string(r).decode()}")
         self._launches += 1
+
+    def _reset_epoch(self):
+        """Epoch 0 again: the counters, and the scratch, whose flagged words (QKV's output) carry flags counted from
+        the epoch, so that none left from before the reset can pass for a new write."""
+        self.ctl.zero_()
+        self.counters.zero_()
+        self.scratch.zero_()
+        self._launches = 0
 
     def check(self):
         """Wait (host timeout) and raise if this launch timed out on the device or on the host."""
@@ -287,9 +293,7 @@ class MegaKernelDecoder:
             time.sleep(0.0002)
         err = int(self.ctl[1].item())
         if err:
-            self.ctl.zero_()
-            self.counters.zero_()
-            self._launches = 0
+            self._reset_epoch()
             raise MegaKernelTimeout(
                 f"MegaKernel dependency wait timed out on the device (error {err}): a block never arrived, so the "
                 "grid was not fully resident or another kernel held SMs; outputs of this step are invalid")

@@ -179,7 +179,8 @@ def predict_ms(plan: MegaPlan, prof: GpuProfile, context: int = NOMINAL_CONTEXT)
     ops = plan.matvec_op_table()
     b, th, nb = plan.batch, plan.threads, plan.blocks
     sync = prof.sync_us
-    per_layer = sync * 5  # qkv->attn, attn->o, o->gateup, gateup->down, down->next qkv
+    # qkv->attn (a spin on flagged words, still a dependency latency), attn->o, o->gateup, gateup->down, down->qkv
+    per_layer = sync * 5
     for name in ("qkv", "o", "gateup", "down"):
         per_layer += cost_matvec(ops[name], plan.ops[name], b, th, prof, nb, hidden_us=sync)
     per_layer += cost_attention(plan.model, plan.attn, b, prof, nb, context, threads=th)

@@ -8,7 +8,13 @@
 //   fixed by the plan; the share is computed from the run-time context length, so the schedule is static while
 //   the context grows.
 // - An item loads its first sub-block of cached K/V rows (cp.async or bulk) *before* waiting for the QKV projection:
-//   past keys and values do not depend on this step (Ada-MK's "earlier KV loads").
+//   past keys and values do not depend on this step (Ada-MK's "earlier KV loads"). It then waits for its q/k/v
+//   rows themselves: QKV writes them as flagged words (mk_common.cuh) and the item spins on the words it reads, with
+//   no grid-wide wait (at batch 1, 4 item blocks wait on 132 QKV blocks: 1.01-1.03x faster steps than the
+//   counter, H200, bench/results/megakernel/session22). What the items write (output, partials) the previous
+//   layer's O staging read; the words' producers are past the grid-wide wait on down, which every block reaches
+//   after that staging. The words are relaxed, so this order rests on each step depending on the value read before
+//   it (as NCCL's LL protocol does), not on a release/acquire pair.
 // - Every item that covers the new row `slot` rotates the new key and uses key and value from shared memory (the
 //   cache row is never read back in the same launch); the one of head slice 0 writes them into the cache.
 // - With S > 1, the last item of (b, g, h) to finish (arrival counter) combines the S partial softmax states in
@@ -321,9 +327,10 @@ MK_COLD_LOOP
   // block without items), so no prefill group is ever committed between an item's K/V issue and its wait, which
   // drains every group. Issuing it before the QKV wait measured no faster (bench/results/megakernel/ab_h100.md,
   // run 10).
+  // qkv: QKV's output as flagged words [NB][NQKV] carrying qflag.
   template <class PRE>
-  __device__ static void run(int l, unsigned char* pg, const Params& p, const mk_t* qkv, mk_t* attn_out,
-                             float* part_o, float* part_ml, unsigned* qkv_done, unsigned* arrive, unsigned* att_done,
+  __device__ static void run(int l, unsigned char* pg, const Params& p, const unsigned* qkv, unsigned qflag,
+                             mk_t* attn_out, float* part_o, float* part_ml, unsigned* arrive, unsigned* att_done,
                              unsigned E1, const float* inv_freq, int* ctl, const PRE& pre) {
     int first = (int)((blockIdx.x + NBLK - (C::ROT % NBLK)) % NBLK);
     if (first >= ITEMS) {
@@ -346,7 +353,6 @@ MK_COLD_LOOP
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int slot = __ldcg(p.slot);
     const float qscale = rsqrtf((float)HD);
-    bool waited = false;
 #pragma unroll 1
     for (int item = first; item < ITEMS; item += NBLK) {
       const int pr = item / C::S;  // (b, g, h) pair
@@ -378,24 +384,21 @@ MK_COLD_LOOP
       mk_t* vc = p.vc + base;
       issue_kv(pg, kc, vc, t0, min(cnt, C::SUB), slot);
       const float pos = (float)__ldcg(p.rope_pos + b);
-      if (!waited) {
-        block_wait(qkv_done, E1 * NBLK, ctl, p.timeout_ns);
-        waited = true;
-        MK_STAMP(11);
-      }
-      const mk_t* qrow = qkv + (long long)b * NQKV;
+      const unsigned* qrow = qkv + (long long)b * NQKV;
       const bool has_new = (slot >= t0 && slot < t1);
-      // The item's q heads (and, for the item holding the new row, k and v) come to shared memory with one
-      // 16-byte load per thread, so the rotation below costs one L2 round trip, not one per element it reads.
+      // The item's q heads (and, for the item holding the new row, k and v) come to shared memory 8 values a
+      // thread, every thread spinning until its words carry this layer's flag: the wait for QKV and the load are one
+      // L2 round trip, and the rotation below reads shared memory.
       const int rows = has_new ? G + 2 : G;
       mk_t* raw = reinterpret_cast<mk_t*>(pg + OFF_RED);  // free until the P.V reduction
 MK_COLD_LOOP
       for (int v = tid; v < rows * (HD / 8); v += NTHR) {
         const int r = v / (HD / 8), c = v - r * (HD / 8);
-        const mk_t* src = r < G ? qrow + (h0 + r) * HD : qrow + (C::NH + (r - G) * C::NKV + g) * HD;
-        reinterpret_cast<uint4*>(raw)[v] = __ldcg(reinterpret_cast<const uint4*>(src) + c);
+        const int e = (r < G ? (h0 + r) * HD : (C::NH + (r - G) * C::NKV + g) * HD) + c * 8;
+        reinterpret_cast<uint4*>(raw)[v] = ld_flagged8(qrow + e, qflag, ctl, p.timeout_ns);
       }
       __syncthreads();
+      if (item == first) MK_STAMP(11);
 MK_COLD_LOOP
       for (int i = tid; i < rows * HD; i += NTHR) {
         const int gh = i / HD, d = i - gh * HD;

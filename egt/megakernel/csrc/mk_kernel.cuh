@@ -286,14 +286,17 @@ template <int K, int KS> struct PlainStage {
 };
 
 // ---- epilogues ----------------------------------------------------------------------------------------------------
+// QKV's output as flagged words (mk_common.cuh): attention waits on the words it reads, not on a grid-wide counter.
 struct EpiQKV {
-  mk_t* out;
+  unsigned* out;  // [NB][NQKV] flagged words
+  unsigned flag;
   const mk_t *bq, *bk, *bv;
   __device__ void operator()(int n, int b, const float (&v)[1]) const {
     constexpr int NQ = NH * HD, NK = NKV * HD, NQKV = NQ + 2 * NK;
     float bias = 0.f;
     if constexpr (QKV_BIAS) bias = to_f(n < NQ ? bq[n] : (n < NQ + NK ? bk[n - NQ] : bv[n - NQ - NK]));
-    out[(long long)b * NQKV + n] = from_f<mk_t>(v[0] + bias);
+    const mk_t o = from_f<mk_t>(v[0] + bias);
+    st_flagged(out + (long long)b * NQKV + n, *reinterpret_cast<const unsigned short*>(&o), flag);
   }
 };
 // x_out = x_in + round(W x): the residual add of the o and down projections, rounded like the reference.
@@ -378,14 +381,13 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   const float* inv_freq = reinterpret_cast<const float*>(gl[GL_INVF]);
   mk_t* xA = reinterpret_cast<mk_t*>(p.scratch + SCR_XA);
   mk_t* xM = reinterpret_cast<mk_t*>(p.scratch + SCR_XM);
-  mk_t* qkv = reinterpret_cast<mk_t*>(p.scratch + SCR_QKV);
+  unsigned* qkv = reinterpret_cast<unsigned*>(p.scratch + SCR_QKV);
   mk_t* att = reinterpret_cast<mk_t*>(p.scratch + SCR_ATT);
   mk_t* hbuf = reinterpret_cast<mk_t*>(p.scratch + SCR_H);
   float* part_o = reinterpret_cast<float*>(p.scratch + SCR_PO);
   float* part_ml = reinterpret_cast<float*>(p.scratch + SCR_PML);
   float* best_v = reinterpret_cast<float*>(p.scratch + SCR_BV);
   int* best_i = reinterpret_cast<int*>(p.scratch + SCR_BI);
-  unsigned* c_qkv = p.counters + CNT_QKV;
   unsigned* c_att = p.counters + CNT_ATT;
   unsigned* c_o = p.counters + CNT_O;
   unsigned* c_gu = p.counters + CNT_GU;
@@ -393,6 +395,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   unsigned* c_lm = p.counters + CNT_LM;
   unsigned* c_arr = p.counters + CNT_ARR;
   const unsigned ALL = E1 * NBLK;
+  const unsigned fbase = E1 * (unsigned)L;  // the flag of layer l's QKV words: (fbase + l) & 0xffff
   auto T = [](unsigned long long a) { return reinterpret_cast<const mk_t*>(a); };
 
   {
@@ -411,11 +414,10 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
       if (l > 0) block_wait(c_dn + l - 1, ALL, p.ctl, p.timeout_ns);
       MK_STAMP(1);
       st.prepare();
-      EpiQKV e{qkv, T(lt[TBL_BQ]), T(lt[TBL_BK]), T(lt[TBL_BV])};
+      EpiQKV e{qkv, (fbase + l) & 0xffffu, T(lt[TBL_BQ]), T(lt[TBL_BK]), T(lt[TBL_BV])};
       Matvec<MvQKV, WQKV>::run(ring, page, src_qkv(lt), st, e);
     }
     MK_STAMP(2);
-    block_arrive(c_qkv + l);
     // RoPE + KV append + split attention (+ combine); the o projection's weights start streaming from inside
     MK_STAMP(3);
     bool gu_early = false;
@@ -428,7 +430,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
         }
         l2_ahead(tb, l, 2);
       };
-      Attention<AttnC>::run(l, page, p, qkv, att, part_o, part_ml, c_qkv + l,
+      Attention<AttnC>::run(l, page, p, qkv, (fbase + l) & 0xffffu, att, part_o, part_ml,
                             c_arr + (long long)l * Attention<AttnC>::PAIRS, c_att + l, E1, inv_freq, p.ctl, pre_o);
     }
     MK_STAMP(4);
