@@ -9,8 +9,9 @@ Contract:
   (`dense-bf16`, `dense-fp16`, later `int4-g128`, `2:4-int4-g64`, ...). The bytes it moves come from the plan's
   own `storage_bits`, so a new format is one more operand kind: the DAG, the cost model and the phase layout stay.
 - `phases()` groups the tasks into the ordered phases the static schedule runs (a grid-wide counter between
-  consecutive phases, except where a phase only needs part of the previous one). `check_phases` proves the grouping
-  respects every edge, which is what lets the generated kernel drop every run-time dependency check but counters.
+  consecutive phases, except where a phase only needs part of the previous one; QKV -> attention is no counter:
+  attention spins on the flagged words QKV writes, csrc/mk_common.cuh). `check_phases` proves the grouping respects
+  every edge, which is what lets the generated kernel drop every run-time dependency check but these waits.
 """
 from __future__ import annotations
 
