@@ -31,6 +31,9 @@ __global__ void __launch_bounds__(NTHR, 1) ceiling(SRC src, int reps, const uint
   float* extra = reinterpret_cast<float*>(xs + NB * C::KP / 8);
   for (int i = threadIdx.x; i < SV + NB * C::KP / 8; i += NTHR) buf[i] = fill[i % fill_vecs];
   __syncthreads();
+  if (float* xsum = WF::template xsum_part<C>(extra, src))  // the kernel's stagers write these with x
+    for (int v = threadIdx.x; v < NB * C::KP / 8; v += NTHR) xsum_block<mk_t>(xsum, 0, v, C::KP / 8, xs[v]);
+  __syncthreads();
   WF::template after_stage<C>(xs, extra, src);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   typename WF::template Acc<C> st;

@@ -241,13 +241,18 @@ MK_COLD_LOOP
         }
       }
     }
-    __device__ void operator()(uint4* xs, int kp) const {
+    // xsum (or null): the part's sums per 32 columns, written with it (xsum_block)
+    __device__ void operator()(uint4* xs, int kp, float* xsum) const {
 #pragma unroll
       for (int b = 0; b < NB; ++b) {
         if (se[b] == 1) {
           const uint4* src = reinterpret_cast<const uint4*>(att + (long long)b * K + kp * KP);
 MK_COLD_LOOP
-          for (int c = threadIdx.x; c < VP; c += NTHR) xs[b * XR<KP> + c] = __ldcg(src + c);
+          for (int c = threadIdx.x; c < VP; c += NTHR) {
+            const uint4 v = __ldcg(src + c);
+            xs[b * XR<KP> + c] = v;
+            if (xsum) xsum_block<mk_t>(xsum, b, c, VP, v);
+          }
           continue;
         }
         const int nse = se[b];
@@ -296,7 +301,9 @@ MK_COLD_LOOP
             wd[i] = (uint32_t)(*reinterpret_cast<const unsigned short*>(&lo)) |
                     ((uint32_t)(*reinterpret_cast<const unsigned short*>(&hi)) << 16);
           }
-          xs[b * XR<KP> + c] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+          const uint4 v = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+          xs[b * XR<KP> + c] = v;
+          if (xsum) xsum_block<mk_t>(xsum, b, c, VP, v);
         }
       }
       __syncthreads();

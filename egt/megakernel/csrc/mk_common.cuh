@@ -235,6 +235,20 @@ template <typename T> __device__ __forceinline__ T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// Sums of x over the 32-column blocks of a staged activation part, which the tensor-core INT4 kinds' late scaling
+// needs (w = s q + o: sum x per scale block). A stager calls this with the 16-byte vector it stores: vector c of a
+// row (c in 0 .. vp-1 within the part) is staged by the lane whose index is c modulo 4 in its group of 4, and the
+// 4 vectors of a block by the 4 lanes of one group, so two shuffles within the group add them and no separate pass
+// (and barrier) over the staged part is needed. Every lane of a group calls it, or none.
+template <typename T> __device__ __forceinline__ void xsum_block(float* xsum, int b, int c, int vp, const uint4& v) {
+  float f[8];
+  unpack8<T>(v, f);
+  float s = ((f[0] + f[1]) + (f[2] + f[3])) + ((f[4] + f[5]) + (f[6] + f[7]));
+  const unsigned group = 0xFu << (threadIdx.x & 28u);
+  s += __shfl_xor_sync(group, s, 1);
+  s += __shfl_xor_sync(group, s, 2);
+  if ((c & 3) == 0) xsum[b * (vp / 4) + (c >> 2)] = s;
+}
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

@@ -148,8 +148,9 @@ constexpr int GU_EARLY = (!EARLY_GU || MK_BULK) ? 0 : (GU_FIT < Matvec<MvGU, WGU
 // L2 -> shared copy of N 16-byte vectors (`at(v)`: vector v's address), all of a thread's loads in flight before
 // its stores (up to 6): a long activation (qwen2.5-1.5b down's 8960 columns: 4.4 vectors a thread) then costs one
 // L2 round trip, not two, while the loop itself stays rolled in compact code. Vector v is column vector v % VP of
-// batch row v / VP, stored at the row's XR stride.
-template <int N, int VP, class AT> __device__ __forceinline__ void stage_vecs(uint4* dst, const AT& at) {
+// batch row v / VP, stored at the row's XR stride. xsum (or null): the part's sums per 32 columns (xsum_block).
+template <int N, int VP, class AT>
+__device__ __forceinline__ void stage_vecs(uint4* dst, const AT& at, float* xsum = nullptr) {
   constexpr int XRV = XR<VP * 8>;
   constexpr int U = (N + NTHR - 1) / NTHR < 6 ? (N + NTHR - 1) / NTHR : 6;
 MK_COLD_LOOP
@@ -161,7 +162,10 @@ MK_COLD_LOOP
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int v = v0 + u * NTHR;
-      if (v < N) dst[XRV == VP ? v : (v / VP) * XRV + v % VP] = r[u];
+      if (v < N) {
+        dst[XRV == VP ? v : (v / VP) * XRV + v % VP] = r[u];
+        if (xsum) xsum_block<mk_t>(xsum, v / VP, v % VP, VP, r[u]);
+      }
     }
   }
 }
@@ -174,6 +178,7 @@ template <int K, int KS> struct NormStage {
   const mk_t* w;       // norm weight [K]
   float* rstd;         // shared [NB]
   bool emb;
+  float* wsum;         // shared [NTHR / 32]: the warps' sums of squares (batch 1)
   uint4 w0 = {};       // weight vector threadIdx.x, loaded by preload() before the dependency wait
   __device__ const mk_t* row(int b) const { return emb ? x + (long long)tok[b] * K : x + (long long)b * K; }
   // The norm weight does not depend on the wait: load this thread's first vector before it, so that staging
@@ -211,8 +216,39 @@ MK_COLD_LOOP
     __syncthreads();
   }
   // KS == 1: stage raw x, reduce the squares from shared memory (fixed order), normalise in place; one trip to L2.
-  __device__ void fused(uint4* xs) const {
+  // Batch 1 (one vector a thread at most): the squares are summed in registers, a warp sum, then the NTHR / 32 warp
+  // sums in warp order from `wsum`, and each thread normalises its own vector: two block barriers instead of three
+  // (four with the 32-column sums' own pass), and no warp summing the row alone.
+  __device__ void fused(uint4* xs, float* xsum) const {
     constexpr int VP = K / 8, XRV = XR<K>;
+    if constexpr (NB == 1 && VP <= NTHR) {
+      const int c = threadIdx.x;
+      uint4 raw = {};
+      if (c < VP) raw = __ldcg(reinterpret_cast<const uint4*>(row(0)) + c);
+      float xf[8];
+      unpack8<mk_t>(raw, xf);
+      float ss = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss = fmaf(xf[e], xf[e], ss);
+      ss = warp_sum(ss);
+      if ((threadIdx.x & 31) == 0) wsum[threadIdx.x >> 5] = ss;
+      __syncthreads();
+      float tot = 0.f;
+#pragma unroll
+      for (int w = 0; w < NTHR / 32; ++w) tot += wsum[w];
+      const float r = rsqrtf(tot / (float)K + EPS);
+      if (c < VP) {
+        float wf[8], o[8];
+        unpack8<mk_t>(wvec(c), wf);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
+        const uint4 v = pack8(o);
+        xs[c] = v;
+        if (xsum) xsum_block<mk_t>(xsum, 0, c, VP, v);
+      }
+      __syncthreads();
+      return;
+    }
     stage_vecs<NB * VP, VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(row(v / VP)) + v % VP; });
     __syncthreads();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -239,13 +275,16 @@ MK_COLD_LOOP
       const float r = rstd[b];
 #pragma unroll
       for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
-      xs[i] = pack8(o);
+      const uint4 nv = pack8(o);
+      xs[i] = nv;
+      if (xsum) xsum_block<mk_t>(xsum, b, c, VP, nv);
     }
     __syncthreads();
   }
-  __device__ void operator()(uint4* xs, int kp) const {
+  // xsum (or null): the part's sums per 32 columns, written with it (xsum_block)
+  __device__ void operator()(uint4* xs, int kp, float* xsum) const {
     if constexpr (KS == 1) {
-      fused(xs);
+      fused(xs, xsum);
       return;
     }
     // part kp: raw x staged with every load in flight (one L2 trip, with this thread's norm weight vector issued
@@ -269,7 +308,9 @@ MK_COLD_LOOP
         const float r = rstd[b];
 #pragma unroll
         for (int e = 0; e < 8; ++e) o[e] = wf[e] * rnd<mk_t>(xf[e] * r);
-        xs[b * XRV + c] = pack8(o);
+        const uint4 v = pack8(o);
+        xs[b * XRV + c] = v;
+        if (xsum) xsum_block<mk_t>(xsum, b, c, VP, v);
       }
     }
     __syncthreads();
@@ -278,9 +319,9 @@ MK_COLD_LOOP
 
 template <int K, int KS> struct PlainStage {
   const mk_t* x;  // [NB, K]
-  __device__ void operator()(uint4* xs, int kp) const {
+  __device__ void operator()(uint4* xs, int kp, float* xsum) const {
     constexpr int KP = K / KS, VP = KP / 8;
-    stage_vecs<NB * VP, VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(x + (long long)(v / VP) * K + kp * KP) + v % VP; });
+    stage_vecs<NB * VP, VP>(xs, [&](int v) { return reinterpret_cast<const uint4*>(x + (long long)(v / VP) * K + kp * KP) + v % VP; }, xsum);
     __syncthreads();
   }
 };
@@ -359,7 +400,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
   unsigned char* page = smem + RING_BYTES;
   __shared__ int s_tok[NB];
   __shared__ float s_rstd[NB];
-  __shared__ float s_bv[NTHR / 32][NB];
+  __shared__ float s_bv[NTHR / 32][NB];  // the argmax's warp maxima; before it, a batch-1 RMSNorm's warp sums
   __shared__ int s_bi[NTHR / 32][NB];
   __shared__ mk_t s_res[RES_ROWS * NB];
   __shared__ unsigned s_e1;
@@ -409,7 +450,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     // RMSNorm -> QKV (bias)
     MK_STAMP(0);
     {
-      NormStage<H, MvQKV::KS> st{l == 0 ? embed : xA, s_tok, T(lt[TBL_LN1]), s_rstd, l == 0};
+      NormStage<H, MvQKV::KS> st{l == 0 ? embed : xA, s_tok, T(lt[TBL_LN1]), s_rstd, l == 0, &s_bv[0][0]};
       st.preload();
       if (l > 0) block_wait(c_dn + l - 1, ALL, p.ctl, p.timeout_ns);
       MK_STAMP(1);
@@ -454,7 +495,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     l2_ahead(tb, l, 3);
     {
       // RMSNorm -> gate/up -> SiLU * up
-      NormStage<H, MvGU::KS> st{xM, s_tok, T(lt[TBL_LN2]), s_rstd, false};
+      NormStage<H, MvGU::KS> st{xM, s_tok, T(lt[TBL_LN2]), s_rstd, false, &s_bv[0][0]};
       st.preload();
       block_wait(c_o + l, ALL, p.ctl, p.timeout_ns);
       MK_STAMP(7);
@@ -504,7 +545,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, 1) egt_megakernel(const Param
     e.bi[b] = 0x7fffffff;
   }
   {
-    NormStage<H, MvLM::KS> st{xA, s_tok, T(gl[GL_NORM]), s_rstd, false};
+    NormStage<H, MvLM::KS> st{xA, s_tok, T(gl[GL_NORM]), s_rstd, false, &s_bv[0][0]};
     st.preload();
     block_wait(c_dn + L - 1, ALL, p.ctl, p.timeout_ns);
     st.prepare();

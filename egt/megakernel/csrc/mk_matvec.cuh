@@ -67,6 +67,7 @@ template <typename T, int PAD = 0> struct DenseW {
   template <class C> using Acc = LaneAcc<C>;
   template <class C> __host__ __device__ static constexpr int extra_floats() { return 0; }
   template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4*, float*, const SRC&) {}
+  template <class C, class SRC> __device__ static __forceinline__ float* xsum_part(float*, const SRC&) { return nullptr; }
   template <class C> __host__ __device__ static constexpr int row_vec() { return C::TK / 8 + PAD; }
   template <class C> __host__ __device__ static constexpr int stage_vec() { return C::NMAT * C::TR * row_vec<C>(); }
   template <class C, class RP>
@@ -152,6 +153,9 @@ MK_COLD_LOOP
 // stride from the op's chunk 0; a stage copies only the vectors its layer's format uses. Policy W (CRTP) gives the
 // stride (`stage_vec`) and that count (`chunk_vecs(src)`); this gives it `issue` (cp.async) and `issue_bulk`.
 template <class W> struct ChunkCopy {
+  // Where the stager writes the part's sums of x per 32 columns (xsum_block), or null: only the tensor-core INT4
+  // kinds' late scaling needs them.
+  template <class C, class SRC> __device__ static __forceinline__ float* xsum_part(float*, const SRC&) { return nullptr; }
   template <class C, class SRC>
   __device__ static __forceinline__ const uint4* chunk(const SRC& src, int tile, int kp, int ch) {
     return src.base + ((long long)(tile * C::KS + kp) * C::CP + ch) * W::template stage_vec<C>();
@@ -319,7 +323,7 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
 // Late scaling: the MMA accumulates T = sum (128 + q) x over a quad (over each half where a scale block is 32
 // columns) into temporary fragments, and T is folded in float32 as s*T + (o - 128 s) * sum x (w = s q + o). That is one LOP3 (+ shift) per
 // two weights instead of a dequantization to bf16 per weight; sum x per 32 columns is computed once per staged
-// activation part (`after_stage`). The 128 x sum cancels in float32 (products exact, ~10 of 24 bits lost).
+// activation part (`xsum_part`). The 128 x sum cancels in float32 (products exact, ~10 of 24 bits lost).
 // Latency, not issue, bounds this loop (two warps a scheduler at 256 threads): every shared-memory load of a quad
 // is issued at its top, and its k-steps accumulate in two independent MMA chains. With the weights already in
 // shared memory (bench/megakernel_ceiling.py, H100) that is 1.30-1.35x the rate of one chain with loads at each
@@ -390,22 +394,31 @@ template <typename T> struct Q4TC : ChunkCopy<Q4TC<T>> {
   // float sums of x per 32 columns of the staged part, [NB][KP/32], after the activations in the op's page
   template <class C> __host__ __device__ static constexpr int extra_floats() { return NB * C::KP / 32; }
   template <class C, class SRC> __device__ static __forceinline__ int chunk_vecs(const SRC& src) { return Q4W<T>::template chunk_vecs<C>(src); }
+  // At batch 1 the stager writes them (xsum_block) as it stages x, which took a pass and a barrier off every INT4
+  // op's critical path (1.025x on qwen2.5-1.5b w4a16, H200, bench/results/megakernel/session23). Above batch 1 a
+  // pass of their own, a thread a 32-column block: there the stagers' loads come in several trips, and summing
+  // between them delayed the next trip (0.945x at batch 16).
+  template <class C, class SRC> __device__ static __forceinline__ float* xsum_part(float* extra, const SRC&) {
+    return NB == 1 ? extra : nullptr;
+  }
   template <class C, class SRC> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xsum, const SRC&) {
-    constexpr int NBLK32 = C::KP / 32;
+    if constexpr (NB > 1) {
+      constexpr int NBLK32 = C::KP / 32;
 MK_COLD_LOOP
-    for (int i = threadIdx.x; i < NB * NBLK32; i += NTHR) {
-      const int b = i / NBLK32, c = i - b * NBLK32;
-      float sum = 0.f;
+      for (int i = threadIdx.x; i < NB * NBLK32; i += NTHR) {
+        const int b = i / NBLK32, c = i - b * NBLK32;
+        float sum = 0.f;
 #pragma unroll
-      for (int v = 0; v < 4; ++v) {
-        float f[8];
-        unpack8<T>(xs[b * XR<C::KP> + c * 4 + v], f);
+        for (int v = 0; v < 4; ++v) {
+          float f[8];
+          unpack8<T>(xs[b * XR<C::KP> + c * 4 + v], f);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) sum += f[e];
+          for (int e = 0; e < 8; ++e) sum += f[e];
+        }
+        xsum[i] = sum;
       }
-      xsum[i] = sum;
+      __syncthreads();
     }
-    __syncthreads();
   }
   __device__ static __forceinline__ uint32_t raw(uint32_t word, int p) {
     uint32_t r;
@@ -459,8 +472,7 @@ MK_COLD_LOOP
 #pragma unroll
     for (int h = 0; h < NG; ++h) xq[h] = xs + min(8 * h + g, NB - 1) * XR<C::KP> + ch * (C::TK / 8) + t;
     const uint4* wq = buf + slot * QUADS * 32 + lane;  // lane's code vector of quad 0, matrix 0
-#pragma unroll(QUAD_UNROLL)
-    for (int q = wi; q < QUADS; q += C::WPR) {
+    auto quad = [&](int q) {
       // every shared-memory operand of the quad first: codes, B fragments of its 4 k-steps, scale pairs, sums of x
       uint4 wv[C::NMAT];
 #pragma unroll
@@ -529,6 +541,16 @@ MK_COLD_LOOP
           fold<C>(st, n, ta[n], xq, so[0]);
         }
       }
+    };
+    // Where a warp's quads of a stage are a fixed count of at most 3 (QUADS a multiple of WPR: qwen2.5-1.5b's qkv,
+    // o and gate/up, 24 quads on 8 warps), all of them are in flight at once; unrolled 2x, the third ran alone.
+    // 1.02x at batch 1 and 4, 1.01x at 2 (qwen2.5-1.5b w4a16, H200, bench/results/megakernel/session23).
+    if constexpr (QUADS % C::WPR == 0 && QUADS / C::WPR <= 3 && NB <= 4) {
+#pragma unroll
+      for (int k = 0; k < QUADS / C::WPR; ++k) quad(wi + k * C::WPR);
+    } else {
+#pragma unroll(QUAD_UNROLL)
+      for (int q = wi; q < QUADS; q += C::WPR) quad(q);
     }
   }
   // The quads of one stage with P = 4 column parts (4 rows a warp), in the chunks' column order (operands.py
@@ -891,6 +913,10 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
     if (s.n == 4) return Q4W<T>::template chunk_vecs<C>(s);
     return (6 * s.n * lanes<C>() + C::NMAT * C::TR * ((C::TK * s.n / 4) >> s.lg) * 4 + 15) / 16;
   }
+  // N == 4 layers run Q4TC's loop and need its sums of x; N:4 layers sum the kept columns with a second mma.sp
+  template <class C> __device__ static __forceinline__ float* xsum_part(float* extra, const S4Src& src) {
+    return src.n == 4 ? Q4TC<T>::template xsum_part<C>(extra, src) : nullptr;
+  }
   template <class C> __device__ static __forceinline__ void after_stage(const uint4* xs, float* xsum, const S4Src& src) {
     if (src.n == 4) Q4TC<T>::template after_stage<C>(xs, xsum, src);  // n is uniform: every thread takes the barrier
   }
@@ -1168,7 +1194,7 @@ template <class C, class WF> struct Matvec {
   }
 
   // src: where the weights are (the policy's source: a row map for DenseW, a Q4Src for Q4W).
-  // stage(xs, kp): writes activation part kp and syncs.
+  // stage(xs, kp, xsum): writes activation part kp (and, where xsum is not null, its sums per 32 columns) and syncs.
   // epi(n, b, v[NMAT]): consumes a finished output element (called by exactly one thread per (n, b)).
   template <class SRC, class XS, class EPI>
   __device__ static __forceinline__ void run(Ring& ring, unsigned char* region, const SRC& src, const XS& stage, EPI& epi) {
@@ -1190,8 +1216,9 @@ template <class C, class WF> struct Matvec {
     }
 #pragma unroll 1
     for (int s = PF; s < C::ST - 1; ++s) issue(ring, s, t0, nt, src);  // the stages prefill left out
+    float* xsum = WF::template xsum_part<C>(extra, src);
     if (ns > 0) {
-      stage(xs, 0);
+      stage(xs, 0, xsum);
       WF::template after_stage<C>(xs, extra, src);
     }
     MK_PROBE(20);
@@ -1205,7 +1232,7 @@ template <class C, class WF> struct Matvec {
       int kp, tl, ch;
       decode(s, nt, kp, tl, ch);
       if (kp > 0 && tl == 0 && ch == 0) {
-        stage(xs, kp);
+        stage(xs, kp, xsum);
         WF::template after_stage<C>(xs, extra, src);
       }
       WF::template accumulate<C>(ring.buf + (s % C::ST) * STAGE_VEC, xs, ch, slot, wi, lane, src, st);
