@@ -985,8 +985,7 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
     for (int n = 0; n < NG; ++n)
       xw[n] = reinterpret_cast<const uint32_t*>(xs + min(8 * n + xb_b, NB - 1) * XR<C::KP>) +
               (ch * C::TK + 32 * xb_p) / 2 + t;
-#pragma unroll 1
-    for (int q = wi; q < QUADS; q += C::WPR) {
+    auto quad = [&](int q) {
       // every shared-memory operand of the quad first: codes, metadata, B fragments of both steps, scale pairs
       uint32_t cw[C::NMAT][N], e[C::NMAT];
 #pragma unroll
@@ -1052,6 +1051,15 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
                                 fmaf(off, Q4TC<T>::template part_of<P>(t2[h][0][m], ep), st.c[m][0]));
             }
           }
+    };
+    // as in Q4TC::quads: a fixed count of at most 3 quads a warp all in flight, else one at a time (w4a16-mix on
+    // qwen2.5-1.5b 1.02x at batch 1, 1.01x at 2 and 4; H200, bench/results/megakernel/session23)
+    if constexpr (QUADS % C::WPR == 0 && QUADS / C::WPR <= 3 && NB <= 4) {
+#pragma unroll
+      for (int k = 0; k < QUADS / C::WPR; ++k) quad(wi + k * C::WPR);
+    } else {
+#pragma unroll 1
+      for (int q = wi; q < QUADS; q += C::WPR) quad(q);
     }
   }
   template <class C>
