@@ -311,6 +311,21 @@ template <typename T> struct Q4W : ChunkCopy<Q4W<T>> {
   }
 };
 
+// A warp's quads q = wi, wi + WPR, ... < QUADS of a stage (the tensor-core INT4 loops). Where their count is fixed
+// (QUADS a multiple of WPR) and at most 3, up to batch 4, they are unrolled completely, so that all of them are in
+// flight at once (qwen2.5-1.5b's qkv, o and gate/up: 24 quads on 8 warps); else UNROLL at a time. Unrolled 2x, the
+// third quad ran alone: all three made the step 1.02x faster at batch 1 on qwen2.5-1.5b w4a16 (dense loop) and
+// w4a16-mix (sparse loop), 1.01-1.02x at 2 and 4 (H200, bench/results/megakernel/session23).
+template <int QUADS, int WPR, int UNROLL, class F> __device__ __forceinline__ void warp_quads(int wi, F&& quad) {
+  if constexpr (QUADS % WPR == 0 && QUADS / WPR <= 3 && NB <= 4) {
+#pragma unroll
+    for (int k = 0; k < QUADS / WPR; ++k) quad(wi + k * WPR);
+  } else {
+#pragma unroll(UNROLL)
+    for (int q = wi; q < QUADS; q += WPR) quad(q);
+  }
+}
+
 // INT4 on tensor cores (bf16 activations): each warp owns 16 rows (RPW == 16; 8 and 4: `parts` below) and its share
 // of the stage's 64-column quads; mma.m16n8k16 multiplies the raw codes by the activations with float32
 // accumulation. Batch <= 16 at 16 rows a warp (the B fragment's 8 columns are batch rows: groups of 8), <= 8 / P at
@@ -472,7 +487,7 @@ MK_COLD_LOOP
 #pragma unroll
     for (int h = 0; h < NG; ++h) xq[h] = xs + min(8 * h + g, NB - 1) * XR<C::KP> + ch * (C::TK / 8) + t;
     const uint4* wq = buf + slot * QUADS * 32 + lane;  // lane's code vector of quad 0, matrix 0
-    auto quad = [&](int q) {
+    warp_quads<QUADS, C::WPR, QUAD_UNROLL>(wi, [&](int q) {
       // every shared-memory operand of the quad first: codes, B fragments of its 4 k-steps, scale pairs, sums of x
       uint4 wv[C::NMAT];
 #pragma unroll
@@ -541,17 +556,7 @@ MK_COLD_LOOP
           fold<C>(st, n, ta[n], xq, so[0]);
         }
       }
-    };
-    // Where a warp's quads of a stage are a fixed count of at most 3 (QUADS a multiple of WPR: qwen2.5-1.5b's qkv,
-    // o and gate/up, 24 quads on 8 warps), all of them are in flight at once; unrolled 2x, the third ran alone.
-    // 1.02x at batch 1 and 4, 1.01x at 2 (qwen2.5-1.5b w4a16, H200, bench/results/megakernel/session23).
-    if constexpr (QUADS % C::WPR == 0 && QUADS / C::WPR <= 3 && NB <= 4) {
-#pragma unroll
-      for (int k = 0; k < QUADS / C::WPR; ++k) quad(wi + k * C::WPR);
-    } else {
-#pragma unroll(QUAD_UNROLL)
-      for (int q = wi; q < QUADS; q += C::WPR) quad(q);
-    }
+    });
   }
   // The quads of one stage with P = 4 column parts (4 rows a warp), in the chunks' column order (operands.py
   // `_quad_columns`): part p of k-steps 2hh and 2hh+1 is the 32-column block 4hh + p of the 256-column quad, so lane
@@ -985,7 +990,7 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
     for (int n = 0; n < NG; ++n)
       xw[n] = reinterpret_cast<const uint32_t*>(xs + min(8 * n + xb_b, NB - 1) * XR<C::KP>) +
               (ch * C::TK + 32 * xb_p) / 2 + t;
-    auto quad = [&](int q) {
+    warp_quads<QUADS, C::WPR, 1>(wi, [&](int q) {  // one quad at a time where the count is not fixed
       // every shared-memory operand of the quad first: codes, metadata, B fragments of both steps, scale pairs
       uint32_t cw[C::NMAT][N], e[C::NMAT];
 #pragma unroll
@@ -1051,16 +1056,7 @@ template <typename T> struct S4TC : ChunkCopy<S4TC<T>> {
                                 fmaf(off, Q4TC<T>::template part_of<P>(t2[h][0][m], ep), st.c[m][0]));
             }
           }
-    };
-    // as in Q4TC::quads: a fixed count of at most 3 quads a warp all in flight, else one at a time (w4a16-mix on
-    // qwen2.5-1.5b 1.02x at batch 1, 1.01x at 2 and 4; H200, bench/results/megakernel/session23)
-    if constexpr (QUADS % C::WPR == 0 && QUADS / C::WPR <= 3 && NB <= 4) {
-#pragma unroll
-      for (int k = 0; k < QUADS / C::WPR; ++k) quad(wi + k * C::WPR);
-    } else {
-#pragma unroll 1
-      for (int q = wi; q < QUADS; q += C::WPR) quad(q);
-    }
+    });
   }
   template <class C>
   __device__ static __forceinline__ void accumulate(const uint4* buf, const uint4* xs, int ch, int slot, int wi,
